@@ -1,0 +1,145 @@
+"""One diagnosis, end to end: checkpoint + batch -> measurements -> verdict.
+
+Used in-process by `gradhealth diagnose` (embedded mode) and by the service's
+worker process. It owns the model cache, so successive checkpoints of one
+architecture reuse the loaded model and the compiled probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradhealth_server.batch import Batch, make_batch, read_npz
+from gradhealth_server.checkpoint import LoadedModel, ModelCache
+from gradhealth_server.device import configure_device
+from gradhealth_server.engine.measurements import Measurements, build_measurements
+from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
+from gradhealth_server.engine.structure import read_structure
+from gradhealth_server.errors import InvalidBatch, LimitExceeded
+from gradhealth_server.limits import DEFAULT_LIMITS, Limits
+from gradhealth_server.rules import judge
+from gradhealth_server.verdict import Verdict
+
+
+@dataclass
+class Diagnosis:
+    verdict: Verdict
+    measurements: Measurements
+    fingerprint: str
+    checkpoint_sha256: str
+    cache_hit: bool
+    probe_cached: bool
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.verdict.to_dict()
+        out.update(
+            fingerprint=self.fingerprint,
+            checkpoint_sha256=self.checkpoint_sha256,
+            cache_hit=self.cache_hit,
+            probe_cached=self.probe_cached,
+            phases={k: round(v, 6) for k, v in self.phases.items()},
+            measurements=self.measurements.to_dict(),
+        )
+        return out
+
+
+class Diagnoser:
+    """Holds the model cache; diagnose() is called once per checkpoint."""
+
+    def __init__(
+        self,
+        limits: Limits = DEFAULT_LIMITS,
+        options: ProbeOptions | None = None,
+        cache_capacity: int = 8,
+    ) -> None:
+        self.device = configure_device()
+        self.limits = limits
+        self.options = options or ProbeOptions()
+        self.cache = ModelCache(cache_capacity, limits)
+
+    def diagnose(
+        self,
+        checkpoint: str | Path,
+        batch: str | Path | bytes | dict[str, np.ndarray],
+        options: ProbeOptions | None = None,
+    ) -> Diagnosis:
+        import tensorflow as tf
+
+        options = options or self.options
+        phases: dict[str, float] = {}
+        t0 = time.perf_counter()
+        sha = _sha256(checkpoint)
+        entry, _info, hit = self.cache.load(checkpoint)
+        if entry.structure is None:
+            entry.structure = read_structure(entry.model)
+        t1 = time.perf_counter()
+        phases["load"] = t1 - t0
+        arrays = batch if isinstance(batch, dict) else read_npz(batch, self.limits)
+        data = make_batch(arrays, _input_specs(entry), entry.structure.facts, self.limits)
+        key = (batch_signature(data.x, data.y), options)
+        probe = entry.probes.get(key)
+        probe_cached = probe is not None
+        if probe is None:
+            _check_loss_runs(entry, data)
+        t2 = time.perf_counter()
+        phases["batch"] = t2 - t1
+        try:
+            with tf.device(self.device):
+                if probe is None:
+                    probe = Probe(entry.model, entry.structure, data.x, data.y, options)
+                    entry.probes[key] = probe
+                result = probe.run(data.x, data.y)
+        except tf.errors.ResourceExhaustedError as exc:
+            raise LimitExceeded(f"the probe ran out of device memory: {exc.message[:200]}") from exc
+        t3 = time.perf_counter()
+        phases["probe" if probe_cached else "compile_and_probe"] = t3 - t2
+        measurements = build_measurements(result, entry.structure, data.raw_x, data.y, options.mode)
+        verdict = judge(measurements)
+        phases["rules"] = time.perf_counter() - t3
+        return Diagnosis(verdict, measurements, entry.fingerprint, sha, hit, probe_cached, phases)
+
+
+def _input_specs(entry: LoadedModel) -> list[tuple[str, tuple[int | None, ...] | None, str]]:
+    """(name, shape, dtype) per model input; a subclassed model declares none."""
+    names = list(entry.structure.facts.input_names)
+    if not entry.structure.facts.functional:
+        return [("x", None, "float32")]
+    return [(name, tuple(kt.shape), str(kt.dtype)) for name, kt in zip(names, entry.model.inputs)]
+
+
+def _check_loss_runs(entry: LoadedModel, data: Batch) -> None:
+    """Run the loss eagerly on two rows so a wrong batch fails with a message.
+
+    Inside the compiled probe the same mistake would surface as a graph error.
+    """
+    import tensorflow as tf
+
+    model = entry.model
+    metric_values = [v.numpy() for v in model.metrics_variables]
+    x2 = {k: v[:2] for k, v in data.x.items()}
+    xs = list(x2.values())
+    try:
+        y_pred = model(xs[0] if len(xs) == 1 else xs, training=False)
+        loss = model.compute_loss(x=xs, y=data.y[:2], y_pred=y_pred, training=False)
+        np.asarray(loss)
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
+        text = " ".join(str(exc).split())[:300]
+        raise InvalidBatch(f"the batch does not fit the model or its loss: {text}") from exc
+    finally:
+        for v, value in zip(model.metrics_variables, metric_values):
+            v.assign(value)
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,372 @@
+"""Read a Keras model's structure once per architecture.
+
+Everything here is static: which variables belong to which layer (in order from
+input to output), which tensors the probe taps, and facts such as depth, skip
+connections, normalization and the loss/activation pairing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+RELU_FAMILY = frozenset({"relu", "relu6", "leaky_relu", "elu", "prelu"})
+SATURATING = frozenset({"sigmoid", "tanh", "hard_sigmoid"})
+NORMALIZATION_LAYERS = frozenset(
+    {
+        "BatchNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "UnitNormalization",
+        "RMSNormalization",
+        "SpectralNormalization",
+    }
+)
+# Layers whose output for one example depends on the other examples in the batch.
+BATCH_COUPLED_LAYERS = frozenset({"BatchNormalization"})
+MERGE_LAYERS = frozenset(
+    {"Add", "Concatenate", "Average", "Multiply", "Maximum", "Minimum", "Subtract", "Dot"}
+)
+# Layers that rescale the raw input before the first weights see it.
+PREPROCESSING_LAYERS = frozenset({"Rescaling", "Normalization"})
+ACTIVATION_LAYERS = {
+    "ReLU": "relu",
+    "LeakyReLU": "leaky_relu",
+    "ELU": "elu",
+    "PReLU": "prelu",
+    "Softmax": "softmax",
+}
+
+LOSS_PROBLEMS = {
+    "sparse_categorical_crossentropy": "sparse_categorical",
+    "categorical_crossentropy": "categorical",
+    "categorical_focal_crossentropy": "categorical",
+    "kl_divergence": "categorical",
+    "binary_crossentropy": "binary",
+    "binary_focal_crossentropy": "binary",
+    "hinge": "binary",
+    "squared_hinge": "binary",
+    "categorical_hinge": "categorical",
+}
+LOSS_ALIASES = {
+    "kld": "kl_divergence",
+    "kullback_leibler_divergence": "kl_divergence",
+    "mse": "mean_squared_error",
+    "mae": "mean_absolute_error",
+    "mape": "mean_absolute_percentage_error",
+    "msle": "mean_squared_logarithmic_error",
+}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer that owns trainable variables, in input-to-output order."""
+
+    name: str
+    class_name: str
+    activation: str | None
+    variable_indices: tuple[int, ...]  # into model.trainable_variables
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A tensor the probe reads: a layer's output (activation statistics)."""
+
+    layer: str
+    class_name: str
+    activation: str
+    tensor: Any  # a KerasTensor of the functional graph
+
+
+@dataclass(frozen=True)
+class StaticFacts:
+    """What the architecture and compile config say, before any data flows."""
+
+    model_class: str
+    functional: bool
+    depth: int  # weight layers on the longest input-to-output path
+    weight_layers: int
+    parameters: int
+    skip_connections: int
+    normalization_layers: tuple[str, ...]
+    activations: tuple[str, ...]
+    batch_coupled: bool
+    output_activation: str | None
+    output_units: int | None
+    loss: str | None
+    from_logits: bool
+    label_smoothing: float
+    problem: str  # sparse_categorical | categorical | binary | regression | unknown
+    optimizer: str | None
+    learning_rate: float | None
+    clipnorm: float | None
+    global_clipnorm: float | None
+    clipvalue: float | None
+    loss_reduction: str | None
+    input_names: tuple[str, ...]
+    preprocessing_layers: tuple[str, ...]
+    unavailable: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ModelStructure:
+    variable_sizes: tuple[int, ...]  # element counts of model.trainable_variables
+    layers: tuple[LayerInfo, ...]
+    taps: tuple[Tap, ...]
+    # Inputs of the first weight layers: what the weights actually see.
+    first_layer_inputs: tuple[Tap, ...]
+    facts: StaticFacts
+
+
+def read_structure(model: keras.Model) -> ModelStructure:
+    """Walk the model once; the result is cached with the model."""
+    functional = _is_functional(model)
+    var_index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    layers = tuple(_weight_layers(model, var_index))
+    unavailable: list[str] = []
+    taps: list[Tap] = []
+    first_inputs: list[Tap] = []
+    depth = len(layers)
+    skips = 0
+    if functional:
+        graph = _graph(model)
+        taps = _taps(graph)
+        first_inputs = _first_layer_inputs(graph)
+        depth = _depth(graph)
+        skips = _skip_connections(graph)
+    else:
+        unavailable += ["activations", "first_layer_input", "skip_connections"]
+    all_layers = [lyr for lyr in model._flatten_layers(include_self=False, recursive=True)]
+    class_names = [type(lyr).__name__ for lyr in all_layers]
+    activations = sorted({a for a in (_activation_of(lyr) for lyr in all_layers) if a})
+    loss_name, from_logits, smoothing, reduction = _loss_facts(model)
+    out_act, out_units = _output_facts(model)
+    optimizer = getattr(model, "optimizer", None)
+    facts = StaticFacts(
+        model_class=type(model).__name__,
+        functional=functional,
+        depth=depth,
+        weight_layers=len(layers),
+        parameters=int(model.count_params()),
+        skip_connections=skips,
+        normalization_layers=tuple(c for c in class_names if c in NORMALIZATION_LAYERS),
+        activations=tuple(activations),
+        batch_coupled=any(c in BATCH_COUPLED_LAYERS for c in class_names),
+        output_activation=out_act,
+        output_units=out_units,
+        loss=loss_name,
+        from_logits=from_logits,
+        label_smoothing=smoothing,
+        problem=_problem(loss_name),
+        optimizer=type(optimizer).__name__ if optimizer is not None else None,
+        learning_rate=_learning_rate(optimizer),
+        clipnorm=getattr(optimizer, "clipnorm", None),
+        global_clipnorm=getattr(optimizer, "global_clipnorm", None),
+        clipvalue=getattr(optimizer, "clipvalue", None),
+        loss_reduction=reduction,
+        input_names=tuple(input_names(model)),
+        preprocessing_layers=tuple(c for c in class_names if c in PREPROCESSING_LAYERS),
+        unavailable=tuple(unavailable),
+    )
+    sizes = tuple(int(np.prod(v.shape)) for v in model.trainable_variables)
+    return ModelStructure(sizes, tuple(layers), tuple(taps), tuple(first_inputs), facts)
+
+
+def input_names(model: keras.Model) -> list[str]:
+    """Names of the model's inputs as the batch file spells them (`x_<name>`)."""
+    inputs = getattr(model, "inputs", None) if _is_functional(model) else None
+    if not inputs:
+        return ["x"]
+    return [kt._keras_history[0].name for kt in inputs]
+
+
+def _is_functional(model: keras.Model) -> bool:
+    try:
+        return bool(getattr(model, "inputs", None)) and bool(getattr(model, "outputs", None))
+    except (AttributeError, ValueError):
+        return False
+
+
+def _weight_layers(layer: keras.layers.Layer, var_index: dict[int, int]):
+    """Layers owning trainable variables; nested models are expanded in place."""
+    if isinstance(layer, keras.Model):
+        for sub in layer.layers:
+            yield from _weight_layers(sub, var_index)
+        return
+    # A plain layer counts as one, with any helper sublayers it wraps.
+    indices = tuple(var_index[id(v)] for v in layer.trainable_variables if id(v) in var_index)
+    if indices:
+        yield LayerInfo(layer.name, type(layer).__name__, _activation_of(layer), indices)
+
+
+def _activation_of(layer: keras.layers.Layer) -> str | None:
+    name = type(layer).__name__
+    if name in ACTIVATION_LAYERS:
+        return ACTIVATION_LAYERS[name]
+    fn = getattr(layer, "activation", None)
+    if fn is None or not callable(fn):
+        return None
+    act = getattr(fn, "__name__", None) or type(fn).__name__
+    return act.lower()
+
+
+@dataclass
+class _Node:
+    layer: keras.layers.Layer
+    parents: list[int]  # ids of parent layers
+    node: Any | None  # the layer's call in this model's graph (None if shared)
+
+
+def _graph(model: keras.Model) -> dict[int, _Node]:
+    """Layers of a functional model in topological order with their parents.
+
+    A loaded model's layers carry several inbound nodes (from deserialization);
+    only the ones that belong to this model's graph count.
+    """
+    from keras.src.ops.function import make_node_key
+
+    functional = getattr(model, "_functional", None) or model
+    own_keys = getattr(functional, "_nodes", set())
+    graph: dict[int, _Node] = {}
+    for layer in model.layers:
+        own = [
+            node
+            for i, node in enumerate(getattr(layer, "_inbound_nodes", []))
+            if make_node_key(layer, i) in own_keys
+        ]
+        parents: list[int] = []
+        for node in own:
+            for kt in node.input_tensors:
+                op = kt._keras_history[0]
+                if id(op) in graph and id(op) not in parents:
+                    parents.append(id(op))
+        # A layer called more than once (shared) has no single output to tap.
+        graph[id(layer)] = _Node(layer, parents, own[0] if len(own) == 1 else None)
+    return graph
+
+
+def _taps(graph: dict[int, _Node]) -> list[Tap]:
+    taps = []
+    for node in graph.values():
+        layer = node.layer
+        act = _activation_of(layer)
+        if act is None or node.node is None or isinstance(layer, keras.Model):
+            continue
+        outputs = node.node.output_tensors
+        if len(outputs) == 1:
+            taps.append(Tap(layer.name, type(layer).__name__, act, outputs[0]))
+    return taps
+
+
+def _has_weights(layer: keras.layers.Layer) -> bool:
+    return bool(layer.trainable_variables)
+
+
+def _first_layer_inputs(graph: dict[int, _Node]) -> list[Tap]:
+    weighted_above: dict[int, bool] = {}
+    firsts = []
+    for key, node in graph.items():
+        above = any(weighted_above[p] or _has_weights(graph[p].layer) for p in node.parents)
+        weighted_above[key] = above
+        layer = node.layer
+        if _has_weights(layer) and not above and node.node is not None:
+            inputs = node.node.input_tensors
+            if len(inputs) == 1:
+                firsts.append(Tap(layer.name, type(layer).__name__, "input", inputs[0]))
+    return firsts
+
+
+def _depth(graph: dict[int, _Node]) -> int:
+    depth: dict[int, int] = {}
+    for key, node in graph.items():
+        own = _nested_depth(node.layer)
+        depth[key] = max((depth[p] for p in node.parents), default=0) + own
+    return max(depth.values(), default=0)
+
+
+def _nested_depth(layer: keras.layers.Layer) -> int:
+    if isinstance(layer, keras.Model) and _is_functional(layer):
+        return _depth(_graph(layer))
+    return 1 if _has_weights(layer) else 0
+
+
+def _skip_connections(graph: dict[int, _Node]) -> int:
+    """Merge layers joining a tensor with one of its own descendants (a skip)."""
+    ancestors: dict[int, set[int]] = {}
+    skips = 0
+    for key, node in graph.items():
+        anc: set[int] = set()
+        for p in node.parents:
+            anc |= ancestors[p] | {p}
+        ancestors[key] = anc
+        if len(set(node.parents)) >= 2:
+            ps = set(node.parents)
+            if any(p in ancestors[q] for p in ps for q in ps if p != q):
+                skips += 1
+    return skips
+
+
+def _loss_facts(model: keras.Model) -> tuple[str | None, bool, float, str | None]:
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, (list, tuple)) and loss:
+        loss = loss[0]
+    if isinstance(loss, dict) and loss:
+        loss = next(iter(loss.values()))
+    if loss is None:
+        return None, False, 0.0, None
+    if isinstance(loss, str):
+        name = loss
+        return LOSS_ALIASES.get(name, name), False, 0.0, "sum_over_batch_size"
+    if isinstance(loss, keras.losses.Loss):
+        cfg = loss.get_config()
+        fn = getattr(loss, "fn", None)
+        name = getattr(fn, "__name__", None) or _snake(type(loss).__name__)
+        return (
+            LOSS_ALIASES.get(name, name),
+            bool(cfg.get("from_logits", False)),
+            float(cfg.get("label_smoothing", 0.0) or 0.0),
+            cfg.get("reduction", "sum_over_batch_size"),
+        )
+    name = getattr(loss, "__name__", type(loss).__name__)
+    return LOSS_ALIASES.get(name, name), False, 0.0, "sum_over_batch_size"
+
+
+def _snake(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and not name[i - 1].isupper():
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+def _problem(loss: str | None) -> str:
+    if loss is None:
+        return "unknown"
+    return LOSS_PROBLEMS.get(loss, "regression")
+
+
+def _output_facts(model: keras.Model) -> tuple[str | None, int | None]:
+    if not _is_functional(model):
+        return None, None
+    out = model.outputs[0]
+    layer = out._keras_history[0]
+    act = _activation_of(layer)
+    # An Activation layer right after a linear Dense: report the activation.
+    units = out.shape[-1] if out.shape else None
+    return act, int(units) if units is not None else None
+
+
+def _learning_rate(optimizer: Any) -> float | None:
+    if optimizer is None:
+        return None
+    try:
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    except (TypeError, ValueError, AttributeError):
+        return None

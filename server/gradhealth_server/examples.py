@@ -1,0 +1,48 @@
+"""A small faulty training run on scikit-learn's digits, for trying gradhealth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def digits(scale: float = 1.0 / 16.0) -> tuple[np.ndarray, np.ndarray]:
+    """Digits as (n, 8, 8, 1) images; scale=16.0 gives 0-255 pixels."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images * scale).astype("float32")[..., None]
+    return x, data.target.astype("int32")
+
+
+def write_example(directory: Path, rows: int = 256) -> tuple[Path, Path]:
+    """Train a CNN on 0-255 pixels with a far too high learning rate; save it."""
+    from gradhealth_server.device import quiet_tensorflow
+
+    quiet_tensorflow()
+    import keras
+
+    directory.mkdir(parents=True, exist_ok=True)
+    x, y = digits(scale=16.0)  # the bug: pixels never divided by 255
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.5),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    checkpoint = directory / "digits_cnn.keras"
+    batch = directory / "digits_batch.npz"
+    model.save(checkpoint)
+    np.savez(batch, x=x[:rows], y=y[:rows])
+    return checkpoint, batch

@@ -1,0 +1,32 @@
+"""Operator-configurable caps on untrusted input, with safe defaults.
+
+Every cap is checked before the expensive or dangerous step it protects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps applied to checkpoints and batches (see docs/security.md)."""
+
+    # The archive as uploaded, and everything it unpacks to.
+    max_checkpoint_bytes: int = 2048 * MiB
+    max_unpacked_bytes: int = 4096 * MiB
+    # Weights compress poorly; a high ratio means a zip bomb, not a model.
+    max_compression_ratio: float = 100.0
+    max_archive_members: int = 64
+    max_config_bytes: int = 16 * MiB
+    max_parameters: int = 500_000_000
+    # The sample batch.
+    max_batch_bytes: int = 256 * MiB
+    max_batch_rows: int = 4096
+    # Class names outside Keras's own that an operator trusts ("module.ClassName").
+    allowed_classes: frozenset[str] = field(default_factory=frozenset)
+
+
+DEFAULT_LIMITS = Limits()

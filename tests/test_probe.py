@@ -1,0 +1,224 @@
+"""The probe against TensorFlow ground truth on real models trained on digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gradhealth_server.checkpoint import ModelCache
+from gradhealth_server.engine.measurements import build_measurements
+from gradhealth_server.engine.probe import Probe, ProbeOptions
+from gradhealth_server.engine.structure import read_structure
+from gradhealth_server.limits import Limits
+from tests import models
+
+ROWS = 256
+
+
+def load(path):
+    entry, _, _ = ModelCache().load(path)
+    return entry.model
+
+
+def state(model) -> list[np.ndarray]:
+    return [
+        v.numpy().copy()
+        for v in list(model.variables)
+        + list(model.optimizer.variables)
+        + list(model.metrics_variables)
+    ]
+
+
+def eager_loss_and_grads(model, x, y):
+    with tf.GradientTape() as tape:
+        y_pred = model(x, training=True)
+        loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+    grads = tape.gradient(loss, model.trainable_variables)
+    return float(loss), [g.numpy() for g in grads]
+
+
+def run_probe(model, x, y, **options):
+    structure = read_structure(model)
+    name = structure.facts.input_names[0]
+    batch = x if isinstance(x, dict) else {name: x}
+    probe = Probe(model, structure, batch, y, ProbeOptions(**options))
+    result = probe.run(batch, y)
+    raw_x = batch
+    return probe, result, build_measurements(result, structure, raw_x, y, probe.options.mode)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp_logits"])
+def test_gradients_match_eager_tape(checkpoints, kind):
+    model = load(checkpoints.path(kind))
+    x, y = models.digits()
+    x, y = x[:ROWS], y[:ROWS]
+    _, result, m = run_probe(model, x, y)
+    loss, grads = eager_loss_and_grads(model, x, y)
+    expected_sq = np.array([np.sum(np.square(g.astype(np.float64))) for g in grads])
+    np.testing.assert_allclose(result.raw["grad_sq"], expected_sq, rtol=1e-4)
+    assert m.loss == pytest.approx(loss, rel=1e-5)
+    # Per-layer norms are the root of the summed squares of that layer's variables.
+    first = m.layers[0]
+    n_vars = len(read_structure(model).layers[0].variable_indices)
+    assert first.grad_norm == pytest.approx(np.sqrt(expected_sq[:n_vars].sum()), rel=1e-4)
+    assert m.grad_norm == pytest.approx(np.sqrt(expected_sq.sum()), rel=1e-4)
+    assert len(m.micro_batch_rows) == 4 and sum(m.micro_batch_rows) == ROWS
+    assert m.noise_scale is not None and m.noise_scale > 0
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp_logits", "bn_dropout"])
+def test_probe_leaves_every_variable_bit_identical(checkpoints, kind):
+    model = load(checkpoints.path(kind))
+    x, y = models.digits()
+    before = state(model)
+    iterations = int(model.optimizer.iterations.numpy())
+    run_probe(model, x[:ROWS], y[:ROWS])
+    after = state(model)
+    assert len(before) == len(after)
+    for a, b in zip(before, after, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+    assert int(model.optimizer.iterations.numpy()) == iterations
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp_logits"])
+def test_update_ratio_equals_a_real_optimizer_step(checkpoints, kind):
+    model = load(checkpoints.path(kind))
+    x, y = models.digits()
+    x, y = x[:ROWS], y[:ROWS]
+    probe, _, m = run_probe(model, x, y)
+    saved = state(model)
+    _, grads = eager_loss_and_grads(model, x, y)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    model.optimizer.apply(grads, model.trainable_variables)
+    after = [v.numpy() for v in model.trainable_variables]
+    structure = read_structure(model)
+    for layer, info in zip(m.layers, structure.layers, strict=True):
+        idx = list(info.variable_indices)
+        step = np.sqrt(sum(np.sum((after[i] - before[i]).astype(np.float64) ** 2) for i in idx))
+        norm = np.sqrt(sum(np.sum(before[i].astype(np.float64) ** 2) for i in idx))
+        assert layer.update_ratio == pytest.approx(step / norm, rel=2e-3), layer.name
+    # The learning-rate probe's scale-1 loss is the loss after that real step,
+    # on the first micro-batch.
+    rows = m.micro_batch_rows[0]
+    scale_one = m.optimizer.lr_scales.index(1.0)
+    after_loss, _ = eager_loss_and_grads(model, x[:rows], y[:rows])
+    assert m.optimizer.lr_losses[scale_one] == pytest.approx(after_loss, rel=2e-3)
+    for var, value in zip(
+        list(model.variables) + list(model.optimizer.variables) + list(model.metrics_variables),
+        saved,
+        strict=True,
+    ):
+        var.assign(value)
+    assert probe.trace_count == 1
+
+
+def test_activation_statistics_match_the_layer_outputs(checkpoints):
+    import keras
+
+    model = load(checkpoints.path("cnn"))
+    x, y = models.digits()
+    x, y = x[:ROWS], y[:ROWS]
+    _, _, m = run_probe(model, x, y)
+    outputs = keras.Model(model.inputs, [layer.output for layer in model.layers])(x)
+    by_name = {layer.name: out.numpy() for layer, out in zip(model.layers, outputs)}
+    for act in m.activations:
+        out = by_name[act.layer]
+        assert act.mean == pytest.approx(float(out.mean()), rel=1e-3, abs=1e-5)
+        if act.activation == "relu":
+            unit_max = out.reshape(-1, out.shape[-1]).max(axis=0)
+            assert act.dead_fraction == pytest.approx(float((unit_max <= 0).mean()))
+    assert m.output is not None and sum(m.output.predicted_histogram) == ROWS
+    predicted = by_name[model.layers[-1].name].argmax(axis=-1)
+    assert m.accuracy == pytest.approx(float((predicted == y).mean()))
+    assert m.output.row_sum_mean == pytest.approx(1.0, abs=1e-4)
+    first = m.first_layer_inputs[0]
+    assert first.max == pytest.approx(float(x.max())) and first.min == pytest.approx(0.0)
+
+
+def test_norms_mode_measures_only_gradient_norms(checkpoints):
+    model = load(checkpoints.path("mlp_logits"))
+    x, y = models.digits()
+    _, result, m = run_probe(model, x[:ROWS], y[:ROWS], mode="norms")
+    _, grads = eager_loss_and_grads(model, x[:ROWS], y[:ROWS])
+    expected = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads))
+    assert m.grad_norm == pytest.approx(expected, rel=1e-4)
+    assert "step_sq" not in result.raw and m.optimizer is None
+    assert {"activations", "optimizer_step", "lr_probe"} <= set(m.unavailable)
+
+
+def test_xla_and_plain_graph_agree(checkpoints):
+    model = load(checkpoints.path("cnn"))
+    x, y = models.digits()
+    _, with_xla, a = run_probe(model, x[:ROWS], y[:ROWS])
+    _, without, b = run_probe(model, x[:ROWS], y[:ROWS], jit_compile=False)
+    assert with_xla.xla is True and without.xla is False
+    np.testing.assert_allclose(with_xla.raw["grad_sq"], without.raw["grad_sq"], rtol=1e-4)
+    assert a.loss == pytest.approx(b.loss, rel=1e-5)
+
+
+def test_batchnorm_model_uses_one_micro_batch(checkpoints):
+    model = load(checkpoints.path("bn_dropout"))
+    x, y = models.digits()
+    _, _, m = run_probe(model, x[:ROWS], y[:ROWS])
+    assert m.micro_batch_rows == [ROWS]
+    assert "noise_scale" in m.unavailable
+    assert m.static["batch_coupled"] is True
+    assert "BatchNormalization" in m.static["normalization_layers"]
+
+
+def test_multi_input_model(checkpoints):
+    model = load(checkpoints.path("two_input"))
+    x, y = models.digits()
+    batch = models.two_input_batch(x[:ROWS])
+    _, result, m = run_probe(model, batch, y[:ROWS])
+    loss, grads = eager_loss_and_grads(model, [batch["image"], batch["stats"]], y[:ROWS])
+    expected = np.array([np.sum(np.square(g.astype(np.float64))) for g in grads])
+    np.testing.assert_allclose(result.raw["grad_sq"], expected, rtol=1e-4)
+    assert m.static["input_names"] == ["image", "stats"]
+    # One first weight layer per branch: the conv sees pixels, the dense sees stats.
+    seen = sorted(round(t.max, 4) for t in m.first_layer_inputs)
+    expected_max = sorted(round(float(v.max()), 4) for v in batch.values())
+    assert seen == expected_max
+
+
+def test_subclassed_model_gets_gradients_and_says_what_is_missing(checkpoints):
+    path = checkpoints.path("subclassed")
+    limits = Limits(allowed_classes=frozenset({"gradhealth_tests>SubclassedMLP"}))
+    entry, _, _ = ModelCache(limits=limits).load(path)
+    model = entry.model
+    x, y = models.digits()
+    _, result, m = run_probe(model, x[:ROWS], y[:ROWS])
+    _, grads = eager_loss_and_grads(model, x[:ROWS], y[:ROWS])
+    expected = np.array([np.sum(np.square(g.astype(np.float64))) for g in grads])
+    np.testing.assert_allclose(result.raw["grad_sq"], expected, rtol=1e-4)
+    assert "activations" in m.unavailable and m.activations == []
+    assert m.optimizer is not None and m.optimizer.update_ratio > 0
+    assert len(m.layers) == 2
+
+
+def test_second_checkpoint_of_an_architecture_reuses_model_and_probe(checkpoints, diagnoser):
+    first = diagnoser.diagnose(checkpoints.path("cnn"), _npz(checkpoints, "cnn"))
+    entry = diagnoser.cache.get(first.fingerprint)
+    model = entry.model
+    second = diagnoser.diagnose(checkpoints.path("cnn@b"), _npz(checkpoints, "cnn"))
+    assert second.fingerprint == first.fingerprint
+    assert second.cache_hit and second.probe_cached
+    assert diagnoser.cache.get(first.fingerprint).model is model  # no rebuild
+    (probe,) = entry.probes.values()
+    assert probe.trace_count == 1  # no retrace
+    # ... and the numbers are the second checkpoint's, optimizer state included.
+    fresh = load(checkpoints.path("cnn@b"))
+    x, y = models.digits()
+    loss, _ = eager_loss_and_grads(fresh, x[:ROWS], y[:ROWS])
+    assert second.measurements.loss == pytest.approx(loss, rel=1e-5)
+    assert int(model.optimizer.iterations.numpy()) == int(fresh.optimizer.iterations.numpy())
+    assert second.measurements.loss != pytest.approx(first.measurements.loss, rel=1e-6)
+
+
+def _npz(checkpoints, kind: str):
+    path = checkpoints.root / f"{kind}_batch.npz"
+    if not path.exists():
+        x, y = models.digits()
+        np.savez(path, x=x[:ROWS], y=y[:ROWS])
+    return path
