@@ -47,6 +47,19 @@ def mlp() -> keras.Model:
     )
 
 
+def leaky_mlp() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="leaky_relu"),
+            keras.layers.Dense(64, activation="leaky_relu"),
+            keras.layers.Dense(10),
+        ],
+        name="digits_leaky_mlp",
+    )
+
+
 def bn_dropout_cnn() -> keras.Model:
     return keras.Sequential(
         [

@@ -172,7 +172,7 @@ def test_multi_input_model(checkpoints):
     x, y = models.digits()
     batch = models.two_input_batch(x[:ROWS])
     _, result, m = run_probe(model, batch, y[:ROWS])
-    loss, grads = eager_loss_and_grads(model, [batch["image"], batch["stats"]], y[:ROWS])
+    _, grads = eager_loss_and_grads(model, [batch["image"], batch["stats"]], y[:ROWS])
     expected = np.array([np.sum(np.square(g.astype(np.float64))) for g in grads])
     np.testing.assert_allclose(result.raw["grad_sq"], expected, rtol=1e-4)
     assert m.static["input_names"] == ["image", "stats"]
@@ -197,7 +197,10 @@ def test_subclassed_model_gets_gradients_and_says_what_is_missing(checkpoints):
     assert len(m.layers) == 2
 
 
-def test_second_checkpoint_of_an_architecture_reuses_model_and_probe(checkpoints, diagnoser):
+def test_second_checkpoint_of_an_architecture_reuses_model_and_probe(checkpoints):
+    from gradhealth_server.diagnosis import Diagnoser
+
+    diagnoser = Diagnoser()
     first = diagnoser.diagnose(checkpoints.path("cnn"), _npz(checkpoints, "cnn"))
     entry = diagnoser.cache.get(first.fingerprint)
     model = entry.model

@@ -70,16 +70,20 @@ def _diagnose(args: argparse.Namespace) -> int:
         if not path.is_file():
             return _fail(f"{what} file {str(path)!r} does not exist")
     try:
-        from gradhealth_server.diagnosis import Diagnoser
-        from gradhealth_server.engine.probe import ProbeOptions
-        from gradhealth_server.errors import GradhealthError
+        from gradhealth_server.device import native_stderr_silenced
     except ImportError as exc:
         return _fail(
             f"embedded mode needs the server extra: pip install 'gradhealth[server]' ({exc})"
         )
-    options = ProbeOptions(mode=args.mode, jit_compile=False if args.no_xla else None)
+    with native_stderr_silenced():
+        from gradhealth_server.diagnosis import Diagnoser
+        from gradhealth_server.engine.probe import ProbeOptions
+        from gradhealth_server.errors import GradhealthError
+
+        options = ProbeOptions(mode=args.mode, jit_compile=False if args.no_xla else None)
+        diagnoser = Diagnoser(options=options)
     try:
-        diagnosis = Diagnoser(options=options).diagnose(args.checkpoint, args.batch)
+        diagnosis = diagnoser.diagnose(args.checkpoint, args.batch)
     except GradhealthError as exc:
         return _fail(str(exc))
     result = diagnosis.to_dict()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import sys
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -12,6 +15,25 @@ log = logging.getLogger(__name__)
 def quiet_tensorflow() -> None:
     """Keep TensorFlow's C++ start-up chatter out of service logs and CLI output."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Hide what TensorFlow's C++ side prints to fd 2 while it starts.
+
+    TF 2.19+ logs through absl before its log level applies, so
+    TF_CPP_MIN_LOG_LEVEL does not hide the start-up lines (tensorflow#100442).
+    Python-level errors are unaffected: they are raised, not printed.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @functools.cache

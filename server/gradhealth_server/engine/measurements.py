@@ -29,7 +29,7 @@ class LayerMeasurement:
     activation: str | None
     parameters: int
     grad_norm: float
-    weight_norm: float
+    weight_norm: float | None  # None in norms-only mode
     grad_to_weight: float | None
     mean_abs_grad: float
     zero_grad_fraction: float
@@ -128,7 +128,7 @@ class Measurements:
     xla: bool
     probe_seconds: float
     grad_norm: float
-    weight_norm: float
+    weight_norm: float | None
     micro_batch_rows: list[int]
     noise_scale: float | None  # B_simple (McCandlish et al. 2018), in examples
     nonfinite: NonFinite
@@ -158,7 +158,8 @@ def build_measurements(
     facts = structure.facts
     full = mode == "full"
     grad_sq = raw["grad_sq"].astype(np.float64)
-    weight_sq = raw["weight_sq"].astype(np.float64)
+    # Norms-only mode measures gradients and nothing else.
+    weight_sq = raw["weight_sq"].astype(np.float64) if "weight_sq" in raw else None
     step_sq = raw.get("step_sq")
     unavailable = list(facts.unavailable)
     layers = _layers(structure, raw, full)
@@ -174,6 +175,7 @@ def build_measurements(
         unavailable.append("noise_scale")
     if not full:
         unavailable += [
+            "weights",
             "activations",
             "first_layer_input",
             "optimizer_step",
@@ -187,9 +189,7 @@ def build_measurements(
         gradients=int(raw.get("grad_nonfinite", np.zeros(1)).sum())
         if full
         else int((~np.isfinite(grad_sq)).sum()),
-        weights=int(raw.get("weight_nonfinite", np.zeros(1)).sum())
-        if full
-        else int((~np.isfinite(weight_sq)).sum()),
+        weights=int(raw.get("weight_nonfinite", np.zeros(1)).sum()) if full else 0,
         activations=sum(a.nonfinite for a in activations),
         outputs=output.nonfinite if output else 0,
         inputs=sum(i.nonfinite for i in inputs),
@@ -203,7 +203,7 @@ def build_measurements(
         xla=result.xla,
         probe_seconds=result.seconds,
         grad_norm=float(np.sqrt(grad_sq.sum())),
-        weight_norm=float(np.sqrt(weight_sq.sum())),
+        weight_norm=float(np.sqrt(weight_sq.sum())) if weight_sq is not None else None,
         micro_batch_rows=list(result.micro_batch_rows),
         noise_scale=noise,
         nonfinite=nonfinite,
@@ -223,12 +223,12 @@ def build_measurements(
 
 
 def _layers(structure: ModelStructure, raw: dict[str, np.ndarray], full: bool):
-    grad_sq, weight_sq = raw["grad_sq"], raw["weight_sq"]
+    grad_sq, weight_sq = raw["grad_sq"], raw.get("weight_sq")
     out = []
     for info in structure.layers:
         idx = list(info.variable_indices)
         g = float(np.sqrt(grad_sq[idx].astype(np.float64).sum()))
-        w = float(np.sqrt(weight_sq[idx].astype(np.float64).sum()))
+        w = float(np.sqrt(weight_sq[idx].astype(np.float64).sum())) if full else None
         params = int(sum(structure.variable_sizes[i] for i in idx))
         layer = LayerMeasurement(
             name=info.name,
@@ -237,7 +237,7 @@ def _layers(structure: ModelStructure, raw: dict[str, np.ndarray], full: bool):
             parameters=params,
             grad_norm=g,
             weight_norm=w,
-            grad_to_weight=g / w if w > 0 else None,
+            grad_to_weight=g / w if w else None,
             mean_abs_grad=float(raw["grad_abs_sum"][idx].sum()) / max(params, 1) if full else 0.0,
             zero_grad_fraction=float(raw["grad_zero"][idx].sum()) / max(params, 1) if full else 0.0,
             grad_nonfinite=int(raw["grad_nonfinite"][idx].sum()) if full else 0,
@@ -246,7 +246,7 @@ def _layers(structure: ModelStructure, raw: dict[str, np.ndarray], full: bool):
         if full and "step_sq" in raw:
             u = float(np.sqrt(raw["step_sq"][idx].astype(np.float64).sum()))
             layer.update_norm = u
-            layer.update_ratio = u / w if w > 0 else None
+            layer.update_ratio = u / w if w else None
         out.append(layer)
     return out
 
@@ -315,7 +315,8 @@ def _first_nonfinite_layer(
     for layer in layers:
         if layer.weight_nonfinite or layer.grad_nonfinite or act.get(layer.name, 0):
             return layer.name
-        if not math.isfinite(layer.grad_norm) or not math.isfinite(layer.weight_norm):
+        norms = (layer.grad_norm, layer.weight_norm)
+        if any(n is not None and not math.isfinite(n) for n in norms):
             return layer.name
     for a in activations:
         if a.nonfinite:
