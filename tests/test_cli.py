@@ -99,3 +99,20 @@ def test_bad_files_exit_2_with_one_line(tmp_path, checkpoints, batch, case):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gradhealth: error: "), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_rules_config_overrides_and_bad_configs(tmp_path, checkpoints, batch):
+    good = tmp_path / "rules.json"
+    good.write_text('{"dead_relu": {"dead_fraction": 0.7}}')
+    done = gradhealth(
+        "diagnose", checkpoints.path("cnn"), "--batch", batch, "--json", "--rules-config", good
+    )
+    assert done.returncode == 0, done.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"dead_relu": {"dead_ratio": 0.7}}')
+    done = gradhealth("diagnose", checkpoints.path("cnn"), "--batch", batch, "--rules-config", bad)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "gradhealth: error: rule dead_relu has no threshold dead_ratio; "
+        "it has critical_fraction, dead_fraction, min_units"
+    )

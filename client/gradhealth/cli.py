@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         help="norms: gradient norms only, the cheapest probe",
     )
     diag.add_argument("--no-xla", action="store_true", help="do not try XLA compilation")
+    diag.add_argument(
+        "--rules-config",
+        type=Path,
+        help='JSON of threshold overrides, e.g. {"dead_relu": {"dead_fraction": 0.7}}',
+    )
     diag.set_defaults(run=_diagnose)
 
     example = sub.add_parser(
@@ -69,6 +74,12 @@ def _diagnose(args: argparse.Namespace) -> int:
     for path, what in ((args.checkpoint, "checkpoint"), (args.batch, "batch")):
         if not path.is_file():
             return _fail(f"{what} file {str(path)!r} does not exist")
+    rules_config = None
+    if args.rules_config:
+        try:
+            rules_config = json.loads(args.rules_config.read_text())
+        except (OSError, ValueError) as exc:
+            return _fail(f"cannot read rules config {str(args.rules_config)!r}: {exc}")
     try:
         from gradhealth_server.device import native_stderr_silenced
     except ImportError as exc:
@@ -81,8 +92,9 @@ def _diagnose(args: argparse.Namespace) -> int:
         from gradhealth_server.errors import GradhealthError
 
         options = ProbeOptions(mode=args.mode, jit_compile=False if args.no_xla else None)
-        diagnoser = Diagnoser(options=options)
     try:
+        with native_stderr_silenced():
+            diagnoser = Diagnoser(options=options, rules_config=rules_config)
         diagnosis = diagnoser.diagnose(args.checkpoint, args.batch)
     except GradhealthError as exc:
         return _fail(str(exc))

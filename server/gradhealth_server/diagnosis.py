@@ -18,12 +18,13 @@ import numpy as np
 from gradhealth_server.batch import Batch, make_batch, read_npz
 from gradhealth_server.checkpoint import LoadedModel, ModelCache
 from gradhealth_server.device import configure_device
-from gradhealth_server.engine.measurements import Measurements, build_measurements
+from gradhealth_server.engine.measurements import Measurements, StepTrial, build_measurements
 from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
 from gradhealth_server.engine.structure import read_structure
+from gradhealth_server.engine.trials import input_remedy
 from gradhealth_server.errors import InvalidBatch, LimitExceeded
 from gradhealth_server.limits import DEFAULT_LIMITS, Limits
-from gradhealth_server.rules import judge
+from gradhealth_server.rules import build_rules, judge
 from gradhealth_server.verdict import Verdict
 
 
@@ -58,11 +59,14 @@ class Diagnoser:
         limits: Limits = DEFAULT_LIMITS,
         options: ProbeOptions | None = None,
         cache_capacity: int = 8,
+        rules_config: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.device = configure_device()
         self.limits = limits
         self.options = options or ProbeOptions()
         self.cache = ModelCache(cache_capacity, limits)
+        self.rules_config = rules_config or {}
+        self.rules = build_rules(self.rules_config)  # fails fast on a bad config
 
     def diagnose(
         self,
@@ -101,9 +105,26 @@ class Diagnoser:
         t3 = time.perf_counter()
         phases["probe" if probe_cached else "compile_and_probe"] = t3 - t2
         measurements = build_measurements(result, entry.structure, data.raw_x, data.y, options.mode)
-        verdict = judge(measurements)
-        phases["rules"] = time.perf_counter() - t3
+        if options.mode == "full":
+            self._try_remedies(probe, data, measurements)
+        t4 = time.perf_counter()
+        phases["trials"] = t4 - t3
+        verdict = judge(measurements, self.rules, self.rules_config)
+        phases["rules"] = time.perf_counter() - t4
         return Diagnosis(verdict, measurements, entry.fingerprint, sha, hit, probe_cached, phases)
+
+    def _try_remedies(self, probe: Probe, data: Batch, m: Measurements) -> None:
+        """Test the fixes the engine can test cheaply; results go into m.trials."""
+        remedy = input_remedy(data.raw_x, m)
+        if remedy is None:
+            return
+        change, remedied = remedy
+        remedied = {k: v.astype(data.x[k].dtype) for k, v in remedied.items()}
+        start = time.perf_counter()
+        base_before, base_after = probe.step_trial(data.x, data.y)
+        before, after = probe.step_trial(remedied, data.y)
+        m.trials["input_scale"] = StepTrial(change, before, after, base_before, base_after)
+        m.probe_seconds += time.perf_counter() - start
 
 
 def _input_specs(entry: LoadedModel) -> list[tuple[str, tuple[int | None, ...] | None, str]]:

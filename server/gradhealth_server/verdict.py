@@ -36,11 +36,6 @@ class Severity(StrEnum):
 
 
 SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
-STATUS_OF_SEVERITY = {
-    Severity.INFO: "healthy",
-    Severity.WARNING: "warning",
-    Severity.CRITICAL: "critical",
-}
 
 
 @dataclass
@@ -52,6 +47,7 @@ class Finding:
     layers: list[str] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
     confidence: float = 0.5  # 0..1: how sure the rule is that this is the root cause
+    explained_by: list[str] = field(default_factory=list)  # causes that account for it
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -67,12 +63,27 @@ class Verdict:
     findings: list[Finding]
 
     @classmethod
-    def from_findings(cls, findings: list[Finding]) -> Verdict:
-        ordered = sorted(findings, key=lambda f: (-SEVERITY_RANK[f.severity], -f.confidence))
-        worst = max((SEVERITY_RANK[f.severity] for f in ordered), default=0)
+    def from_findings(cls, findings: list[Finding], explained: set[int] | None = None) -> Verdict:
+        """Status from the worst severity; primary cause from the strongest root cause.
+
+        A root cause is an alarming finding (warning or critical) that no other
+        alarming finding explains; among those the most confident wins.
+        """
+        explained = explained or set()
+        alarming = [f for f in findings if f.severity is not Severity.INFO]
+        roots = [f for i, f in enumerate(findings) if i not in explained and f in alarming]
+        pool = roots or alarming
+        primary = max(pool, key=lambda f: (f.confidence, SEVERITY_RANK[f.severity]), default=None)
+        rest = sorted(
+            (f for f in findings if f is not primary),
+            key=lambda f: (-SEVERITY_RANK[f.severity], -f.confidence),
+        )
+        ordered = ([primary] if primary else []) + rest
+        worst = max((SEVERITY_RANK[f.severity] for f in findings), default=0)
         status = ("healthy", "warning", "critical")[worst]
-        primary = next((f.cause for f in ordered if f.severity != Severity.INFO), None)
-        return cls(status=status, primary_cause=primary, findings=ordered)
+        return cls(
+            status=status, primary_cause=primary.cause if primary else None, findings=ordered
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

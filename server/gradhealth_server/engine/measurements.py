@@ -52,6 +52,7 @@ class ActivationMeasurement:
     dead_fraction: float | None = None  # ReLU family: units that never fired
     saturated_fraction: float | None = None  # sigmoid/tanh: values in the flat region
     saturated_units_fraction: float | None = None  # units flat on every example
+    is_output: bool = False
 
 
 @dataclass
@@ -104,6 +105,26 @@ class OptimizerStep:
     base_loss: float | None  # loss on the probe rows before the step
     lr_scales: list[float] = field(default_factory=list)
     lr_losses: list[float] = field(default_factory=list)  # loss at w + s·Δw
+    iterations: int | None = None  # steps the run has taken (the optimizer's counter)
+
+
+@dataclass
+class StepTrial:
+    """A remedy tested in the engine: one optimizer step with and without it."""
+
+    change: str  # the code change tried, e.g. "x = x / 255.0"
+    loss_before: float  # remedied batch, before the step
+    loss_after: float  # remedied batch, after one step
+    baseline_before: float  # batch as sent
+    baseline_after: float
+
+    @property
+    def relative_drop(self) -> float:
+        return (self.loss_before - self.loss_after) / max(abs(self.loss_before), 1e-12)
+
+    @property
+    def baseline_relative_drop(self) -> float:
+        return (self.baseline_before - self.baseline_after) / max(abs(self.baseline_before), 1e-12)
 
 
 @dataclass
@@ -141,6 +162,7 @@ class Measurements:
     optimizer: OptimizerStep | None
     static: dict[str, Any]
     unavailable: list[str]
+    trials: dict[str, StepTrial] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return _finite_json(asdict(self))
@@ -267,6 +289,7 @@ def _activations(structure: ModelStructure, raw: dict[str, np.ndarray]):
             mean=mean,
             std=math.sqrt(var),
             nonfinite=int(raw[key + "nonfinite"]),
+            is_output=tap.is_output,
         )
         if tap.activation in RELU_FAMILY:
             m.dead_fraction = float((unit_max <= DEAD_UNIT_MAX).sum()) / max(units, 1)
@@ -298,14 +321,20 @@ def _first_layer_inputs(structure: ModelStructure, raw: dict[str, np.ndarray]):
                 std=std,
                 min=lo,
                 max=hi,
-                range_class=range_class(lo, hi, mean, std, integer_valued=False),
-                feature_std_min=float(fstd.min()) if fstd.size else None,
+                range_class=range_class(lo, hi, mean, std),
+                feature_std_min=_varying_min(fstd),
                 feature_std_max=float(fstd.max()) if fstd.size else None,
                 feature_mean_abs_max=float(np.abs(fmean).max()) if fmean.size else None,
                 nonfinite=int(raw[key + "nonfinite"]),
             )
         )
     return out
+
+
+def _varying_min(feature_std: np.ndarray) -> float | None:
+    """Smallest spread among features that vary (constant ones, e.g. border pixels, skip)."""
+    varying = feature_std[feature_std > 1e-12]
+    return float(varying.min()) if varying.size else None
 
 
 def _first_nonfinite_layer(
@@ -327,7 +356,12 @@ def _first_nonfinite_layer(
 # -- host-side statistics ----------------------------------------------------------
 
 
-def range_class(lo: float, hi: float, mean: float, std: float, *, integer_valued: bool) -> str:
+# Beyond this standard deviation or mean magnitude a tensor is off unit scale.
+OFF_SCALE_STD = 3.0
+OFF_SCALE_MEAN = 3.0
+
+
+def range_class(lo: float, hi: float, mean: float, std: float) -> str:
     """Name the scale of an input: what `x / 255.0` or standardization would fix."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "non_finite"
@@ -335,11 +369,11 @@ def range_class(lo: float, hi: float, mean: float, std: float, *, integer_valued
         return "unit"
     if lo >= -1.0 - 1e-6 and hi <= 1.0 + 1e-6:
         return "symmetric_unit"
-    if lo >= 0 and 1.5 < hi <= 255.0 + 1e-6 and (integer_valued or hi > 20):
+    if lo >= 0 and 20.0 < hi <= 255.0 + 1e-3:
         return "byte"
-    if abs(mean) <= 1.0 and 0.2 <= std <= 5.0:
-        return "standardized"
-    return "wide"
+    if std > OFF_SCALE_STD or abs(mean) > OFF_SCALE_MEAN:
+        return "wide"
+    return "standardized"
 
 
 def tensor_stats(name: str, arr: np.ndarray) -> TensorStats:
@@ -359,7 +393,7 @@ def tensor_stats(name: str, arr: np.ndarray) -> TensorStats:
         std=std,
         min=lo,
         max=hi,
-        range_class=range_class(lo, hi, mean, std, integer_valued=integer_valued),
+        range_class=range_class(lo, hi, mean, std),
         dtype=str(a.dtype),
         shape=list(a.shape),
         integer_valued=integer_valued,
@@ -368,7 +402,7 @@ def tensor_stats(name: str, arr: np.ndarray) -> TensorStats:
     if a.ndim >= 2 and a.shape[0] > 1:
         flat = f.reshape(-1, a.shape[-1])
         fstd = flat.std(axis=0)
-        stats.feature_std_min = float(fstd.min())
+        stats.feature_std_min = _varying_min(fstd)
         stats.feature_std_max = float(fstd.max())
         stats.feature_mean_abs_max = float(np.abs(flat.mean(axis=0)).max())
     return stats
@@ -452,6 +486,7 @@ def _optimizer(raw, facts, weight_sq: np.ndarray, step_sq: np.ndarray | None):
         base_loss=float(raw["lr_probe_base_loss"]) if "lr_probe_base_loss" in raw else None,
         lr_scales=[float(s) for s in scales],
         lr_losses=[float(v) for v in raw.get("lr_probe_losses", [])],
+        iterations=int(raw["iterations"]) if "iterations" in raw else None,
     )
 
 

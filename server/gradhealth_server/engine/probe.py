@@ -103,6 +103,7 @@ class Probe:
         self._signature = [specs_x, spec_y]
         self.xla = options.jit_compile is not False
         self._fn = self._compile(self.xla)
+        self._trial_fn = None
 
     # -- public -----------------------------------------------------------
     def run(self, x: Batch, y: np.ndarray) -> ProbeResult:
@@ -244,17 +245,38 @@ class Probe:
         return loss, taps, firsts, y_pred, updated
 
     def _optimizer_step(self, grads, w0, nt0, metrics0, xs, y, base_loss):
-        """The checkpoint optimizer's real next step, then the learning-rate probe.
+        """The checkpoint optimizer's real next step, then the learning-rate probe."""
+        if self.model.optimizer is None:
+            return {}
+        deltas = self._step_and_restore(grads, w0)
+        step_sq = [tf.reduce_sum(tf.square(d)) for d in deltas]
+        out = {
+            "step_sq": tf.stack(step_sq),
+            "step_nonfinite": tf.stack([_nonfinite_if(s, d) for s, d in zip(step_sq, deltas)]),
+            "iterations": tf.cast(_read(self.model.optimizer.iterations), tf.int64),
+        }
+        # Loss on the first micro-batch at w0 + s·Δw: the same rows and the same
+        # dropout masks (same starting state) as the forward that gave base_loss.
+        rows = self.splits[0]
+        x0, y0 = [t[:rows] for t in xs], y[:rows]
+        probe_losses = []
+        for scale in self.options.lr_scales:
+            loss, *_ = self._stateless_loss(_moved(w0, deltas, scale), nt0, metrics0, x0, y0)
+            probe_losses.append(tf.cast(loss, tf.float32))
+        if probe_losses:
+            out["lr_probe_losses"] = tf.stack(probe_losses)
+            out["lr_probe_base_loss"] = base_loss
+        return out
+
+    def _step_and_restore(self, grads, w0) -> list[tf.Tensor]:
+        """Apply the optimizer to the real variables, return Δw, write everything back.
 
         Keras 3 has no stateless optimizer apply on TensorFlow, so the step is
-        applied to the real variables and every weight and optimizer variable
-        (iterations included) is written back before the function returns.
+        applied for real and every weight and optimizer variable (iterations
+        included) is restored before the function returns.
         """
-        optimizer = self.model.optimizer
-        if optimizer is None:
-            return {}
         slots0 = [_read(v) for v in self._optimizer_vars]
-        optimizer.apply(
+        self.model.optimizer.apply(
             [tf.cast(g, v.dtype) for g, v in zip(grads, self._trainable)], self._trainable
         )
         deltas = [
@@ -265,26 +287,33 @@ class Probe:
             var.assign(value)
         for var, value in zip(self._optimizer_vars, slots0):
             var.assign(value)
-        step_sq = [tf.reduce_sum(tf.square(d)) for d in deltas]
-        out = {
-            "step_sq": tf.stack(step_sq),
-            "step_nonfinite": tf.stack([_nonfinite_if(s, d) for s, d in zip(step_sq, deltas)]),
-        }
-        # Loss on the first micro-batch at w0 + s·Δw: the same rows and the same
-        # dropout masks (same starting state) as the forward that gave base_loss.
-        rows = self.splits[0]
-        x0, y0 = [t[:rows] for t in xs], y[:rows]
-        probe_losses = []
-        for scale in self.options.lr_scales:
-            moved = [
-                tf.cast(tf.cast(w, tf.float32) + scale * d, w.dtype) for w, d in zip(w0, deltas)
-            ]
-            loss, *_ = self._stateless_loss(moved, nt0, metrics0, x0, y0)
-            probe_losses.append(tf.cast(loss, tf.float32))
-        if probe_losses:
-            out["lr_probe_losses"] = tf.stack(probe_losses)
-            out["lr_probe_base_loss"] = base_loss
-        return out
+        return deltas
+
+    # -- remedy trials ------------------------------------------------------
+    def step_trial(self, x: Batch, y: np.ndarray) -> tuple[float, float]:
+        """Loss on this batch before and after one optimizer step taken on it.
+
+        Run on the batch as sent and on a remedied copy (e.g. standardized), it
+        measures whether the remedy helps. Compiled once per probe, on demand.
+        """
+        if self._trial_fn is None:
+            self._trial_fn = tf.function(
+                self._trial, input_signature=self._signature, jit_compile=False
+            )
+        out = self._trial_fn([x[name] for name in self.input_order], y)
+        return float(out[0]), float(out[1])
+
+    def _trial(self, xs, y):
+        w0 = [_read(v) for v in self._trainable]
+        nt0 = [_read(v) for v in self._non_trainable]
+        metrics0 = [_read(v) for v in self._metric_vars]
+        with tf.GradientTape() as tape:
+            tape.watch(w0)
+            before, *_ = self._stateless_loss(w0, nt0, metrics0, xs, y)
+        grads = tape.gradient(before, w0, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        deltas = self._step_and_restore([tf.cast(g, tf.float32) for g in grads], w0)
+        after, *_ = self._stateless_loss(_moved(w0, deltas, 1.0), nt0, metrics0, xs, y)
+        return tf.cast(before, tf.float32), tf.cast(after, tf.float32)
 
 
 # -- helpers (trace-time) ------------------------------------------------------
@@ -302,6 +331,10 @@ def _micro_batches(rows: int, structure: ModelStructure, options: ProbeOptions) 
     k = max(1, min(k, rows // max(options.min_micro_batch_rows, 1)))
     base, extra = divmod(rows, k)
     return [base + (1 if i < extra else 0) for i in range(k)]
+
+
+def _moved(w0: list[tf.Tensor], deltas: list[tf.Tensor], scale: float) -> list[tf.Tensor]:
+    return [tf.cast(tf.cast(w, tf.float32) + scale * d, w.dtype) for w, d in zip(w0, deltas)]
 
 
 def _read(variable: Any) -> tf.Tensor:

@@ -79,6 +79,7 @@ class Tap:
     class_name: str
     activation: str
     tensor: Any  # a KerasTensor of the functional graph
+    is_output: bool = False  # the model's own output (a confident head saturates)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ class StaticFacts:
     normalization_layers: tuple[str, ...]
     activations: tuple[str, ...]
     batch_coupled: bool
-    output_activation: str | None
+    output_activation: str | None  # the last nonlinearity before the output
+    output_activations: tuple[str, ...]  # output backwards to the last weight layer
     output_units: int | None
     loss: str | None
     from_logits: bool
@@ -136,7 +138,7 @@ def read_structure(model: keras.Model) -> ModelStructure:
     skips = 0
     if functional:
         graph = _graph(model)
-        taps = _taps(graph)
+        taps = _taps(graph, list(model.outputs))
         first_inputs = _first_layer_inputs(graph)
         depth = _depth(graph)
         skips = _skip_connections(graph)
@@ -146,7 +148,8 @@ def read_structure(model: keras.Model) -> ModelStructure:
     class_names = [type(lyr).__name__ for lyr in all_layers]
     activations = sorted({a for a in (_activation_of(lyr) for lyr in all_layers) if a})
     loss_name, from_logits, smoothing, reduction = _loss_facts(model)
-    out_act, out_units = _output_facts(model)
+    out_chain, out_units = _output_facts(model)
+    out_act = next((a for a in out_chain if a != "linear"), out_chain[0] if out_chain else None)
     optimizer = getattr(model, "optimizer", None)
     facts = StaticFacts(
         model_class=type(model).__name__,
@@ -159,6 +162,7 @@ def read_structure(model: keras.Model) -> ModelStructure:
         activations=tuple(activations),
         batch_coupled=any(c in BATCH_COUPLED_LAYERS for c in class_names),
         output_activation=out_act,
+        output_activations=tuple(out_chain),
         output_units=out_units,
         loss=loss_name,
         from_logits=from_logits,
@@ -251,7 +255,7 @@ def _graph(model: keras.Model) -> dict[int, _Node]:
     return graph
 
 
-def _taps(graph: dict[int, _Node]) -> list[Tap]:
+def _taps(graph: dict[int, _Node], model_outputs: list[Any]) -> list[Tap]:
     taps = []
     for node in graph.values():
         layer = node.layer
@@ -260,7 +264,8 @@ def _taps(graph: dict[int, _Node]) -> list[Tap]:
             continue
         outputs = node.node.output_tensors
         if len(outputs) == 1:
-            taps.append(Tap(layer.name, type(layer).__name__, act, outputs[0]))
+            is_output = any(outputs[0] is t for t in model_outputs)
+            taps.append(Tap(layer.name, type(layer).__name__, act, outputs[0], is_output))
     return taps
 
 
@@ -352,15 +357,47 @@ def _problem(loss: str | None) -> str:
     return LOSS_PROBLEMS.get(loss, "regression")
 
 
-def _output_facts(model: keras.Model) -> tuple[str | None, int | None]:
+# Layers that pass the output through unchanged in kind (walked over backwards).
+_TRANSPARENT = frozenset(
+    {
+        "Dropout",
+        "Flatten",
+        "Reshape",
+        "Identity",
+        "GaussianNoise",
+        "ActivityRegularization",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+    }
+)
+
+
+def _output_facts(model: keras.Model) -> tuple[list[str], int | None]:
+    """Activations from the output back to the last weight layer, and output units.
+
+    `Dense(10, activation="softmax")` then `Activation("softmax")` gives
+    ["softmax", "softmax"]: a double softmax.
+    """
     if not _is_functional(model):
-        return None, None
+        return [], None
     out = model.outputs[0]
-    layer = out._keras_history[0]
-    act = _activation_of(layer)
-    # An Activation layer right after a linear Dense: report the activation.
     units = out.shape[-1] if out.shape else None
-    return act, int(units) if units is not None else None
+    chain: list[str] = []
+    tensor = out
+    for _ in range(16):
+        layer, node_index, _ = tensor._keras_history
+        act = _activation_of(layer)
+        if act is not None:
+            chain.append(act)
+        if layer.trainable_variables or isinstance(layer, keras.layers.InputLayer):
+            break
+        if act is None and type(layer).__name__ not in _TRANSPARENT:
+            break
+        inputs = layer._inbound_nodes[node_index].input_tensors
+        if len(inputs) != 1:
+            break
+        tensor = inputs[0]
+    return chain, int(units) if units is not None else None
 
 
 def _learning_rate(optimizer: Any) -> float | None:

@@ -1,25 +1,113 @@
 """Judging: pure functions from Measurements to Findings, one cause per module.
 
 A rule never touches TensorFlow; it reads the plain numbers of
-`engine.measurements` so it can be tested with hand-written values. Add a
-cause by adding a module with a `Rule` subclass and listing it in `RULES`.
+`engine.measurements`, so it is tested with hand-written values. To add a cause,
+add a module with a `Rule` subclass and list it in `RULE_TYPES`.
+
+The primary cause is the most likely *root* cause, not the loudest symptom:
+`EXPLAINS` says which findings another finding accounts for (a too-high
+learning rate kills ReLUs; dead ReLUs starve earlier layers of gradient), and
+the primary is the strongest finding that nothing else present explains.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from gradhealth_server.engine.measurements import Measurements
-from gradhealth_server.rules.base import Rule
+from gradhealth_server.rules.base import ConfigError, Rule
+from gradhealth_server.rules.context import build_context, context_thresholds
+from gradhealth_server.rules.dead_relu import DeadReluRule
+from gradhealth_server.rules.exploding_gradients import ExplodingGradientsRule
+from gradhealth_server.rules.learning_rate_too_high import LearningRateTooHighRule
+from gradhealth_server.rules.learning_rate_too_low import LearningRateTooLowRule
+from gradhealth_server.rules.loss_mismatch import LossMismatchRule
 from gradhealth_server.rules.non_finite import NonFiniteRule
-from gradhealth_server.verdict import Finding, Verdict
+from gradhealth_server.rules.prediction_collapse import PredictionCollapseRule
+from gradhealth_server.rules.saturated_activation import SaturatedActivationRule
+from gradhealth_server.rules.unnormalized_input import UnnormalizedInputRule
+from gradhealth_server.rules.vanishing_gradients import VanishingGradientsRule
+from gradhealth_server.verdict import Cause, Finding, Severity, Verdict
 
-RULES: tuple[Rule, ...] = (NonFiniteRule(),)
+RULE_TYPES: tuple[type[Rule], ...] = (
+    NonFiniteRule,
+    LossMismatchRule,
+    LearningRateTooHighRule,
+    LearningRateTooLowRule,
+    UnnormalizedInputRule,
+    VanishingGradientsRule,
+    ExplodingGradientsRule,
+    DeadReluRule,
+    SaturatedActivationRule,
+    PredictionCollapseRule,
+)
+
+_SYMPTOMS = {
+    Cause.EXPLODING_GRADIENTS,
+    Cause.VANISHING_GRADIENTS,
+    Cause.DEAD_RELU,
+    Cause.SATURATED_ACTIVATION,
+    Cause.PREDICTION_COLLAPSE,
+    Cause.NON_FINITE,
+}
+# cause -> the findings it accounts for when both are present.
+EXPLAINS: dict[Cause, frozenset[Cause]] = {
+    Cause.LOSS_MISMATCH: frozenset(_SYMPTOMS | {Cause.LEARNING_RATE_TOO_LOW}),
+    Cause.LEARNING_RATE_TOO_HIGH: frozenset(_SYMPTOMS),
+    Cause.UNNORMALIZED_INPUT: frozenset(_SYMPTOMS | {Cause.LEARNING_RATE_TOO_LOW}),
+    Cause.LEARNING_RATE_TOO_LOW: frozenset({Cause.PREDICTION_COLLAPSE}),
+    Cause.DEAD_RELU: frozenset({Cause.VANISHING_GRADIENTS, Cause.PREDICTION_COLLAPSE}),
+    Cause.SATURATED_ACTIVATION: frozenset({Cause.VANISHING_GRADIENTS, Cause.PREDICTION_COLLAPSE}),
+    Cause.EXPLODING_GRADIENTS: frozenset(
+        {Cause.DEAD_RELU, Cause.SATURATED_ACTIVATION, Cause.PREDICTION_COLLAPSE}
+    ),
+    Cause.VANISHING_GRADIENTS: frozenset({Cause.PREDICTION_COLLAPSE}),
+}
 
 
-def judge(measurements: Measurements, rules: tuple[Rule, ...] = RULES) -> Verdict:
+def build_rules(config: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[Rule, ...]:
+    """Rules with operator overrides: {"dead_relu": {"dead_fraction": 0.7}, ...}."""
+    config = dict(config or {})
+    config.pop("context", None)
+    known = {str(r.cause) for r in RULE_TYPES}
+    unknown = set(config) - known
+    if unknown:
+        raise ConfigError(f"no rule named {', '.join(sorted(unknown))}; rules: {sorted(known)}")
+    return tuple(r(**config.get(str(r.cause), {})) for r in RULE_TYPES)
+
+
+def judge(
+    m: Measurements,
+    rules: tuple[Rule, ...] | None = None,
+    config: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Verdict:
+    rules = rules or build_rules(config)
+    ctx = build_context(m, context_thresholds(dict((config or {}).get("context", {}))))
     findings: list[Finding] = []
     for rule in rules:
-        findings.extend(rule.check(measurements))
-    return Verdict.from_findings(findings)
+        findings.extend(rule.check(m, ctx))
+    explained = _mark_explained(findings)
+    return Verdict.from_findings(findings, explained)
 
 
-__all__ = ["RULES", "Rule", "judge"]
+def _mark_explained(findings: list[Finding]) -> set[int]:
+    """Indices of findings accounted for by another alarming finding."""
+    alarming = [f for f in findings if f.severity is not Severity.INFO]
+    explained: set[int] = set()
+    for i, finding in enumerate(findings):
+        # NaN weights hide everything downstream: they are never someone's symptom.
+        if finding.cause is Cause.NON_FINITE and finding.confidence >= 1.0:
+            continue
+        causes = [
+            other.cause
+            for other in alarming
+            if other is not finding and finding.cause in EXPLAINS.get(other.cause, ())
+        ]
+        if causes:
+            finding.explained_by = sorted(str(c) for c in causes)
+            explained.add(i)
+    return explained
+
+
+__all__ = ["EXPLAINS", "RULE_TYPES", "ConfigError", "Rule", "build_rules", "judge"]

@@ -1,21 +1,24 @@
 """non_finite: NaN or Inf in the loss, gradients, weights or activations.
 
-Anchors: SageMaker Debugger's ExplodingTensor rule, DeepLocalize (first layer
-where values stop being finite). Gradient explosion is a cliff: the checkpoint
-often already holds NaN weights, so the finding names the first such layer.
+Anchors: SageMaker Debugger's ExplodingTensor rule; DeepLocalize (the first
+layer where values stop being finite). Gradient explosion is a cliff: a
+checkpoint often already holds NaN weights, so the finding names the first such
+layer and, since nothing downstream of NaN can be measured, it is then the
+primary cause itself.
 """
 
 from __future__ import annotations
 
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
+from gradhealth_server.rules.context import Context, fmt
 from gradhealth_server.verdict import Cause, Finding, Severity
 
 
 class NonFiniteRule(Rule):
     cause = Cause.NON_FINITE
 
-    def check(self, m: Measurements) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
         nf = m.nonfinite
         counts = {
             "loss_nonfinite": nf.loss,
@@ -28,24 +31,34 @@ class NonFiniteRule(Rule):
         if not any(counts.values()):
             return []
         where = f" from layer {nf.first_layer!r} on" if nf.first_layer else ""
+        lr = ctx.learning_rate
         if nf.inputs:
             summary = f"the batch itself holds {nf.inputs} NaN/Inf input values"
-            remedy = "clean the input pipeline: x = np.nan_to_num(x) or drop rows with NaN"
+            remedy = "clean the input pipeline: x = np.nan_to_num(x), or drop rows with NaN"
         elif nf.weights:
             summary = (
                 f"the checkpoint already holds {nf.weights} NaN/Inf weights{where}: "
                 "training diverged before this checkpoint"
             )
+            smaller = f"learning_rate={fmt(lr / 10)}, " if lr else ""
             remedy = (
-                "restart from the last finite checkpoint with a smaller learning rate "
-                "and gradient clipping: optimizer=...(learning_rate=lr / 10, clipnorm=1.0)"
+                "restart from the last finite checkpoint with a smaller step and clipping: "
+                f"{ctx.optimizer or 'optimizer'}({smaller}clipnorm=1.0)"
             )
         else:
             summary = f"the loss or gradients are not finite{where} on this batch"
             remedy = (
-                "add gradient clipping and lower the learning rate: "
-                "optimizer=...(clipnorm=1.0); check the loss for log(0) or division by 0"
+                f"clip gradients: {ctx.optimizer or 'optimizer'}(..., clipnorm=1.0); "
+                "check the loss for log(0) or division by zero"
             )
+        hints = []
+        if ctx.lr_above_usual:
+            hints.append(f"learning rate {fmt(lr)} is above the usual range for {ctx.optimizer}")
+        off_scale = [s.name for s in m.inputs if s.range_class in ("byte", "wide")]
+        if off_scale:
+            hints.append(f"input {', '.join(off_scale)} is not normalized")
+        if hints:
+            summary += "; likely trigger: " + "; ".join(hints)
         return [
             Finding(
                 cause=self.cause,
@@ -54,6 +67,7 @@ class NonFiniteRule(Rule):
                 remedy=remedy,
                 layers=[nf.first_layer] if nf.first_layer else [],
                 evidence={**counts, "first_nonfinite_layer": nf.first_layer},
-                confidence=1.0,
+                # NaN weights hide every other measurement: nothing outranks them.
+                confidence=1.0 if nf.weights or nf.inputs else 0.6,
             )
         ]

@@ -1,0 +1,44 @@
+"""Remedies the engine can try cheaply, chosen from what the probe measured.
+
+The only one so far: when the first weight layer sees inputs far from unit
+scale, take one optimizer step on the batch as sent and on a rescaled copy
+(`x / 255` for 0-255 pixels, per-feature standardization otherwise) and report
+both losses, so the finding can say what the fix does on this very model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradhealth_server.engine.measurements import Measurements, TensorStats
+
+OFF_SCALE = frozenset({"byte", "wide"})
+
+
+def input_remedy(
+    raw_x: dict[str, np.ndarray], m: Measurements
+) -> tuple[str, dict[str, np.ndarray]] | None:
+    """The rescaled batch to try, with the code change it stands for; None if not needed."""
+    seen = m.first_layer_inputs or m.inputs  # what the weights see, when known
+    if not any(s.range_class in OFF_SCALE for s in seen) or m.nonfinite.weights:
+        return None
+    changes: list[str] = []
+    remedied: dict[str, np.ndarray] = {}
+    by_name = {s.name: s for s in m.inputs}
+    for name, arr in raw_x.items():
+        stats: TensorStats = by_name[name]
+        value = arr.astype(np.float32)
+        prefix = "x" if len(raw_x) == 1 else f"x_{name}"
+        if stats.range_class == "byte":
+            value = value / np.float32(255.0)
+            changes.append(f"{prefix} = {prefix} / 255.0")
+        elif stats.range_class == "wide":
+            flat = value.reshape(-1, value.shape[-1]) if value.ndim > 1 else value[:, None]
+            mean, std = flat.mean(axis=0), flat.std(axis=0)
+            std = np.where(std > 1e-12, std, 1.0).astype(np.float32)
+            value = ((value - mean.reshape(-1)) / std.reshape(-1)).astype(np.float32)
+            changes.append(f"{prefix} = ({prefix} - mean) / std")
+        remedied[name] = value
+    if not changes:
+        return None
+    return "; ".join(changes), remedied

@@ -1,0 +1,131 @@
+"""Facts several rules need, derived once from the measurements.
+
+Kept apart from the rules so each rule reads as its own cause, and so the
+"quiet on healthy runs" guards (converged, early, learning) are defined once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from gradhealth_server.engine.measurements import Measurements
+
+CLASSIFICATION = frozenset({"sparse_categorical", "categorical", "binary"})
+
+# The learning rates each optimizer family is normally run with. Keras defaults:
+# Adam-family and RMSprop 1e-3, SGD 1e-2, Adagrad 1e-3, Adadelta 1.0.
+USUAL_LEARNING_RATES: dict[str, tuple[float, float]] = {
+    "SGD": (1e-4, 1.0),
+    "Adam": (1e-6, 1e-2),
+    "AdamW": (1e-6, 1e-2),
+    "Adamax": (1e-6, 2e-2),
+    "Nadam": (1e-6, 1e-2),
+    "RMSprop": (1e-6, 1e-2),
+    "Lion": (1e-7, 1e-3),
+    "Adagrad": (1e-4, 0.5),
+    "Adadelta": (1e-3, 10.0),
+    "Ftrl": (1e-4, 1.0),
+    "Lamb": (1e-6, 2e-2),
+}
+
+
+@dataclass(frozen=True)
+class ContextThresholds:
+    # A loss this low, or accuracy this high, is a converged model: tiny gradients
+    # and tiny steps are expected there, not a fault.
+    converged_loss: float = 0.02
+    converged_accuracy: float = 0.995
+    # Fewer optimizer steps than this is an early checkpoint: chance accuracy and
+    # one predicted class are normal (DESIGN: "early is not stalled or collapsed").
+    early_steps: int = 30
+    # "Learning" means accuracy covers this share of the way from chance to 1.
+    learning_share: float = 0.5
+
+
+@dataclass(frozen=True)
+class Context:
+    classification: bool
+    chance: float | None  # majority-class share of the batch's labels
+    accuracy: float | None
+    learning: bool  # the model already does well on the batch
+    converged: bool
+    early: bool
+    iterations: int | None
+    optimizer: str | None
+    learning_rate: float | None
+    lr_range: tuple[float, float] | None  # the optimizer's usual learning rates
+    thresholds: ContextThresholds
+
+    @property
+    def lr_above_usual(self) -> bool:
+        return bool(self.lr_range and self.learning_rate and self.learning_rate > self.lr_range[1])
+
+    @property
+    def lr_below_usual(self) -> bool:
+        return bool(
+            self.lr_range
+            and self.learning_rate is not None
+            and self.learning_rate < self.lr_range[0]
+        )
+
+
+def build_context(m: Measurements, t: ContextThresholds | None = None) -> Context:
+    t = t or ContextThresholds()
+    problem = m.static.get("problem")
+    classification = problem in CLASSIFICATION
+    chance = None
+    if classification and m.labels and m.labels.histogram:
+        total = sum(m.labels.histogram)
+        chance = max(m.labels.histogram) / total if total else None
+    accuracy = m.accuracy if classification else None
+    learning = bool(
+        accuracy is not None
+        and chance is not None
+        and chance < 1
+        and (accuracy - chance) / (1 - chance) >= t.learning_share
+    )
+    loss_ok = math.isfinite(m.loss) and m.loss <= t.converged_loss
+    converged = loss_ok or (accuracy is not None and accuracy >= t.converged_accuracy)
+    iterations = m.optimizer.iterations if m.optimizer else None
+    name = m.static.get("optimizer")
+    return Context(
+        classification=classification,
+        chance=chance,
+        accuracy=accuracy,
+        learning=learning,
+        converged=converged,
+        early=iterations is not None and iterations < t.early_steps,
+        iterations=iterations,
+        optimizer=name,
+        learning_rate=m.static.get("learning_rate"),
+        lr_range=USUAL_LEARNING_RATES.get(name or ""),
+        thresholds=t,
+    )
+
+
+def context_thresholds(overrides: dict) -> ContextThresholds:
+    return dataclasses.replace(ContextThresholds(), **overrides)
+
+
+def gradient_profile(m: Measurements) -> list[tuple[str, float]]:
+    """(layer, gradient norm) from input to output: the evidence of flow."""
+    return [(layer.name, layer.grad_norm) for layer in m.layers]
+
+
+def lr_probe(m: Measurements) -> dict[float, float]:
+    """Loss at w + s·Δw by step scale s, plus s = 0 (the loss before the step)."""
+    opt = m.optimizer
+    if opt is None or opt.base_loss is None or not opt.lr_losses:
+        return {}
+    out = {0.0: opt.base_loss}
+    out.update(dict(zip(opt.lr_scales, opt.lr_losses, strict=True)))
+    return out
+
+
+def fmt(value: float | None) -> str:
+    """Numbers in findings: short, exact enough to act on."""
+    if value is None:
+        return "n/a"
+    return f"{value:.3g}"

@@ -1,0 +1,65 @@
+"""dead_relu: most of a layer's ReLU units never fire on the batch.
+
+Anchors: SageMaker Debugger's DeadRelu (50 % of units), DeepDiagnosis (70 %).
+Dead units are also what a too-high learning rate or unnormalized input leave
+behind; those are reported as the root cause when present (rules.EXPLAINS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gradhealth_server.engine.measurements import Measurements
+from gradhealth_server.rules.base import Rule
+from gradhealth_server.rules.context import Context, fmt
+from gradhealth_server.verdict import Cause, Finding, Severity
+
+
+class DeadReluRule(Rule):
+    cause = Cause.DEAD_RELU
+
+    @dataclass(frozen=True)
+    class Thresholds:
+        dead_fraction: float = 0.5  # SageMaker DeadRelu
+        critical_fraction: float = 0.9
+        min_units: int = 4  # below this a fraction is noise
+
+    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+        t = self.t
+        dead = [
+            a
+            for a in m.activations
+            if a.dead_fraction is not None
+            and not a.is_output
+            and a.units >= t.min_units
+            and a.dead_fraction >= t.dead_fraction
+        ]
+        if not dead or m.nonfinite.weights:
+            return []
+        worst = max(a.dead_fraction or 0 for a in dead)
+        if ctx.learning:
+            severity = Severity.INFO
+        elif worst >= t.critical_fraction:
+            severity = Severity.CRITICAL
+        else:
+            severity = Severity.WARNING
+        listing = ", ".join(f"{a.layer} {fmt(100 * (a.dead_fraction or 0))}%" for a in dead)
+        return [
+            Finding(
+                cause=self.cause,
+                severity=severity,
+                summary=f"ReLU units that never fire on this batch: {listing}",
+                remedy=(
+                    'use activation="leaky_relu" (or keras.layers.LeakyReLU()), '
+                    'kernel_initializer="he_normal" with bias_initializer="zeros", and '
+                    "BatchNormalization before the activation; lower the learning rate if it "
+                    "is high"
+                ),
+                layers=[a.layer for a in dead],
+                evidence={
+                    "dead_fraction": {a.layer: a.dead_fraction for a in dead},
+                    "units": {a.layer: a.units for a in dead},
+                },
+                confidence=0.5 + 0.4 * worst,
+            )
+        ]

@@ -1,0 +1,108 @@
+"""unnormalized_input: the first weight layer sees values far from unit scale.
+
+Anchors: UMLAUT and DeepDiagnosis flag inputs outside [-1, 1]. Judged on what
+the first weight layer actually sees, so a 0-255 batch behind Rescaling(1/255)
+or an adapted Normalization layer is fine. Adam and RMSprop often hide 0-255
+pixels (the run still learns): then it is an info note, not an alarm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gradhealth_server.engine.measurements import Measurements, TensorStats
+from gradhealth_server.rules.base import Rule
+from gradhealth_server.rules.context import Context, fmt
+from gradhealth_server.verdict import Cause, Finding, Severity
+
+
+class UnnormalizedInputRule(Rule):
+    cause = Cause.UNNORMALIZED_INPUT
+
+    @dataclass(frozen=True)
+    class Thresholds:
+        max_std: float = 3.0  # a standardized input has std 1
+        max_abs_mean: float = 3.0
+        # Features whose spreads differ this much hurt every optimizer.
+        feature_scale_ratio: float = 100.0
+        # A measured remedy counts as helping when its one-step loss drop beats the
+        # batch-as-sent drop by this factor.
+        trial_gain: float = 2.0
+
+    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+        seen = m.first_layer_inputs or m.inputs
+        off = [s for s in seen if self._off_scale(s)]
+        if not off or m.nonfinite.inputs:
+            return []
+        worst = max(off, key=lambda s: max(abs(s.max), abs(s.min), s.std))
+        raw = {s.name: s for s in m.inputs}
+        pixels = any(s.range_class == "byte" for s in m.inputs) or worst.range_class == "byte"
+        if pixels:
+            remedy = "x = x / 255.0 (or keras.layers.Rescaling(1.0 / 255) as the first layer)"
+        else:
+            remedy = (
+                "standardize: x = (x - mean) / std per feature, with mean and std from the "
+                "training set (or a keras.layers.Normalization() layer adapted on it)"
+            )
+            if len(raw) == 1:
+                only = next(iter(raw.values()))
+                remedy += f"; this batch has mean {fmt(only.mean)}, std {fmt(only.std)}"
+        evidence = {
+            "layer": worst.name,
+            "min": worst.min,
+            "max": worst.max,
+            "mean": worst.mean,
+            "std": worst.std,
+            "range_class": worst.range_class,
+            "feature_std_min": worst.feature_std_min,
+            "feature_std_max": worst.feature_std_max,
+        }
+        summary = (
+            f"the first weight layer {worst.name!r} sees inputs in "
+            f"[{fmt(worst.min)}, {fmt(worst.max)}] (mean {fmt(worst.mean)}, std {fmt(worst.std)})"
+        )
+        confidence = 0.75
+        trial = m.trials.get("input_scale")
+        if trial is not None:
+            evidence.update(
+                trial_change=trial.change,
+                trial_loss_before=trial.loss_before,
+                trial_loss_after=trial.loss_after,
+                as_sent_loss_before=trial.baseline_before,
+                as_sent_loss_after=trial.baseline_after,
+            )
+            summary += (
+                f"; one optimizer step lowers the loss from {fmt(trial.loss_before)} to "
+                f"{fmt(trial.loss_after)} with `{trial.change}`, against "
+                f"{fmt(trial.baseline_before)} to {fmt(trial.baseline_after)} as sent"
+            )
+            if trial.relative_drop > self.t.trial_gain * max(trial.baseline_relative_drop, 0):
+                confidence = 0.9
+        severity = Severity.INFO if ctx.learning or ctx.early else Severity.WARNING
+        if severity is Severity.INFO:
+            summary += " (the run learns anyway; normalizing makes it robust to the optimizer)"
+        return [
+            Finding(
+                cause=self.cause,
+                severity=severity,
+                summary=summary,
+                remedy=remedy,
+                layers=[s.name for s in off],
+                evidence=evidence,
+                confidence=confidence,
+            )
+        ]
+
+    def _off_scale(self, s: TensorStats) -> bool:
+        t = self.t
+        if s.range_class == "byte" or s.std > t.max_std or abs(s.mean) > t.max_abs_mean:
+            return True
+        big_feature = (s.feature_std_max or 0) > t.max_std or (
+            s.feature_mean_abs_max or 0
+        ) > t.max_abs_mean
+        spread = (
+            s.feature_std_min is not None
+            and s.feature_std_max is not None
+            and s.feature_std_max / max(s.feature_std_min, 1e-12) > t.feature_scale_ratio
+        )
+        return big_feature and (spread or s.std > 1.0)

@@ -1,0 +1,92 @@
+"""vanishing_gradients: the first layers get almost no gradient.
+
+Anchors: AutoTrainer (Zhang et al., ICSE 2021) flags ‖g_first‖/‖g_last‖ < 1e-3
+with ‖g_first‖ < 1e-4; SageMaker Debugger's VanishingGradient flags mean |g|
+< 1e-7. A converged model also has tiny gradients, but evenly across layers,
+so the ratio (not the size) is the primary signal and converged runs are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from gradhealth_server.engine.measurements import Measurements
+from gradhealth_server.rules.base import Rule
+from gradhealth_server.rules.context import Context, fmt, gradient_profile
+from gradhealth_server.verdict import Cause, Finding, Severity
+
+
+class VanishingGradientsRule(Rule):
+    cause = Cause.VANISHING_GRADIENTS
+
+    @dataclass(frozen=True)
+    class Thresholds:
+        first_to_last_ratio: float = 1e-3  # AutoTrainer
+        first_grad_norm: float = 1e-4  # AutoTrainer
+        mean_abs_grad: float = 1e-7  # SageMaker VanishingGradient
+        min_weight_layers: int = 3  # a 2-layer model has no depth to vanish through
+
+    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+        t = self.t
+        layers = m.layers
+        if ctx.converged or len(layers) < t.min_weight_layers or m.nonfinite.weights:
+            return []
+        norms = [layer.grad_norm for layer in layers]
+        if not all(math.isfinite(n) for n in norms):
+            return []
+        first, last = norms[0], norms[-1]
+        ratio = first / last if last > 0 else None
+        by_ratio = ratio is not None and ratio < t.first_to_last_ratio and first < t.first_grad_norm
+        all_tiny = m.mode == "full" and all(
+            layer.mean_abs_grad < t.mean_abs_grad for layer in layers
+        )
+        if not (by_ratio or all_tiny):
+            return []
+        reference = last if last > 0 else max(norms)
+        starved = [
+            layer.name
+            for layer in layers[:-1]
+            if reference == 0 or layer.grad_norm / reference < t.first_to_last_ratio
+        ] or [layers[0].name]
+        facts = m.static
+        depth, skips = facts.get("depth"), facts.get("skip_connections")
+        norms_used = facts.get("normalization_layers") or []
+        saturating = [a for a in facts.get("activations", []) if a in ("sigmoid", "tanh")]
+        fixes = []
+        if saturating:
+            fixes.append(
+                f'replace {"/".join(saturating)} hidden activations with activation="relu" '
+                'and kernel_initializer="he_normal"'
+            )
+        if not norms_used:
+            fixes.append("add keras.layers.BatchNormalization() after each hidden layer")
+        if not skips and (depth or 0) >= 6:
+            fixes.append("add residual connections (keras.layers.Add()([x, block(x)]))")
+        if not fixes:
+            fixes.append('use kernel_initializer="he_normal" and check for frozen layers')
+        summary = (
+            f"gradients shrink {fmt(1 / ratio) if ratio else 'infinitely'}x from the last layer "
+            f"to the first (first {fmt(first)}, last {fmt(last)})"
+            f" through {depth} weight layers"
+            + (" with no skip connections" if not skips else "")
+            + (" and no normalization" if not norms_used else "")
+        )
+        return [
+            Finding(
+                cause=self.cause,
+                severity=Severity.WARNING if ctx.learning else Severity.CRITICAL,
+                summary=summary,
+                remedy="; ".join(fixes),
+                layers=starved,
+                evidence={
+                    "first_to_last_ratio": ratio,
+                    "first_grad_norm": first,
+                    "last_grad_norm": last,
+                    "grad_norm_profile": gradient_profile(m),
+                    "depth": depth,
+                    "skip_connections": skips,
+                },
+                confidence=0.8 if by_ratio else 0.6,
+            )
+        ]

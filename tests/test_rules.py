@@ -1,0 +1,375 @@
+"""Rules with plain numbers, at and around every threshold. No TensorFlow here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gradhealth_server.engine.measurements import NonFinite, OptimizerStep
+from gradhealth_server.rules import ConfigError, build_rules, judge
+from gradhealth_server.verdict import Cause, Severity
+from tests.measurement_builder import BYTE, activation, healthy, layer, stats, stuck
+
+
+def causes(m, config=None) -> dict[str, str]:
+    verdict = judge(m, config=config)
+    return {str(f.cause): str(f.severity) for f in verdict.findings}
+
+
+def primary(m, config=None) -> str | None:
+    cause = judge(m, config=config).primary_cause
+    return str(cause) if cause else None
+
+
+def test_a_healthy_run_has_no_findings():
+    verdict = judge(healthy())
+    assert verdict.status == "healthy" and verdict.findings == [] and verdict.primary_cause is None
+
+
+# -- vanishing_gradients ------------------------------------------------------------
+
+
+def profile(first: float, last: float = 0.1) -> list:
+    return [layer("d0", first), layer("d1", (first * last) ** 0.5), layer("d2", last)]
+
+
+@pytest.mark.parametrize(
+    ("first", "fires"),
+    [(0.9e-4, True), (1.1e-4, False)],  # ratio < 1e-3 in both; the absolute norm decides
+)
+def test_vanishing_first_norm_threshold(first, fires):
+    assert ("vanishing_gradients" in causes(stuck(layers=profile(first)))) is fires
+
+
+def test_vanishing_ratio_threshold():
+    # first 5e-5 is tiny, but against a last layer of 0.049 the ratio is 1.02e-3: no.
+    assert "vanishing_gradients" not in causes(stuck(layers=profile(5e-5, last=0.049)))
+    assert causes(stuck(layers=profile(5e-5, last=0.051)))["vanishing_gradients"] == "critical"
+
+
+def test_vanishing_mean_abs_grad_everywhere():
+    tiny = [layer(f"d{i}", 1e-6, mean_abs_grad=0.9e-7) for i in range(3)]
+    assert "vanishing_gradients" in causes(stuck(layers=tiny))
+    tiny = [layer(f"d{i}", 1e-6, mean_abs_grad=1.1e-7) for i in range(3)]
+    assert "vanishing_gradients" not in causes(stuck(layers=tiny))
+
+
+def test_converged_model_with_tiny_gradients_is_quiet():
+    m = healthy(loss=0.001, accuracy=1.0, layers=profile(1e-6, last=1e-2))
+    assert causes(m) == {}
+
+
+# -- exploding_gradients ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ratio", "fires"), [(71.0, True), (69.0, False)])
+def test_exploding_layer_ratio(ratio, fires):
+    layers = [
+        layer("d0", 0.1 * ratio, weight=1000),
+        layer("d1", 1.0, weight=1000),
+        layer("d2", 0.1, weight=1000),
+    ]
+    assert ("exploding_gradients" in causes(stuck(layers=layers))) is fires
+
+
+@pytest.mark.parametrize(("grad", "fires"), [(10.1, True), (9.9, False)])
+def test_exploding_gradient_larger_than_weights(grad, fires):
+    layers = [
+        layer("d0", grad, weight=1.0),
+        layer("d1", grad, weight=1.0),
+        layer("d2", grad, weight=1.0),
+    ]
+    assert ("exploding_gradients" in causes(stuck(layers=layers))) is fires
+
+
+# -- unnormalized_input ------------------------------------------------------------
+
+
+def test_byte_pixels_into_a_stuck_run_is_a_warning_with_the_fix():
+    m = stuck(inputs=[stats(**BYTE)], first_layer_inputs=[stats("conv2d", **BYTE)])
+    verdict = judge(m)
+    finding = verdict.findings[0]
+    assert verdict.primary_cause is Cause.UNNORMALIZED_INPUT
+    assert finding.severity is Severity.WARNING
+    assert "x / 255.0" in finding.remedy and finding.layers == ["conv2d"]
+    assert finding.evidence["max"] == 255.0
+
+
+def test_byte_pixels_in_a_run_that_learns_is_only_info():
+    m = healthy(inputs=[stats(**BYTE)], first_layer_inputs=[stats("conv2d", **BYTE)])
+    assert causes(m) == {"unnormalized_input": "info"}
+    assert judge(m).status == "healthy"
+
+
+def test_bytes_behind_a_rescaling_layer_are_fine():
+    m = stuck(inputs=[stats(**BYTE)], first_layer_inputs=[stats("conv2d")])
+    assert "unnormalized_input" not in causes(m)
+
+
+@pytest.mark.parametrize(("std", "fires"), [(3.1, True), (2.9, False)])
+def test_input_std_threshold(std, fires):
+    wide = stats(lo=-5, hi=5, mean=0.0, std=std, range_class="standardized")
+    assert ("unnormalized_input" in causes(stuck(first_layer_inputs=[wide]))) is fires
+
+
+def test_features_on_very_different_scales():
+    mixed = stats(
+        lo=0,
+        hi=1600,
+        mean=0.5,
+        std=2.0,
+        range_class="standardized",
+        feature_std_min=0.01,
+        feature_std_max=300.0,
+        feature_mean_abs_max=700.0,
+    )
+    assert "unnormalized_input" in causes(stuck(first_layer_inputs=[mixed]))
+
+
+def test_measured_remedy_is_reported():
+    m = stuck(
+        inputs=[stats(**BYTE)],
+        first_layer_inputs=[stats("dense", **BYTE)],
+        trial=("x = x / 255.0", 2.30, 1.71, 2.30, 2.30),
+    )
+    finding = judge(m).findings[0]
+    assert "from 2.3 to 1.71 with `x = x / 255.0`" in finding.summary
+    assert finding.confidence == 0.9 and finding.evidence["trial_loss_after"] == 1.71
+
+
+# -- learning rate -----------------------------------------------------------------
+
+
+def optimizer(lr=1e-3, ratio=1e-3, base=2.3, losses=(2.29, 2.28, 2.27), name="Adam"):
+    return OptimizerStep(name, lr, ratio, 1.0, base, [0.1, 1.0, 10.0], list(losses), iterations=500)
+
+
+@pytest.mark.parametrize(("rise", "fires"), [(0.011, True), (0.009, False)])
+def test_lr_too_high_probe_rise(rise, fires):
+    base = 2.3
+    m = stuck(optimizer=optimizer(base=base, losses=(2.2, base * (1 + rise), 5.0)))
+    assert ("learning_rate_too_high" in causes(m)) is fires
+
+
+def test_lr_too_high_from_the_rate_and_blown_weights_with_flat_probe():
+    m = stuck(
+        static={"learning_rate": 1.0},
+        optimizer=optimizer(lr=1.0, ratio=1e-4, losses=(2.3, 2.3, 2.3)),
+        layers=[
+            layer("d0", 0.0, weight=900.0),
+            layer("d1", 0.0, weight=900.0),
+            layer("d2", 0.01, weight=30.0),
+        ],
+        activations=[activation("d0", dead_fraction=1.0), activation("d1", dead_fraction=1.0)],
+    )
+    verdict = judge(m)
+    assert verdict.primary_cause is Cause.LEARNING_RATE_TOO_HIGH
+    lr = next(f for f in verdict.findings if f.cause is Cause.LEARNING_RATE_TOO_HIGH)
+    assert lr.evidence["suggested_learning_rate"] == pytest.approx(1e-3)
+    dead = next(f for f in verdict.findings if f.cause is Cause.DEAD_RELU)
+    assert dead.explained_by == ["learning_rate_too_high"]
+
+
+def test_a_high_rate_that_learns_fine_is_quiet():
+    m = healthy(static={"learning_rate": 0.05}, optimizer=optimizer(lr=0.05))
+    assert "learning_rate_too_high" not in causes(m)
+
+
+@pytest.mark.parametrize(("ratio", "fires"), [(0.9e-5, True), (1.1e-5, False)])
+def test_lr_too_low_update_ratio(ratio, fires):
+    m = stuck(optimizer=optimizer(ratio=ratio, base=2.3, losses=(2.2999, 2.299, 2.28)))
+    assert ("learning_rate_too_low" in causes(m)) is fires
+
+
+def test_lr_too_low_needs_the_probe_to_agree():
+    # Bigger steps do not help (2.299 -> 2.2985 is not 3x the own step's drop).
+    m = stuck(optimizer=optimizer(ratio=1e-7, base=2.3, losses=(2.2999, 2.299, 2.2985)))
+    assert "learning_rate_too_low" not in causes(m)
+
+
+def test_lr_too_low_suggests_the_probe_scale():
+    m = stuck(
+        static={"learning_rate": 1e-6},
+        optimizer=optimizer(lr=1e-6, ratio=1e-7, losses=(2.2999, 2.299, 2.2)),
+    )
+    finding = judge(m).findings[0]
+    assert finding.cause is Cause.LEARNING_RATE_TOO_LOW
+    assert "learning_rate=1e-05" in finding.remedy
+
+
+def test_converged_small_steps_are_not_a_low_learning_rate():
+    m = healthy(
+        loss=0.001,
+        accuracy=1.0,
+        optimizer=optimizer(ratio=1e-8, base=0.001, losses=(0.001, 0.001, 0.0009)),
+    )
+    assert causes(m) == {}
+
+
+# -- dead_relu / saturated_activation --------------------------------------------------
+
+
+@pytest.mark.parametrize(("fraction", "fires"), [(0.5, True), (0.49, False)])
+def test_dead_relu_threshold(fraction, fires):
+    m = stuck(activations=[activation("dense", dead_fraction=fraction)])
+    assert ("dead_relu" in causes(m)) is fires
+
+
+def test_dead_relu_ignores_tiny_and_output_layers():
+    m = stuck(
+        activations=[
+            activation("tiny", units=3, dead_fraction=1.0),
+            activation("head", is_output=True, dead_fraction=1.0),
+        ]
+    )
+    assert "dead_relu" not in causes(m)
+
+
+def test_dead_relu_threshold_is_configurable():
+    m = stuck(activations=[activation("dense", dead_fraction=0.6)])
+    assert "dead_relu" in causes(m)
+    assert "dead_relu" not in causes(m, config={"dead_relu": {"dead_fraction": 0.7}})
+
+
+@pytest.mark.parametrize(("fraction", "fires"), [(0.5, True), (0.49, False)])
+def test_saturation_threshold(fraction, fires):
+    m = stuck(activations=[activation("dense", "tanh", saturated_fraction=fraction)])
+    assert ("saturated_activation" in causes(m)) is fires
+
+
+def test_confident_sigmoid_head_is_not_saturation():
+    m = healthy(
+        activations=[activation("out", "sigmoid", units=1, saturated_fraction=0.95, is_output=True)]
+    )
+    assert causes(m) == {}
+
+
+# -- loss_mismatch ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("static", "severity", "remedy"),
+    [
+        (
+            {"output_units": 1, "loss": "binary_crossentropy", "problem": "binary"},
+            "critical",
+            'Dense(1, activation="sigmoid")',
+        ),
+        ({"output_activations": ["softmax", "softmax"]}, "critical", "keep one"),
+        (
+            {"output_activation": "linear", "output_activations": ["linear"]},
+            "critical",
+            "SparseCategoricalCrossentropy(from_logits=True)",
+        ),
+        ({"from_logits": True}, "info", "from_logits"),
+        (
+            {"output_activation": "sigmoid", "output_activations": ["sigmoid"]},
+            "warning",
+            'activation="softmax"',
+        ),
+        (
+            {"loss": "mean_squared_error", "problem": "regression"},
+            "warning",
+            'loss="sparse_categorical_crossentropy"',
+        ),
+    ],
+    ids=[
+        "softmax-one-unit",
+        "double-softmax",
+        "logits-without-from-logits",
+        "repaired-by-keras",
+        "sigmoid-multiclass",
+        "mse-on-classes",
+    ],
+)
+def test_loss_mismatch_pairings(static, severity, remedy):
+    finding = judge(stuck(static=static)).findings[0]
+    assert finding.cause is Cause.LOSS_MISMATCH
+    assert str(finding.severity) == severity and remedy in finding.remedy
+
+
+def test_correct_pairings_are_quiet():
+    for static in (
+        {},
+        {"output_activation": "linear", "output_activations": ["linear"], "from_logits": True},
+        {
+            "output_activation": "sigmoid",
+            "output_units": 1,
+            "loss": "binary_crossentropy",
+            "problem": "binary",
+        },
+        {"output_activation": "linear", "loss": "mean_squared_error", "problem": "regression"},
+    ):
+        assert "loss_mismatch" not in causes(healthy(static=static)), static
+
+
+# -- prediction_collapse ---------------------------------------------------------------
+
+
+def collapsed(share: float, **changes):
+    hist = [0] * 10
+    hist[3] = round(256 * share)
+    hist[4] = 256 - hist[3]
+    out = dataclasses.replace(healthy().output, predicted_histogram=hist, majority_fraction=share)
+    return stuck(output=out, **changes)
+
+
+@pytest.mark.parametrize(("share", "fires"), [(0.9, True), (0.89, False)])
+def test_prediction_collapse_threshold(share, fires):
+    assert ("prediction_collapse" in causes(collapsed(share))) is fires
+
+
+def test_early_checkpoint_predicting_one_class_is_not_collapse():
+    m = collapsed(1.0, optimizer=optimizer(losses=(2.29, 2.28, 2.2)))
+    m.optimizer.iterations = 5
+    assert "prediction_collapse" not in causes(m)
+
+
+def test_regression_has_no_collapse():
+    m = collapsed(
+        1.0,
+        static={
+            "problem": "regression",
+            "loss": "mean_squared_error",
+            "output_activation": "linear",
+            "output_activations": ["linear"],
+        },
+    )
+    assert "prediction_collapse" not in causes(m)
+
+
+# -- non_finite and the primary cause ---------------------------------------------------
+
+
+def test_nan_weights_are_critical_and_primary_even_with_a_high_rate():
+    m = stuck(
+        static={"learning_rate": 5.0},
+        nonfinite=NonFinite(True, 10, 500, 0, 10, 0, "dense"),
+        optimizer=optimizer(lr=5.0, losses=(float("nan"),) * 3),
+    )
+    verdict = judge(m)
+    assert verdict.status == "critical" and verdict.primary_cause is Cause.NON_FINITE
+    assert verdict.findings[0].layers == ["dense"]
+    assert "above the usual range" in verdict.findings[0].summary
+
+
+def test_dead_units_explain_vanishing_gradients():
+    m = stuck(layers=profile(1e-6), activations=[activation("d1", dead_fraction=0.95)])
+    verdict = judge(m)
+    assert verdict.primary_cause is Cause.DEAD_RELU
+    vanishing = next(f for f in verdict.findings if f.cause is Cause.VANISHING_GRADIENTS)
+    assert vanishing.explained_by == ["dead_relu"]
+
+
+def test_unknown_thresholds_and_rules_are_refused():
+    with pytest.raises(ConfigError, match="has no threshold dead_ratio"):
+        build_rules({"dead_relu": {"dead_ratio": 0.7}})
+    with pytest.raises(ConfigError, match="no rule named dead_neurons"):
+        build_rules({"dead_neurons": {}})
+
+
+def test_every_rule_documents_its_cause():
+    for rule in build_rules():
+        module = __import__(type(rule).__module__, fromlist=["_"])
+        assert module.__doc__ and str(rule.cause) in module.__doc__
