@@ -493,18 +493,21 @@ def _optimizer(raw, facts, weight_sq: np.ndarray, step_sq: np.ndarray | None):
 def _noise_scale(raw: dict[str, np.ndarray], rows: tuple[int, ...]) -> float | None:
     """B_simple = tr(Σ)/|G|² from micro-batch and full-batch gradient norms.
 
-    Unbiased estimators of McCandlish et al. (2018), appendix A, with the
-    micro-batches as the small batch and the whole batch as the big one.
+    McCandlish et al. (2018), appendix A: E|g_b|² = |G|² + tr(Σ)/b for a batch of
+    b rows. Each micro-batch i against the whole batch B gives an unbiased
+    tr(Σ) = (|g_i|² - |g_B|²) / (1/n_i - 1/B); their mean is used, and
+    |G|² = |g_B|² - tr(Σ)/B.
     """
-    k = len(rows)
-    if k < 2 or "micro_grad_sq" not in raw:
+    if len(rows) < 2 or "micro_grad_sq" not in raw:
         return None
-    b_small = float(np.mean(rows))
-    b_big = float(sum(rows))
-    small_sq = float(np.mean(raw["micro_grad_sq"]))
+    big = float(sum(rows))
     big_sq = float(raw["grad_sq"].astype(np.float64).sum())
-    g2 = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
-    trace = (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)
+    traces = [
+        (float(sq) - big_sq) / (1.0 / n - 1.0 / big)
+        for sq, n in zip(raw["micro_grad_sq"], rows, strict=True)
+    ]
+    trace = float(np.mean(traces))
+    g2 = big_sq - trace / big
     if not (math.isfinite(g2) and math.isfinite(trace)) or g2 <= 0 or trace < 0:
         return None
     return trace / g2

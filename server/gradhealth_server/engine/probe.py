@@ -45,7 +45,11 @@ class ProbeOptions:
     """How much to measure. `norms` is the cheap gradient-norms-only mode."""
 
     mode: Literal["full", "norms"] = "full"
-    micro_batches: int = 4
+    # The batch runs as micro-batches: the first (probe_rows rows) is also where
+    # the learning-rate probe evaluates, the rest is split evenly. Two or more
+    # give the gradient noise scale; fewer, larger ones run faster on a CPU.
+    micro_batches: int = 2
+    probe_rows: int = 64
     min_micro_batch_rows: int = 8
     # Step scales for the learning-rate probe, relative to the optimizer's own step.
     lr_scales: tuple[float, ...] = (0.1, 1.0, 10.0)
@@ -320,6 +324,7 @@ class Probe:
 
 
 def _micro_batches(rows: int, structure: ModelStructure, options: ProbeOptions) -> list[int]:
+    """Row counts of the micro-batches: [probe rows, then the rest split evenly]."""
     k = options.micro_batches if options.mode == "full" else 1
     # Batch statistics couple the examples: micro-batches would change the gradient.
     if structure.facts.batch_coupled or structure.facts.loss_reduction not in (
@@ -329,8 +334,11 @@ def _micro_batches(rows: int, structure: ModelStructure, options: ProbeOptions) 
     ):
         k = 1
     k = max(1, min(k, rows // max(options.min_micro_batch_rows, 1)))
-    base, extra = divmod(rows, k)
-    return [base + (1 if i < extra else 0) for i in range(k)]
+    if k == 1:
+        return [rows]
+    first = max(options.min_micro_batch_rows, min(options.probe_rows, rows // k))
+    base, extra = divmod(rows - first, k - 1)
+    return [first] + [base + (1 if i < extra else 0) for i in range(k - 1)]
 
 
 def _moved(w0: list[tf.Tensor], deltas: list[tf.Tensor], scale: float) -> list[tf.Tensor]:

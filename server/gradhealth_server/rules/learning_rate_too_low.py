@@ -24,8 +24,11 @@ class LearningRateTooLowRule(Rule):
     @dataclass(frozen=True)
     class Thresholds:
         update_ratio: float = 1e-5  # 100x below the healthy ~1e-3
-        larger_step_gain: float = 3.0  # the 10x step's loss drop over the 1x step's
-        min_relative_drop: float = 0.002  # the 10x step must lower the loss by 0.2 %
+        # The 10x step's loss drop over the 1x step's. In the linear regime of a far
+        # too small step it is ~10; at a well-sized step curvature keeps it below ~2.
+        larger_step_gain: float = 3.0
+        # ... and the drop must stand clear of float32 rounding (~6e-8 relative).
+        min_relative_drop: float = 1e-6
 
     def check(self, m: Measurements, ctx: Context) -> list[Finding]:
         t = self.t
@@ -54,13 +57,14 @@ class LearningRateTooLowRule(Rule):
                 severity=Severity.INFO if ctx.learning else Severity.WARNING,
                 summary=(
                     f"one step moves the weights by only {fmt(ratio)} of their norm "
-                    f"(learning rate {fmt(lr)} for {ctx.optimizer}); the optimizer's step lowers "
-                    f"the loss from {fmt(base)} to {fmt(own)}, a {fmt(best_scale)}x step to "
-                    f"{fmt(best)}"
+                    f"(learning rate {fmt(lr)} for {ctx.optimizer}); the optimizer's own step "
+                    f"lowers the loss by {fmt(own_drop)}, a {fmt(best_scale)}x step by "
+                    f"{fmt(best_drop)} ({fmt(best_drop / own_drop) if own_drop > 0 else 'far'}x "
+                    "more): the steps are far too small for this loss surface"
                 ),
                 remedy=(
                     f"{ctx.optimizer or 'optimizer'}(learning_rate={fmt(suggested)})"
-                    " (from the learning-rate probe)"
+                    " (from the learning-rate probe; larger may be better still)"
                 ),
                 layers=[],
                 evidence={
