@@ -110,10 +110,12 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 def _example(args: argparse.Namespace) -> int:
     try:
+        from gradhealth_server.device import native_stderr_silenced
         from gradhealth_server.examples import write_example
     except ImportError as exc:
         return _fail(f"examples need the server extra: pip install 'gradhealth[server]' ({exc})")
-    checkpoint, batch = write_example(args.directory)
+    with native_stderr_silenced():
+        checkpoint, batch = write_example(args.directory)
     print(f"wrote {checkpoint} and {batch}\nnext: gradhealth diagnose {checkpoint} --batch {batch}")
     return 0
 

@@ -8,34 +8,36 @@ from rich.console import Console
 from rich.table import Table
 
 STATUS_STYLE = {"healthy": "bold green", "warning": "bold yellow", "critical": "bold red"}
+SEVERITY_STATUS = {"info": "healthy", "warning": "warning", "critical": "critical"}
 
 
 def render_verdict(verdict: dict[str, Any], console: Console | None = None) -> None:
+    """Status and primary cause, then each finding: what we saw, what to change."""
     console = console or Console()
     status = verdict.get("status", "?")
     cause = verdict.get("primary_cause") or "none"
     console.print(
         f"[{STATUS_STYLE.get(status, 'bold')}]{status.upper()}[/]  primary cause: [bold]{cause}[/]"
     )
-    findings = verdict.get("findings", [])
-    if findings:
-        table = Table(title="Findings", show_lines=True, expand=True)
-        for col in ("cause", "severity", "layers", "what we saw", "what to change"):
-            table.add_column(col, overflow="fold")
-        for f in findings:
-            table.add_row(
-                f["cause"],
-                f["severity"],
-                ", ".join(f.get("layers", [])) or "-",
-                f.get("summary", "") + "\n" + _evidence(f.get("evidence", {})),
-                f.get("remedy", ""),
-            )
-        console.print(table)
+    for f in verdict.get("findings", []):
+        style = STATUS_STYLE.get(SEVERITY_STATUS.get(f["severity"], ""), "bold")
+        layers = ", ".join(f.get("layers", [])) or "-"
+        explained = f.get("explained_by") or []
+        console.print()
+        console.print(
+            f"[{style}]● {f['cause']}[/] [{style}]{f['severity']}[/]  layers: {layers}"
+            + (f"  [dim](explained by {', '.join(explained)})[/]" if explained else "")
+        )
+        console.print(f"  [bold]what we saw:[/] {f.get('summary', '')}", highlight=False)
+        console.print(f"  [bold]what to change:[/] {f.get('remedy', '')}", highlight=False)
+        evidence = _evidence(f.get("evidence", {}))
+        if evidence:
+            console.print(f"  [dim]evidence: {evidence}[/]", highlight=False)
     m = verdict.get("measurements") or {}
     if m:
-        console.print(_summary(m))
-        layers = m.get("layers") or []
-        if layers:
+        console.print()
+        console.print(_summary(m), highlight=False)
+        if m.get("layers"):
             console.print(_layer_table(m))
 
 

@@ -124,8 +124,8 @@ def lr_probe(m: Measurements) -> dict[float, float]:
     return out
 
 
-def fmt(value: float | None) -> str:
+def fmt(value: float | None, digits: int = 3) -> str:
     """Numbers in findings: short, exact enough to act on."""
     if value is None:
         return "n/a"
-    return f"{value:.3g}"
+    return f"{value:.{digits}g}"

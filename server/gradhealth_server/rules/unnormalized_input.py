@@ -72,12 +72,15 @@ class UnnormalizedInputRule(Rule):
                 as_sent_loss_after=trial.baseline_after,
             )
             summary += (
-                f"; one optimizer step lowers the loss from {fmt(trial.loss_before)} to "
-                f"{fmt(trial.loss_after)} with `{trial.change}`, against "
-                f"{fmt(trial.baseline_before)} to {fmt(trial.baseline_after)} as sent"
+                f"; one optimizer step takes the loss from {fmt(trial.loss_before, 4)} to "
+                f"{fmt(trial.loss_after, 4)} with `{trial.change}`, against "
+                f"{fmt(trial.baseline_before, 4)} to {fmt(trial.baseline_after, 4)} as sent"
             )
             if trial.relative_drop > self.t.trial_gain * max(trial.baseline_relative_drop, 0):
                 confidence = 0.9
+            elif trial.relative_drop < 1e-3:
+                summary += " (the weights are already damaged: one step cannot recover them)"
+                remedy += "; retrain from the start with the fix, not from this checkpoint"
         severity = Severity.INFO if ctx.learning or ctx.early else Severity.WARNING
         if severity is Severity.INFO:
             summary += " (the run learns anyway; normalizing makes it robust to the optimizer)"

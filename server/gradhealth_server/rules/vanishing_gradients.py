@@ -65,9 +65,13 @@ class VanishingGradientsRule(Rule):
             fixes.append("add residual connections (keras.layers.Add()([x, block(x)]))")
         if not fixes:
             fixes.append('use kernel_initializer="he_normal" and check for frozen layers')
+        shrink = (
+            f"gradients shrink {fmt(1 / ratio)}x from the last layer to the first"
+            if ratio
+            else "no gradient reaches the first layer"
+        )
         summary = (
-            f"gradients shrink {fmt(1 / ratio) if ratio else 'infinitely'}x from the last layer "
-            f"to the first (first {fmt(first)}, last {fmt(last)})"
+            f"{shrink} (first {fmt(first)}, last {fmt(last)})"
             f" through {depth} weight layers"
             + (" with no skip connections" if not skips else "")
             + (" and no normalization" if not norms_used else "")
