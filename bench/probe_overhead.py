@@ -12,7 +12,7 @@ import numpy as np
 
 from bench.timing import side_by_side
 from gradhealth_server.device import configure_device
-from gradhealth_server.examples import digits
+from gradhealth_server.examples import digits, digits_cnn
 
 TARGETS = {"full": 1.5, "norms": 1.05}
 
@@ -21,17 +21,7 @@ def _models():
     import keras
 
     def small_cnn():
-        return keras.Sequential(
-            [
-                keras.Input((8, 8, 1)),
-                keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
-                keras.layers.Conv2D(32, 3, activation="relu"),
-                keras.layers.Flatten(),
-                keras.layers.Dense(64, activation="relu"),
-                keras.layers.Dense(10, activation="softmax"),
-            ],
-            name="small_cnn",
-        )
+        return digits_cnn("small_cnn")
 
     def mlp_1m():
         return keras.Sequential(

@@ -21,17 +21,9 @@ def digits(scale: float = 1.0 / 16.0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cnn() -> keras.Model:
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ],
-        name="digits_cnn",
-    )
+    from gradhealth_server.examples import digits_cnn
+
+    return digits_cnn()
 
 
 def mlp() -> keras.Model:

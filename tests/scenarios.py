@@ -255,16 +255,9 @@ def tabular_mlp_sgd(
 
 
 def digits_cnn() -> keras.Model:
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
+    from gradhealth_server.examples import digits_cnn as build
+
+    return build()
 
 
 def iris_mlp(optimizer) -> Run:

@@ -73,13 +73,16 @@ class Diagnoser:
         checkpoint: str | Path,
         batch: str | Path | bytes | dict[str, np.ndarray],
         options: ProbeOptions | None = None,
+        checkpoint_sha256: str | None = None,
     ) -> Diagnosis:
+        """Diagnose one checkpoint; pass its sha256 when already known (the service
+        hashes uploads while spooling them) to skip reading the file once more."""
         import tensorflow as tf
 
         options = options or self.options
         phases: dict[str, float] = {}
         t0 = time.perf_counter()
-        sha = _sha256(checkpoint)
+        sha = checkpoint_sha256 or _sha256(checkpoint)
         entry, _info, hit = self.cache.load(checkpoint)
         if entry.structure is None:
             entry.structure = read_structure(entry.model)

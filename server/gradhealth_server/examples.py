@@ -16,6 +16,23 @@ def digits(scale: float = 1.0 / 16.0) -> tuple[np.ndarray, np.ndarray]:
     return x, data.target.astype("int32")
 
 
+def digits_cnn(name: str = "digits_cnn"):
+    """The small CNN used by the example, the benchmarks and the tests."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name=name,
+    )
+
+
 def write_example(directory: Path, rows: int = 256) -> tuple[Path, Path]:
     """The classic bug: a digits CNN fed 0-255 pixels (no `x / 255`) with plain SGD.
 

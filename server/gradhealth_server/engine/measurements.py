@@ -278,8 +278,7 @@ def _activations(structure: ModelStructure, raw: dict[str, np.ndarray]):
     for j, tap in enumerate(structure.taps):
         key = f"tap{j}/"
         count = float(raw[key + "count"])
-        mean = float(raw[key + "sum"]) / max(count, 1.0)
-        var = max(float(raw[key + "sum_sq"]) / max(count, 1.0) - mean * mean, 0.0)
+        mean, std = _mean_std(raw, key)
         unit_max = raw[key + "unit_max"]
         units = int(unit_max.size)
         m = ActivationMeasurement(
@@ -287,7 +286,7 @@ def _activations(structure: ModelStructure, raw: dict[str, np.ndarray]):
             activation=tap.activation,
             units=units,
             mean=mean,
-            std=math.sqrt(var),
+            std=std,
             nonfinite=int(raw[key + "nonfinite"]),
             is_output=tap.is_output,
         )
@@ -306,9 +305,7 @@ def _first_layer_inputs(structure: ModelStructure, raw: dict[str, np.ndarray]):
     out = []
     for j, tap in enumerate(structure.first_layer_inputs):
         key = f"first{j}/"
-        count = max(float(raw[key + "count"]), 1.0)
-        mean = float(raw[key + "sum"]) / count
-        std = math.sqrt(max(float(raw[key + "sum_sq"]) / count - mean * mean, 0.0))
+        mean, std = _mean_std(raw, key)
         fcount = max(float(raw[key + "feature_count"]), 1.0)
         fmean = raw[key + "feature_sum"].astype(np.float64) / fcount
         fvar = np.maximum(raw[key + "feature_sum_sq"].astype(np.float64) / fcount - fmean**2, 0)
@@ -329,6 +326,13 @@ def _first_layer_inputs(structure: ModelStructure, raw: dict[str, np.ndarray]):
             )
         )
     return out
+
+
+def _mean_std(raw: dict[str, np.ndarray], key: str) -> tuple[float, float]:
+    """Mean and standard deviation from the probe's running sums."""
+    count = max(float(raw[key + "count"]), 1.0)
+    mean = float(raw[key + "sum"]) / count
+    return mean, math.sqrt(max(float(raw[key + "sum_sq"]) / count - mean * mean, 0.0))
 
 
 def _varying_min(feature_std: np.ndarray) -> float | None:
