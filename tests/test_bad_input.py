@@ -206,3 +206,86 @@ def test_cache_survives_bad_input(checkpoints, diagnoser, good_batch):
         diagnoser.diagnose(checkpoints.path("cnn"), _npz(x=np.zeros((ROWS, 3)), y=np.zeros(ROWS)))
     again = diagnoser.diagnose(checkpoints.path("cnn"), good_batch)
     assert again.measurements.loss == pytest.approx(ok.measurements.loss, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [b'{"class_name": "X", "a": ' + b"9" * 5000 + b"}", b"[" * 100_000],
+    ids=["huge-int", "deep-nesting"],
+)
+def test_hostile_config_json(tmp_path, checkpoints, config):
+    members = _members(checkpoints.path("cnn"))
+    members["config.json"] = config
+    with pytest.raises(InvalidCheckpoint, match=r"config\.json is not valid JSON"):
+        inspect_archive(_zip(tmp_path / "hostile.keras", members))
+
+
+def test_corrupt_deflate_stream(tmp_path, checkpoints):
+    members = _members(checkpoints.path("cnn"))
+    path = _zip(tmp_path / "corrupt.keras", members, zipfile.ZIP_DEFLATED)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("config.json")
+    start = info.header_offset + 30 + len(info.filename)
+    data[start : start + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    with pytest.raises(InvalidCheckpoint, match="corrupt"):
+        inspect_archive(path)
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "<f8", "fortran_order": False, "shape": shape}
+    )
+    return buffer.getvalue()
+
+
+def _raw_zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_npz(x=np.zeros(3))[:0] + b"\x93NUMPY", "not a readable .npz"),
+        (_raw_zip({"x.npy": _npy_header((10**12,)) + b"\0" * 16}), "declares 8000000000000"),
+        (_raw_zip({"y.npy": b"world"}), "is not a numpy array"),
+        (_raw_zip({"y": b"world"}), "is not a numpy array"),
+        (_raw_zip({}), "empty"),
+    ],
+    ids=["plain-npy", "huge-declared-shape", "not-npy-content", "not-npy-name", "empty"],
+)
+def test_hostile_npz(checkpoints, diagnoser, data, message):
+    with pytest.raises(InvalidBatch, match=message):
+        diagnoser.diagnose(checkpoints.path("cnn"), data)
+
+
+def test_unbuilt_and_frozen_models(tmp_path, diagnoser, good_batch):
+    empty = keras.Sequential()
+    empty.compile("adam", "mse")
+    empty.save(tmp_path / "empty.keras")
+    with pytest.raises(InvalidCheckpoint, match="never built"):
+        diagnoser.diagnose(tmp_path / "empty.keras", good_batch)
+    frozen = models.cnn()
+    for layer in frozen.layers:
+        layer.trainable = False
+    frozen.compile("adam", "sparse_categorical_crossentropy")
+    frozen.save(tmp_path / "frozen.keras")
+    with pytest.raises(InvalidCheckpoint, match="no trainable weights"):
+        diagnoser.diagnose(tmp_path / "frozen.keras", good_batch)
+
+
+def test_config_nested_just_below_the_json_limit(tmp_path, checkpoints):
+    from gradhealth_server.checkpoint import ModelCache
+
+    members = _members(checkpoints.path("cnn"))
+    members["config.json"] = (
+        b'{"class_name": "X", "config": ' + b'{"a": ' * 2000 + b"1" + (b"}" * 2001)
+    )
+    with pytest.raises(InvalidCheckpoint, match=r"nests too deeply|not valid JSON"):
+        ModelCache().load(_zip(tmp_path / "nested.keras", members))

@@ -373,3 +373,26 @@ def test_every_rule_documents_its_cause():
     for rule in build_rules():
         module = __import__(type(rule).__module__, fromlist=["_"])
         assert module.__doc__ and str(rule.cause) in module.__doc__
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"dead_relu": {"dead_fraction": "0.7"}}, "dead_fraction must be a float"),
+        ({"dead_relu": {"min_units": 2.5}}, "min_units must be a int"),
+        ({"context": {"bogus": 1}}, "context has no threshold bogus"),
+        ({"context": {"early_steps": True}}, "early_steps must be a int"),
+        ([1], "must be an object"),
+        ({"dead_relu": 0.7}, "must be an object of thresholds"),
+    ],
+)
+def test_bad_threshold_values_are_refused_up_front(config, message):
+    with pytest.raises(ConfigError, match=message):
+        build_rules(config)
+
+
+def test_integer_overrides_for_float_thresholds_are_fine():
+    (rule,) = [
+        r for r in build_rules({"dead_relu": {"dead_fraction": 1}}) if str(r.cause) == "dead_relu"
+    ]
+    assert rule.t.dead_fraction == 1.0

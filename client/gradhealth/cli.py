@@ -98,6 +98,8 @@ def _diagnose(args: argparse.Namespace) -> int:
         diagnosis = diagnoser.diagnose(args.checkpoint, args.batch)
     except GradhealthError as exc:
         return _fail(str(exc))
+    except Exception as exc:  # a bug of ours: still one line, never a traceback
+        return _fail(f"internal error ({type(exc).__name__}): {' '.join(str(exc).split())[:300]}")
     result = diagnosis.to_dict()
     if args.json:
         print(json.dumps(result))

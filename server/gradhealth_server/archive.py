@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -59,7 +60,8 @@ def inspect_archive(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMIT
                 if "metadata.json" in archive.namelist()
                 else {}
             )
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        # RuntimeError/NotImplementedError: encrypted or unknown compression methods.
         raise InvalidCheckpoint(f"checkpoint zip is corrupt or truncated: {exc}") from exc
     if not isinstance(config, dict) or "class_name" not in config:
         raise InvalidCheckpoint("config.json does not describe a Keras model (no class_name)")
@@ -139,5 +141,5 @@ def _read_json(archive: zipfile.ZipFile, name: str, limits: Limits) -> Any:
         raise LimitExceeded(f"{name} is larger than {limits.max_config_bytes} bytes")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidCheckpoint(f"{name} is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, huge ints, deep nesting
+        raise InvalidCheckpoint(f"{name} is not valid JSON: {str(exc)[:200]}") from exc

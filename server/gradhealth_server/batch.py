@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,11 @@ def read_npz(source: str | Path | bytes, limits: Limits = DEFAULT_LIMITS) -> dic
             raise LimitExceeded(f"batch is {size} bytes, over {limits.max_batch_bytes}")
         handle = path
     try:
+        with zipfile.ZipFile(handle) as archive:
+            _check_members(archive, limits)
+        if isinstance(handle, io.BytesIO):
+            handle.seek(0)
         with np.load(handle, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise InvalidBatch("batch must be an .npz file with arrays x and y")
-            unpacked = sum(info.file_size for info in npz.zip.infolist())
-            if unpacked > limits.max_batch_bytes:
-                raise LimitExceeded(
-                    f"batch unpacks to {unpacked} bytes, over {limits.max_batch_bytes}"
-                )
             return {name: npz[name] for name in npz.files}
     except (InvalidBatch, LimitExceeded):
         raise
@@ -61,8 +59,54 @@ def read_npz(source: str | Path | bytes, limits: Limits = DEFAULT_LIMITS) -> dic
         if "pickle" in str(exc).lower():
             raise InvalidBatch("batch holds object arrays (pickles); send numeric arrays") from exc
         raise InvalidBatch(f"batch is not a readable .npz file: {exc}") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (
+        OSError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
         raise InvalidBatch(f"batch is not a readable .npz file: {exc}") from exc
+
+
+def _check_members(archive: zipfile.ZipFile, limits: Limits) -> None:
+    """Every member an .npy array whose declared shape fits in what it holds.
+
+    numpy allocates from the header's shape before reading data, so a 16-byte
+    member declaring 10**12 elements must be refused here, not by numpy.
+    """
+    infos = archive.infolist()
+    if not infos:
+        raise InvalidBatch("batch .npz is empty: it needs arrays x and y")
+    unpacked = sum(info.file_size for info in infos)
+    if unpacked > limits.max_batch_bytes:
+        raise LimitExceeded(f"batch unpacks to {unpacked} bytes, over {limits.max_batch_bytes}")
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise InvalidBatch(f"batch member {info.filename!r} is not a numpy array (.npy)")
+        with archive.open(info) as member:
+            try:
+                version = np.lib.format.read_magic(member)
+                if version not in readers:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                shape, _, dtype = readers[version](member)
+            except ValueError as exc:
+                raise InvalidBatch(
+                    f"batch member {info.filename!r} is not a numpy array (.npy): {exc}"
+                ) from exc
+        if dtype.hasobject:
+            raise InvalidBatch("batch holds object arrays (pickles); send numeric arrays")
+        declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if declared > info.file_size:
+            raise InvalidBatch(
+                f"batch member {info.filename!r} declares {declared} bytes but holds "
+                f"{info.file_size}"
+            )
 
 
 def make_batch(
@@ -89,6 +133,12 @@ def make_batch(
             raise InvalidBatch(f"{key} has {arr.shape[0]} rows but y has {rows}")
         if shape is not None:
             _check_shape(key, arr.shape, shape)
+        limit = getattr(facts, "id_input_limits", {}).get(name)
+        if limit is not None and arr.size and (arr.min() < 0 or arr.max() >= limit):
+            raise InvalidBatch(
+                f"{key} holds ids in [{arr.min():g}, {arr.max():g}] but its Embedding has "
+                f"{limit} entries (valid ids 0..{limit - 1})"
+            )
         raw_x[name] = arr
         x[name] = arr.astype(dtype, copy=False) if dtype else arr
     y = _check_labels(y, facts)

@@ -124,8 +124,11 @@ class ModelCache:
     def load(self, path: str | Path) -> tuple[LoadedModel, ArchiveInfo, bool]:
         """Return (entry, archive info, cache hit) for the checkpoint at `path`."""
         info = inspect_archive(path, self.limits)
-        screen_config(info.config, self.limits)
-        key = fingerprint(info.config)
+        try:
+            screen_config(info.config, self.limits)
+            key = fingerprint(info.config)
+        except RecursionError as exc:
+            raise InvalidCheckpoint("config.json nests too deeply to be a Keras model") from exc
         entry = self._models.get(key)
         if entry is not None:
             self._reload_weights(entry, info.path)
@@ -164,6 +167,13 @@ def _load_model(path: Path, limits: Limits):
         raise InvalidCheckpoint(f"Keras could not load the checkpoint: {_short(exc)}") from exc
     if not isinstance(model, keras.Model):
         raise InvalidCheckpoint("checkpoint does not hold a keras.Model")
+    if not model.built:
+        raise InvalidCheckpoint("the model in the checkpoint was never built (no weights)")
+    if not model.trainable_variables:
+        raise InvalidCheckpoint(
+            "the model has no trainable weights (every layer frozen): nothing can learn; "
+            "set layer.trainable = True on the layers to train"
+        )
     params = int(model.count_params())
     if params > limits.max_parameters:
         raise LimitExceeded(
@@ -176,7 +186,10 @@ def _load_model(path: Path, limits: Limits):
         )
     if not model.optimizer.built:
         # Saved before the first training step: no optimizer state yet.
-        model.optimizer.build(model.trainable_variables)
+        try:
+            model.optimizer.build(model.trainable_variables)
+        except (ValueError, TypeError) as exc:
+            raise InvalidCheckpoint(f"the checkpoint's optimizer cannot be built: {exc}") from exc
     return model
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,23 @@ import numpy as np
 from gradhealth_server.batch import Batch, make_batch, read_npz
 from gradhealth_server.checkpoint import LoadedModel, ModelCache
 from gradhealth_server.device import configure_device
-from gradhealth_server.engine.measurements import Measurements, StepTrial, build_measurements
+from gradhealth_server.engine.measurements import (
+    Measurements,
+    StepTrial,
+    build_measurements,
+    finite_json,
+)
 from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
-from gradhealth_server.engine.structure import read_structure
+from gradhealth_server.engine.structure import current_learning_rate, read_structure
 from gradhealth_server.engine.trials import input_remedy
 from gradhealth_server.errors import InvalidBatch, LimitExceeded
 from gradhealth_server.limits import DEFAULT_LIMITS, Limits
 from gradhealth_server.rules import build_rules, judge
 from gradhealth_server.verdict import Verdict
+
+# Each batch shape compiles its own probe; a client sending many shapes must not
+# fill memory with them.
+MAX_PROBES_PER_MODEL = 4
 
 
 @dataclass
@@ -48,7 +57,7 @@ class Diagnosis:
             phases={k: round(v, 6) for k, v in self.phases.items()},
             measurements=self.measurements.to_dict(),
         )
-        return out
+        return finite_json(out)
 
 
 class Diagnoser:
@@ -86,6 +95,10 @@ class Diagnoser:
         entry, _info, hit = self.cache.load(checkpoint)
         if entry.structure is None:
             entry.structure = read_structure(entry.model)
+        elif hit:
+            # The architecture is cached, the learning rate is the checkpoint's own.
+            facts = replace(entry.structure.facts, learning_rate=current_learning_rate(entry.model))
+            entry.structure = replace(entry.structure, facts=facts)
         t1 = time.perf_counter()
         phases["load"] = t1 - t0
         arrays = batch if isinstance(batch, dict) else read_npz(batch, self.limits)
@@ -102,14 +115,20 @@ class Diagnoser:
                 if probe is None:
                     probe = Probe(entry.model, entry.structure, data.x, data.y, options)
                     entry.probes[key] = probe
+                    while len(entry.probes) > MAX_PROBES_PER_MODEL:
+                        entry.probes.pop(next(iter(entry.probes)))  # the oldest
+                else:
+                    probe.structure = entry.structure
                 result = probe.run(data.x, data.y)
+                t3 = time.perf_counter()
+                measurements = build_measurements(
+                    result, entry.structure, data.raw_x, data.y, options.mode
+                )
+                if options.mode == "full":
+                    self._try_remedies(probe, data, measurements)
         except tf.errors.ResourceExhaustedError as exc:
             raise LimitExceeded(f"the probe ran out of device memory: {exc.message[:200]}") from exc
-        t3 = time.perf_counter()
         phases["probe" if probe_cached else "compile_and_probe"] = t3 - t2
-        measurements = build_measurements(result, entry.structure, data.raw_x, data.y, options.mode)
-        if options.mode == "full":
-            self._try_remedies(probe, data, measurements)
         t4 = time.perf_counter()
         phases["trials"] = t4 - t3
         verdict = judge(measurements, self.rules, self.rules_config)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradhealth_server.engine.probe import ProbeResult
-from gradhealth_server.engine.structure import RELU_FAMILY, SATURATING, ModelStructure
+from gradhealth_server.engine.structure import CAN_DIE, SATURATING, ModelStructure
+
+if TYPE_CHECKING:  # the rules import this module and must not pull in TensorFlow
+    from gradhealth_server.engine.probe import ProbeResult
 
 # A ReLU-family unit is dead on the batch when it never outputs more than this.
 DEAD_UNIT_MAX = 0.0
@@ -165,7 +167,7 @@ class Measurements:
     trials: dict[str, StepTrial] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return _finite_json(asdict(self))
+        return finite_json(asdict(self))
 
 
 def build_measurements(
@@ -290,7 +292,7 @@ def _activations(structure: ModelStructure, raw: dict[str, np.ndarray]):
             nonfinite=int(raw[key + "nonfinite"]),
             is_output=tap.is_output,
         )
-        if tap.activation in RELU_FAMILY:
+        if tap.activation in CAN_DIE:
             m.dead_fraction = float((unit_max <= DEAD_UNIT_MAX).sum()) / max(units, 1)
         if tap.activation in SATURATING:
             m.saturated_fraction = float(raw[key + "saturated"]) / max(count, 1.0)
@@ -517,7 +519,7 @@ def _noise_scale(raw: dict[str, np.ndarray], rows: tuple[int, ...]) -> float | N
     return trace / g2
 
 
-def _finite_json(value: Any) -> Any:
+def finite_json(value: Any) -> Any:
     """NaN and infinities become strings so the JSON stays standard."""
     if isinstance(value, float):
         if math.isnan(value):
@@ -526,9 +528,9 @@ def _finite_json(value: Any) -> Any:
             return "inf" if value > 0 else "-inf"
         return value
     if isinstance(value, dict):
-        return {k: _finite_json(v) for k, v in value.items()}
+        return {k: finite_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_json(v) for v in value]
+        return [finite_json(v) for v in value]
     if isinstance(value, np.generic):
-        return _finite_json(value.item())
+        return finite_json(value.item())
     return value

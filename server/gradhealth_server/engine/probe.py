@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from gradhealth_server.engine.structure import SATURATING, ModelStructure
+from gradhealth_server.errors import InvalidBatch
 
 log = logging.getLogger(__name__)
 
@@ -115,23 +116,22 @@ class Probe:
         start = time.perf_counter()
         try:
             out = self._fn(xs, y)
-        except (
-            tf.errors.InvalidArgumentError,
-            tf.errors.UnimplementedError,
-            tf.errors.NotFoundError,
-            tf.errors.InternalError,
-        ) as exc:
+        except tf.errors.OpError as exc:
             if not self.xla or self.options.jit_compile is True:
-                raise
-            # XLA could not compile this model: the same function without it.
-            # A failed XLA launch runs nothing, so no variable has moved.
+                raise InvalidBatch(_op_error(exc)) from exc
+            # Either XLA cannot compile this model or the batch is bad (e.g. an
+            # out-of-range token id). The plain graph tells which; a failed XLA
+            # launch ran nothing, so no variable has moved.
+            plain = self._compile(False)
+            try:
+                out = plain(xs, y)
+            except tf.errors.OpError as again:
+                raise InvalidBatch(_op_error(again)) from again
             log.info(
                 "XLA did not compile the probe (%s); running without XLA",
                 str(exc).splitlines()[0][:200],
             )
-            self.xla = False
-            self._fn = self._compile(False)
-            out = self._fn(xs, y)
+            self.xla, self._fn = False, plain
         raw = {k: v.numpy() for k, v in out.items()}
         if "lr_probe_losses" in raw:
             raw["lr_scales"] = np.asarray(self.options.lr_scales, dtype=np.float64)
@@ -173,8 +173,7 @@ class Probe:
         w0 = [_read(v) for v in self._trainable]
         nt0 = [_read(v) for v in self._non_trainable]
         metrics0 = [_read(v) for v in self._metric_vars]
-        reduction = self.structure.facts.loss_reduction
-        weights = [1.0 if reduction == "sum" else n / self.rows for n in self.splits]
+        weights = [n / self.rows for n in self.splits]
 
         micro_grads: list[list[tf.Tensor]] = []
         micro_sq: list[tf.Tensor] = []
@@ -193,7 +192,8 @@ class Probe:
                 tape.watch(w0)
                 loss, taps, firsts, y_pred, nt = self._stateless_loss(w0, nt, metrics0, xi, yi)
             g = tape.gradient(loss, w0, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            g = [tf.cast(gi, tf.float32) for gi in g]
+            # Embedding gradients come as IndexedSlices: densify to add and reduce them.
+            g = [tf.cast(tf.convert_to_tensor(gi), tf.float32) for gi in g]
             micro_grads.append(g)
             losses.append(tf.cast(loss, tf.float32))
             if not full:
@@ -279,9 +279,14 @@ class Probe:
         applied for real and every weight and optimizer variable (iterations
         included) is restored before the function returns.
         """
+        optimizer = self.model.optimizer
         slots0 = [_read(v) for v in self._optimizer_vars]
-        self.model.optimizer.apply(
-            [tf.cast(g, v.dtype) for g, v in zip(grads, self._trainable)], self._trainable
+        # apply() unscales gradients by the loss scale (LossScaleOptimizer, or
+        # loss_scale_factor): hand it gradients of the loss as fit() scales it.
+        scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
+        optimizer.apply(
+            [tf.cast(g * scale, v.dtype) for g, v in zip(grads, self._trainable)],
+            self._trainable,
         )
         deltas = [
             tf.cast(_read(v), tf.float32) - tf.cast(w, tf.float32)
@@ -304,7 +309,10 @@ class Probe:
             self._trial_fn = tf.function(
                 self._trial, input_signature=self._signature, jit_compile=False
             )
-        out = self._trial_fn([x[name] for name in self.input_order], y)
+        try:
+            out = self._trial_fn([x[name] for name in self.input_order], y)
+        except tf.errors.OpError as exc:
+            raise InvalidBatch(_op_error(exc)) from exc
         return float(out[0]), float(out[1])
 
     def _trial(self, xs, y):
@@ -315,7 +323,8 @@ class Probe:
             tape.watch(w0)
             before, *_ = self._stateless_loss(w0, nt0, metrics0, xs, y)
         grads = tape.gradient(before, w0, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        deltas = self._step_and_restore([tf.cast(g, tf.float32) for g in grads], w0)
+        grads = [tf.cast(tf.convert_to_tensor(g), tf.float32) for g in grads]
+        deltas = self._step_and_restore(grads, w0)
         after, *_ = self._stateless_loss(_moved(w0, deltas, 1.0), nt0, metrics0, xs, y)
         return tf.cast(before, tf.float32), tf.cast(after, tf.float32)
 
@@ -327,9 +336,10 @@ def _micro_batches(rows: int, structure: ModelStructure, options: ProbeOptions) 
     """Row counts of the micro-batches: [probe rows, then the rest split evenly]."""
     k = options.micro_batches if options.mode == "full" else 1
     # Batch statistics couple the examples: micro-batches would change the gradient.
+    # Only a mean-reduced loss averages exactly over micro-batches (a summed one
+    # would count the regularization losses k times).
     if structure.facts.batch_coupled or structure.facts.loss_reduction not in (
         "sum_over_batch_size",
-        "sum",
         None,
     ):
         k = 1
@@ -339,6 +349,11 @@ def _micro_batches(rows: int, structure: ModelStructure, options: ProbeOptions) 
     first = max(options.min_micro_batch_rows, min(options.probe_rows, rows // k))
     base, extra = divmod(rows - first, k - 1)
     return [first] + [base + (1 if i < extra else 0) for i in range(k - 1)]
+
+
+def _op_error(exc: tf.errors.OpError) -> str:
+    first = (exc.message or str(exc)).strip().splitlines()[0][:300]
+    return f"the batch does not run through the model: {first}"
 
 
 def _moved(w0: list[tf.Tensor], deltas: list[tf.Tensor], scale: float) -> list[tf.Tensor]:

@@ -13,7 +13,11 @@ from typing import Any
 import keras
 import numpy as np
 
-RELU_FAMILY = frozenset({"relu", "relu6", "leaky_relu", "elu", "prelu"})
+# Units of these output exactly 0 below the threshold and pass back no gradient:
+# they can die. (Leaky ReLU, ELU and PReLU keep a gradient for negative inputs.)
+CAN_DIE = frozenset({"relu", "relu6"})
+# Layers that take token ids, not a scale: their input is not "unnormalized".
+ID_INPUT_LAYERS = frozenset({"Embedding"})
 SATURATING = frozenset({"sigmoid", "tanh", "hard_sigmoid"})
 NORMALIZATION_LAYERS = frozenset(
     {
@@ -109,6 +113,8 @@ class StaticFacts:
     clipvalue: float | None
     loss_reduction: str | None
     input_names: tuple[str, ...]
+    # Inputs read by an Embedding straight away: valid ids are 0 .. limit - 1.
+    id_input_limits: dict[str, int]
     preprocessing_layers: tuple[str, ...]
     unavailable: tuple[str, ...] = field(default_factory=tuple)
 
@@ -136,8 +142,10 @@ def read_structure(model: keras.Model) -> ModelStructure:
     first_inputs: list[Tap] = []
     depth = len(layers)
     skips = 0
+    id_limits: dict[str, int] = {}
     if functional:
         graph = _graph(model)
+        id_limits = _id_input_limits(graph)
         taps = _taps(graph, list(model.outputs))
         first_inputs = _first_layer_inputs(graph)
         depth = _depth(graph)
@@ -150,7 +158,7 @@ def read_structure(model: keras.Model) -> ModelStructure:
     loss_name, from_logits, smoothing, reduction = _loss_facts(model)
     out_chain, out_units = _output_facts(model)
     out_act = next((a for a in out_chain if a != "linear"), out_chain[0] if out_chain else None)
-    optimizer = getattr(model, "optimizer", None)
+    optimizer = _inner_optimizer(getattr(model, "optimizer", None))
     facts = StaticFacts(
         model_class=type(model).__name__,
         functional=functional,
@@ -175,6 +183,7 @@ def read_structure(model: keras.Model) -> ModelStructure:
         clipvalue=getattr(optimizer, "clipvalue", None),
         loss_reduction=reduction,
         input_names=tuple(input_names(model)),
+        id_input_limits=id_limits,
         preprocessing_layers=tuple(c for c in class_names if c in PREPROCESSING_LAYERS),
         unavailable=tuple(unavailable),
     )
@@ -274,17 +283,50 @@ def _has_weights(layer: keras.layers.Layer) -> bool:
 
 
 def _first_layer_inputs(graph: dict[int, _Node]) -> list[Tap]:
+    """Inputs of the first layers that learn from the input's scale.
+
+    Normalization layers (BatchNorm, LayerNorm, ...) rescale what follows them,
+    so the layer after them is the one whose input counts; Embeddings take ids.
+    """
     weighted_above: dict[int, bool] = {}
     firsts = []
     for key, node in graph.items():
-        above = any(weighted_above[p] or _has_weights(graph[p].layer) for p in node.parents)
+        above = any(weighted_above[p] or _scale_sensitive(graph[p].layer) for p in node.parents)
         weighted_above[key] = above
         layer = node.layer
-        if _has_weights(layer) and not above and node.node is not None:
+        name = type(layer).__name__
+        if name in ID_INPUT_LAYERS:
+            weighted_above[key] = True  # what follows sees embeddings, not the input
+            continue
+        if _scale_sensitive(layer) and not above and node.node is not None:
             inputs = node.node.input_tensors
             if len(inputs) == 1:
-                firsts.append(Tap(layer.name, type(layer).__name__, "input", inputs[0]))
+                firsts.append(Tap(layer.name, name, "input", inputs[0]))
     return firsts
+
+
+def _id_input_limits(graph: dict[int, _Node]) -> dict[str, int]:
+    """Model inputs that feed an Embedding directly, with its vocabulary size.
+
+    Checked on the batch: XLA clamps an out-of-range gather index silently.
+    """
+    limits: dict[str, int] = {}
+    for node in graph.values():
+        layer = node.layer
+        if type(layer).__name__ not in ID_INPUT_LAYERS or node.node is None:
+            continue
+        for kt in node.node.input_tensors:
+            source = kt._keras_history[0]
+            if isinstance(source, keras.layers.InputLayer):
+                dim = int(getattr(layer, "input_dim", 0) or 0)
+                if dim:
+                    limits[source.name] = min(dim, limits.get(source.name, dim))
+    return limits
+
+
+def _scale_sensitive(layer: keras.layers.Layer) -> bool:
+    """A layer with weights whose output depends on its input's scale."""
+    return _has_weights(layer) and type(layer).__name__ not in NORMALIZATION_LAYERS
 
 
 def _depth(graph: dict[int, _Node]) -> int:
@@ -398,6 +440,16 @@ def _output_facts(model: keras.Model) -> tuple[list[str], int | None]:
             break
         tensor = inputs[0]
     return chain, int(units) if units is not None else None
+
+
+def _inner_optimizer(optimizer: Any) -> Any:
+    """The optimizer doing the work: a LossScaleOptimizer wraps another one."""
+    return getattr(optimizer, "inner_optimizer", None) or optimizer
+
+
+def current_learning_rate(model: keras.Model) -> float | None:
+    """The learning rate now in the optimizer's variable (a weight reload changes it)."""
+    return _learning_rate(_inner_optimizer(getattr(model, "optimizer", None)))
 
 
 def _learning_rate(optimizer: Any) -> float | None:

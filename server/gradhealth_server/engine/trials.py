@@ -15,11 +15,18 @@ from gradhealth_server.engine.measurements import Measurements, TensorStats
 OFF_SCALE = frozenset({"byte", "wide"})
 
 
+def what_the_weights_see(m: Measurements) -> list[TensorStats]:
+    """First-layer inputs of a functional model; raw float inputs otherwise."""
+    if m.static.get("functional"):
+        return m.first_layer_inputs
+    return [s for s in m.inputs if s.dtype is None or s.dtype.startswith(("float", "bfloat"))]
+
+
 def input_remedy(
     raw_x: dict[str, np.ndarray], m: Measurements
 ) -> tuple[str, dict[str, np.ndarray]] | None:
     """The rescaled batch to try, with the code change it stands for; None if not needed."""
-    seen = m.first_layer_inputs or m.inputs  # what the weights see, when known
+    seen = what_the_weights_see(m)
     if not any(s.range_class in OFF_SCALE for s in seen) or m.nonfinite.weights:
         return None
     changes: list[str] = []
@@ -27,6 +34,9 @@ def input_remedy(
     by_name = {s.name: s for s in m.inputs}
     for name, arr in raw_x.items():
         stats: TensorStats = by_name[name]
+        if arr.dtype.kind in "iub":  # ids or flags, not a scale to fix
+            remedied[name] = arr
+            continue
         value = arr.astype(np.float32)
         prefix = "x" if len(raw_x) == 1 else f"x_{name}"
         if stats.range_class == "byte":

@@ -68,8 +68,13 @@ EXPLAINS: dict[Cause, frozenset[Cause]] = {
 
 def build_rules(config: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[Rule, ...]:
     """Rules with operator overrides: {"dead_relu": {"dead_fraction": 0.7}, ...}."""
+    if config is not None and not isinstance(config, Mapping):
+        raise ConfigError("the rules config must be an object of {rule: {threshold: value}}")
     config = dict(config or {})
-    config.pop("context", None)
+    for name, overrides in config.items():
+        if not isinstance(overrides, Mapping):
+            raise ConfigError(f"the config of {name!r} must be an object of thresholds")
+    context_thresholds(dict(config.pop("context", {})))  # validate now, not mid-diagnosis
     known = {str(r.cause) for r in RULE_TYPES}
     unknown = set(config) - known
     if unknown:

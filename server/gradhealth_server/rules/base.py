@@ -21,6 +21,21 @@ class NoThresholds:
     pass
 
 
+def checked(thresholds: type, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides with the type of each default (ints may stand for floats)."""
+    defaults = thresholds()
+    out = {}
+    for name, value in overrides.items():
+        default = getattr(defaults, name)
+        ok = isinstance(value, type(default)) or (
+            isinstance(default, float) and isinstance(value, int)
+        )
+        if not ok or isinstance(value, bool):
+            raise ConfigError(f"threshold {name} must be a {type(default).__name__}, got {value!r}")
+        out[name] = float(value) if isinstance(default, float) else value
+    return out
+
+
 class Rule(ABC):
     """One cause, one place: `check` returns the findings for that cause.
 
@@ -39,7 +54,7 @@ class Rule(ABC):
                 f"rule {self.cause} has no threshold {', '.join(sorted(unknown))}; "
                 f"it has {', '.join(sorted(names)) or 'none'}"
             )
-        self.t = dataclasses.replace(self.Thresholds(), **overrides)
+        self.t = dataclasses.replace(self.Thresholds(), **checked(self.Thresholds, overrides))
 
     @abstractmethod
     def check(self, m: Measurements, ctx: Context) -> list[Finding]:

@@ -106,7 +106,16 @@ def build_context(m: Measurements, t: ContextThresholds | None = None) -> Contex
 
 
 def context_thresholds(overrides: dict) -> ContextThresholds:
-    return dataclasses.replace(ContextThresholds(), **overrides)
+    from gradhealth_server.rules.base import ConfigError, checked
+
+    names = {f.name for f in dataclasses.fields(ContextThresholds)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ConfigError(
+            f"context has no threshold {', '.join(sorted(unknown))}; "
+            f"it has {', '.join(sorted(names))}"
+        )
+    return dataclasses.replace(ContextThresholds(), **checked(ContextThresholds, overrides))
 
 
 def gradient_profile(m: Measurements) -> list[tuple[str, float]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gradhealth_server.engine.measurements import Measurements, TensorStats
+from gradhealth_server.engine.trials import what_the_weights_see
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt
 from gradhealth_server.verdict import Cause, Finding, Severity
@@ -30,8 +31,7 @@ class UnnormalizedInputRule(Rule):
         trial_gain: float = 2.0
 
     def check(self, m: Measurements, ctx: Context) -> list[Finding]:
-        seen = m.first_layer_inputs or m.inputs
-        off = [s for s in seen if self._off_scale(s)]
+        off = [s for s in what_the_weights_see(m) if self._off_scale(s)]
         if not off or m.nonfinite.inputs:
             return []
         worst = max(off, key=lambda s: max(abs(s.max), abs(s.min), s.std))
