@@ -29,10 +29,6 @@ class Batch:
     y: np.ndarray
     raw_x: dict[str, np.ndarray]  # as sent, before any dtype cast: its scale is evidence
 
-    @property
-    def rows(self) -> int:
-        return int(self.y.shape[0])
-
 
 def read_npz(source: str | Path | bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
     """Arrays of an `.npz` file or its bytes, pickle refused."""

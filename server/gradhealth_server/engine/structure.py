@@ -31,9 +31,6 @@ NORMALIZATION_LAYERS = frozenset(
 )
 # Layers whose output for one example depends on the other examples in the batch.
 BATCH_COUPLED_LAYERS = frozenset({"BatchNormalization"})
-MERGE_LAYERS = frozenset(
-    {"Add", "Concatenate", "Average", "Multiply", "Maximum", "Minimum", "Subtract", "Dot"}
-)
 # Layers that rescale the raw input before the first weights see it.
 PREPROCESSING_LAYERS = frozenset({"Rescaling", "Normalization"})
 ACTIVATION_LAYERS = {

@@ -59,6 +59,3 @@ class Rule(ABC):
     @abstractmethod
     def check(self, m: Measurements, ctx: Context) -> list[Finding]:
         """Findings for this rule's cause; an empty list when it does not apply."""
-
-    def thresholds(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.t)
