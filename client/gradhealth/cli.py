@@ -1,8 +1,10 @@
 """`gradhealth` command line.
 
 `gradhealth diagnose CHECKPOINT.keras --batch BATCH.npz [--json]` runs the
-engine in-process (embedded mode, needs the `server` extra). Bad input prints
-one line and exits 2; it never shows a traceback.
+engine in-process (embedded mode, needs the `server` extra); with
+`--server HOST:PORT --run RUN --step N` it asks a gradhealth service instead and
+prints the same JSON. `gradhealth serve` runs that service. Bad input prints one
+line and exits 2; it never shows a traceback.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_BAD_INPUT
-    return args.run(args)
+    return args.handler(args)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,14 +57,50 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help='JSON of threshold overrides, e.g. {"dead_relu": {"dead_fraction": 0.7}}',
     )
-    diag.set_defaults(run=_diagnose)
+    remote = diag.add_argument_group("server mode")
+    remote.add_argument("--server", metavar="HOST:PORT", help="diagnose on a gradhealth service")
+    remote.add_argument("--run", default="cli", help="run id the verdict is stored under")
+    remote.add_argument("--step", type=int, default=0, help="training step of the checkpoint")
+    _connection_arguments(remote)
+    diag.set_defaults(handler=_diagnose)
+
+    serve = sub.add_parser("serve", help="run the gradhealth gRPC service")
+    serve.add_argument("--host", default="[::]", help="address to bind (default: all)")
+    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU)")
+    serve.add_argument(
+        "--queue-size", type=int, default=8, help="calls that may wait; more get RESOURCE_EXHAUSTED"
+    )
+    serve.add_argument("--token-file", type=Path, help="require this bearer token (file)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the server")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of the server")
+    serve.add_argument("--tls-client-ca", type=Path, help="require client certs from this CA")
+    serve.add_argument("--max-checkpoint-mb", type=float, default=2048)
+    serve.add_argument("--max-batch-mb", type=float, default=256)
+    serve.add_argument("--spool-dir", type=Path, help="where uploads are written (default: TMPDIR)")
+    serve.add_argument("--grace", type=float, default=60.0, help="seconds to drain on SIGTERM")
+    serve.add_argument("--cache-size", type=int, default=8, help="architectures kept loaded")
+    serve.add_argument("--no-xla", action="store_true", help="never try XLA compilation")
+    serve.add_argument("--rules-config", type=Path, help="JSON of threshold overrides")
+    serve.set_defaults(handler=_serve)
 
     example = sub.add_parser(
         "example", help="write a small faulty digits checkpoint and batch to try diagnose on"
     )
     example.add_argument("directory", type=Path)
-    example.set_defaults(run=_example)
+    example.set_defaults(handler=_example)
     return parser
+
+
+def _connection_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--token-file", type=Path, help="bearer token file (default: $GRADHEALTH_TOKEN)"
+    )
+    group.add_argument("--tls", action="store_true", help="connect with TLS")
+    group.add_argument("--tls-ca", type=Path, help="CA bundle of the server's certificate")
+    group.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
+    group.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
 
 
 def _fail(message: str) -> int:
@@ -74,12 +112,12 @@ def _diagnose(args: argparse.Namespace) -> int:
     for path, what in ((args.checkpoint, "checkpoint"), (args.batch, "batch")):
         if not path.is_file():
             return _fail(f"{what} file {str(path)!r} does not exist")
-    rules_config = None
-    if args.rules_config:
-        try:
-            rules_config = json.loads(args.rules_config.read_text())
-        except (OSError, ValueError) as exc:
-            return _fail(f"cannot read rules config {str(args.rules_config)!r}: {exc}")
+    if args.server:
+        return _diagnose_on_server(args)
+    try:
+        rules_config = _rules_config(args.rules_config)
+    except ValueError as exc:
+        return _fail(str(exc))
     try:
         from gradhealth_server.device import native_stderr_silenced
     except ImportError as exc:
@@ -100,13 +138,112 @@ def _diagnose(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except Exception as exc:  # a bug of ours: still one line, never a traceback
         return _fail(f"internal error ({type(exc).__name__}): {' '.join(str(exc).split())[:300]}")
-    result = diagnosis.to_dict()
-    if args.json:
+    return _print(diagnosis.to_dict(), args.json)
+
+
+def _print(result: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(result))
     else:
         from gradhealth.render import render_verdict
 
         render_verdict(result)
+    return 0
+
+
+def _rules_config(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read rules config {str(path)!r}: {exc}") from exc
+
+
+def _diagnose_on_server(args: argparse.Namespace) -> int:
+    import grpc
+
+    from gradhealth.client import GradientHealthClient, Tls
+
+    try:
+        token = _token(args.token_file)
+    except ValueError as exc:
+        return _fail(str(exc))
+    tls = Tls(args.tls_ca, args.tls_cert, args.tls_key) if args.tls or args.tls_ca else None
+    try:
+        with GradientHealthClient(args.server, token=token, tls=tls) as client:
+            verdict = client.diagnose(
+                args.checkpoint,
+                batch=args.batch,
+                run_id=args.run,
+                step=args.step,
+                mode=args.mode,
+                disable_xla=args.no_xla,
+            )
+    except grpc.RpcError as error:
+        return _fail(f"{error.code().name}: {error.details()}")
+    return _print(verdict.to_dict(), args.json)
+
+
+def _token(path: Path | None) -> str | None:
+    if path is None:
+        return os.environ.get("GRADHEALTH_TOKEN") or None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read token file {str(path)!r}: {exc}") from exc
+    if not token:
+        raise ValueError(f"token file {str(path)!r} is empty")
+    return token
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    try:
+        from gradhealth_server.limits import Limits, MiB
+        from gradhealth_server.rules import build_rules
+        from gradhealth_server.serve import ServeConfig, TlsFiles, serve
+        from gradhealth_server.worker import WorkerConfig
+    except ImportError as exc:
+        return _fail(f"serve needs the server extra: pip install 'gradhealth[server]' ({exc})")
+    try:
+        token = _token(args.token_file)
+        rules_config = _rules_config(args.rules_config) or {}
+        build_rules(rules_config)  # a bad config fails here, not in every worker
+    except Exception as exc:
+        return _fail(str(exc))
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return _fail("TLS needs both --tls-cert and --tls-key")
+    if args.tls_client_ca and not args.tls_cert:
+        return _fail("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
+        if path and not path.is_file():
+            return _fail(f"TLS file {str(path)!r} does not exist")
+    limits = Limits(
+        max_checkpoint_bytes=int(args.max_checkpoint_mb * MiB),
+        max_batch_bytes=int(args.max_batch_mb * MiB),
+    )
+    config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        workers=args.workers,
+        queue_size=args.queue_size,
+        token=token,
+        tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
+        spool_dir=args.spool_dir,
+        grace_seconds=args.grace,
+        worker=WorkerConfig(
+            limits=limits,
+            rules_config=rules_config,
+            cache_capacity=args.cache_size,
+            disable_xla=args.no_xla,
+        ),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(serve(config))
     return 0
 
 

@@ -1,7 +1,9 @@
-"""A wire Verdict as the JSON shape `gradhealth diagnose --json` prints."""
+"""Verdicts off the wire: typed for code, and as the JSON `gradhealth diagnose --json` prints."""
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -37,6 +39,68 @@ def verdict_to_dict(verdict: verdict_pb2.Verdict) -> dict[str, Any]:
         "step": verdict.step,
         "fingerprint": verdict.model_fingerprint,
         "checkpoint_sha256": verdict.checkpoint_sha256,
+        "cache_hit": verdict.model_cache_hit,
+        "probe_cached": verdict.probe_cached,
         "phases": dict(verdict.phase_seconds),
         "measurements": MessageToDict(verdict.measurements),
+        "training_metrics": MessageToDict(verdict.training_metrics),
     }
+
+
+@dataclass(frozen=True)
+class Finding:
+    cause: str
+    severity: str
+    summary: str
+    remedy: str
+    layers: tuple[str, ...]
+    evidence: dict[str, Any]
+    confidence: float
+    explained_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A verdict as the client hands it out: plain Python values, the proto kept."""
+
+    verdict_id: str
+    run_id: str
+    step: int
+    created: dt.datetime
+    status: str
+    primary_cause: str | None
+    findings: tuple[Finding, ...]
+    phases: dict[str, float]
+    proto: verdict_pb2.Verdict = field(repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, proto: verdict_pb2.Verdict) -> Verdict:
+        body = verdict_to_dict(proto)
+        return cls(
+            verdict_id=proto.verdict_id,
+            run_id=proto.run_id,
+            step=proto.step,
+            created=proto.create_time.ToDatetime(dt.UTC),
+            status=body["status"],
+            primary_cause=body["primary_cause"],
+            findings=tuple(
+                Finding(
+                    **{**f, "layers": tuple(f["layers"]), "explained_by": tuple(f["explained_by"])}
+                )
+                for f in body["findings"]
+            ),
+            phases=body["phases"],
+            proto=proto,
+        )
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "healthy"
+
+    @property
+    def measurements(self) -> dict[str, Any]:
+        return MessageToDict(self.proto.measurements)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape `gradhealth diagnose --json` prints."""
+        return verdict_to_dict(self.proto)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from gradhealth_server.engine.measurements import (
 from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
 from gradhealth_server.engine.structure import current_learning_rate, read_structure
 from gradhealth_server.engine.trials import input_remedy
-from gradhealth_server.errors import InvalidBatch, LimitExceeded
+from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
 from gradhealth_server.limits import DEFAULT_LIMITS, Limits
 from gradhealth_server.rules import build_rules, judge
 from gradhealth_server.verdict import Verdict
@@ -83,10 +84,19 @@ class Diagnoser:
         batch: str | Path | bytes | dict[str, np.ndarray],
         options: ProbeOptions | None = None,
         checkpoint_sha256: str | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> Diagnosis:
         """Diagnose one checkpoint; pass its sha256 when already known (the service
-        hashes uploads while spooling them) to skip reading the file once more."""
+        hashes uploads while spooling them) to skip reading the file once more.
+
+        `should_stop` is asked between phases: the service drops the work of a call
+        that was cancelled or ran out of time (raises Cancelled).
+        """
         import tensorflow as tf
+
+        def checkpoint_phase() -> None:
+            if should_stop():
+                raise Cancelled("the call was cancelled or its deadline passed")
 
         options = options or self.options
         phases: dict[str, float] = {}
@@ -101,6 +111,7 @@ class Diagnoser:
             entry.structure = replace(entry.structure, facts=facts)
         t1 = time.perf_counter()
         phases["load"] = t1 - t0
+        checkpoint_phase()
         arrays = batch if isinstance(batch, dict) else read_npz(batch, self.limits)
         data = make_batch(arrays, _input_specs(entry), entry.structure.facts, self.limits)
         key = (batch_signature(data.x, data.y), options)
@@ -110,6 +121,7 @@ class Diagnoser:
             _check_loss_runs(entry, data)
         t2 = time.perf_counter()
         phases["batch"] = t2 - t1
+        checkpoint_phase()
         try:
             with tf.device(self.device):
                 if probe is None:
@@ -129,6 +141,7 @@ class Diagnoser:
         except tf.errors.ResourceExhaustedError as exc:
             raise LimitExceeded(f"the probe ran out of device memory: {exc.message[:200]}") from exc
         phases["probe" if probe_cached else "compile_and_probe"] = t3 - t2
+        checkpoint_phase()
         t4 = time.perf_counter()
         phases["trials"] = t4 - t3
         verdict = judge(measurements, self.rules, self.rules_config)

@@ -20,3 +20,7 @@ class InvalidBatch(GradhealthError):
 
 class LimitExceeded(GradhealthError):
     """An input is larger than an operator-configured limit."""
+
+
+class Cancelled(Exception):
+    """The caller went away or ran out of time; the work is dropped."""

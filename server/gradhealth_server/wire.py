@@ -8,12 +8,15 @@ client turns it back into the JSON shape of `gradhealth diagnose --json` with
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from gradhealth.v1 import verdict_pb2
-from gradhealth_server.diagnosis import Diagnosis
 from gradhealth_server.verdict import Cause, Finding
+
+if TYPE_CHECKING:
+    from gradhealth_server.diagnosis import Diagnosis
 
 STATUS = {
     "healthy": verdict_pb2.STATUS_HEALTHY,
@@ -35,6 +38,7 @@ def to_verdict(
     run_id: str,
     step: int,
     created: dt.datetime,
+    training_metrics: verdict_pb2.TrainingMetrics | None = None,
 ) -> verdict_pb2.Verdict:
     body = diagnosis.to_dict()  # finite numbers only: Struct cannot hold NaN as JSON
     verdict = verdict_pb2.Verdict(
@@ -46,6 +50,9 @@ def to_verdict(
         checkpoint_sha256=diagnosis.checkpoint_sha256,
         model_fingerprint=diagnosis.fingerprint,
         phase_seconds=diagnosis.phases,
+        training_metrics=training_metrics,
+        model_cache_hit=diagnosis.cache_hit,
+        probe_cached=diagnosis.probe_cached,
     )
     verdict.create_time.CopyFrom(_timestamp(created))
     for finding, as_dict in zip(diagnosis.verdict.findings, body["findings"], strict=True):

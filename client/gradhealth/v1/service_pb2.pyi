@@ -36,23 +36,6 @@ class UploadInfo(_message.Message):
     sha256: str
     def __init__(self, size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
-class TrainingMetrics(_message.Message):
-    __slots__ = ("loss", "accuracy", "extra")
-    class ExtraEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: float
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
-    LOSS_FIELD_NUMBER: _ClassVar[int]
-    ACCURACY_FIELD_NUMBER: _ClassVar[int]
-    EXTRA_FIELD_NUMBER: _ClassVar[int]
-    loss: float
-    accuracy: float
-    extra: _containers.ScalarMap[str, float]
-    def __init__(self, loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., extra: _Optional[_Mapping[str, float]] = ...) -> None: ...
-
 class DiagnoseHeader(_message.Message):
     __slots__ = ("run_id", "step", "wall_time", "training_metrics", "options", "checkpoint", "batch")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -65,11 +48,11 @@ class DiagnoseHeader(_message.Message):
     run_id: str
     step: int
     wall_time: _timestamp_pb2.Timestamp
-    training_metrics: TrainingMetrics
+    training_metrics: _verdict_pb2.TrainingMetrics
     options: ProbeOptions
     checkpoint: UploadInfo
     batch: UploadInfo
-    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., wall_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., training_metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ..., options: _Optional[_Union[ProbeOptions, _Mapping]] = ..., checkpoint: _Optional[_Union[UploadInfo, _Mapping]] = ..., batch: _Optional[_Union[UploadInfo, _Mapping]] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., wall_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., training_metrics: _Optional[_Union[_verdict_pb2.TrainingMetrics, _Mapping]] = ..., options: _Optional[_Union[ProbeOptions, _Mapping]] = ..., checkpoint: _Optional[_Union[UploadInfo, _Mapping]] = ..., batch: _Optional[_Union[UploadInfo, _Mapping]] = ...) -> None: ...
 
 class DiagnoseRequest(_message.Message):
     __slots__ = ("header", "checkpoint_chunk", "batch_chunk")

@@ -83,7 +83,7 @@ class Finding(_message.Message):
     def __init__(self, cause: _Optional[_Union[Cause, str]] = ..., severity: _Optional[_Union[Severity, str]] = ..., summary: _Optional[str] = ..., remedy: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., evidence: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., confidence: _Optional[float] = ..., explained_by: _Optional[_Iterable[_Union[Cause, str]]] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("verdict_id", "run_id", "step", "create_time", "status", "primary_cause", "findings", "measurements", "checkpoint_sha256", "model_fingerprint", "phase_seconds")
+    __slots__ = ("verdict_id", "run_id", "step", "create_time", "status", "primary_cause", "findings", "measurements", "checkpoint_sha256", "model_fingerprint", "phase_seconds", "training_metrics", "model_cache_hit", "probe_cached")
     class PhaseSecondsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,9 @@ class Verdict(_message.Message):
     CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     PHASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_METRICS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    PROBE_CACHED_FIELD_NUMBER: _ClassVar[int]
     verdict_id: str
     run_id: str
     step: int
@@ -113,4 +116,24 @@ class Verdict(_message.Message):
     checkpoint_sha256: str
     model_fingerprint: str
     phase_seconds: _containers.ScalarMap[str, float]
-    def __init__(self, verdict_id: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[Status, str]] = ..., primary_cause: _Optional[_Union[Cause, str]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., measurements: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., checkpoint_sha256: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    training_metrics: TrainingMetrics
+    model_cache_hit: bool
+    probe_cached: bool
+    def __init__(self, verdict_id: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[Status, str]] = ..., primary_cause: _Optional[_Union[Cause, str]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., measurements: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., checkpoint_sha256: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ..., training_metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ..., model_cache_hit: _Optional[bool] = ..., probe_cached: _Optional[bool] = ...) -> None: ...
+
+class TrainingMetrics(_message.Message):
+    __slots__ = ("loss", "accuracy", "extra")
+    class ExtraEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
+    loss: float
+    accuracy: float
+    extra: _containers.ScalarMap[str, float]
+    def __init__(self, loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., extra: _Optional[_Mapping[str, float]] = ...) -> None: ...

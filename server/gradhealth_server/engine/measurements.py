@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradhealth_server.engine.structure import CAN_DIE, SATURATING, ModelStructure
-
-if TYPE_CHECKING:  # the rules import this module and must not pull in TensorFlow
+if TYPE_CHECKING:  # the rules (and the server process) import this module: no TensorFlow
     from gradhealth_server.engine.probe import ProbeResult
+    from gradhealth_server.engine.structure import ModelStructure
 
 # A ReLU-family unit is dead on the batch when it never outputs more than this.
 DEAD_UNIT_MAX = 0.0
@@ -276,6 +275,8 @@ def _layers(structure: ModelStructure, raw: dict[str, np.ndarray], full: bool):
 
 
 def _activations(structure: ModelStructure, raw: dict[str, np.ndarray]):
+    from gradhealth_server.engine.structure import CAN_DIE, SATURATING
+
     out = []
     for j, tap in enumerate(structure.taps):
         key = f"tap{j}/"

@@ -1,0 +1,203 @@
+"""GradientHealthClient: the Python client of the gradhealth service.
+
+Needs no TensorFlow to send bytes. A checkpoint is streamed in 1 MiB chunks
+with its sha256; a call that meets UNAVAILABLE (the server restarting, draining
+or not up yet) is retried with exponential backoff and jitter within its
+deadline. gRPC's own retry policy cannot do this for a stream larger than its
+retry buffer, so the loop is here.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from gradhealth import payload
+from gradhealth.v1 import service_pb2, service_pb2_grpc
+from gradhealth.verdicts import Verdict
+
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024  # a verdict with all its measurements
+MAX_SEND_BYTES = 2 * 1024 * 1024  # chunks are 1 MiB
+MODES = {"full": service_pb2.PROBE_MODE_FULL, "norms": service_pb2.PROBE_MODE_NORMS}
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS settings; no files: the system's trust store and no client certificate."""
+
+    ca_cert: str | Path | None = None  # PEM bundle that signed the server's certificate
+    client_cert: str | Path | None = None  # mutual TLS: this client's certificate ...
+    client_key: str | Path | None = None  # ... and its key
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | Path | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_cert),
+            private_key=read(self.client_key),
+            certificate_chain=read(self.client_cert),
+        )
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = 5
+    first_backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+    on: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE,)
+
+    def delays(self) -> Iterator[float]:
+        """Full-jitter exponential backoff, one delay per retry."""
+        for attempt in range(self.attempts - 1):
+            yield random.uniform(0, min(self.max_backoff_s, self.first_backoff_s * 2**attempt))
+
+
+class GradientHealthClient:
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        tls: Tls | bool | None = None,
+        timeout: float = 600.0,
+        retry: Retry | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """`tls=True` uses the system's trust store; a `Tls` names the files."""
+        channel_options = [
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
+            *options,
+        ]
+        if tls:
+            credentials = (tls if isinstance(tls, Tls) else Tls()).credentials()
+            self._channel = grpc.secure_channel(target, credentials, channel_options)
+        else:
+            self._channel = grpc.insecure_channel(target, channel_options)
+        self._stub = service_pb2_grpc.GradientHealthServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self.retry = retry or Retry()
+
+    def __enter__(self) -> GradientHealthClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # --- Diagnose -----------------------------------------------------------------
+
+    def diagnose(
+        self,
+        model_or_path: Any,
+        x: Any = None,
+        y: Any = None,
+        *,
+        batch: str | Path | None = None,
+        run_id: str,
+        step: int = 0,
+        training_metrics: Mapping[str, float] | None = None,
+        mode: str = "full",
+        disable_xla: bool = False,
+        timeout: float | None = None,
+    ) -> Verdict:
+        """Diagnose a checkpoint (a `.keras` path, its bytes, or a Keras model) on a
+        sample batch: x and y arrays ({input name: array} for several inputs), or
+        the path of an `.npz` holding them."""
+        if batch is not None:
+            batch_part = payload.Part.of_file(batch)
+        elif x is not None and y is not None:
+            batch_part = payload.batch_part(x, y)
+        else:
+            raise ValueError("pass x and y, or batch=PATH of an .npz with x and y")
+        checkpoint = payload.checkpoint_part(model_or_path)
+        header = service_pb2.DiagnoseHeader(
+            run_id=run_id,
+            step=step,
+            training_metrics=payload.training_metrics(training_metrics),
+            options=service_pb2.ProbeOptions(mode=MODES[mode], disable_xla=disable_xla),
+            checkpoint=checkpoint.info(),
+            batch=batch_part.info(),
+        )
+        header.wall_time.GetCurrentTime()
+        response = self._call(
+            lambda remaining: self._stub.Diagnose(
+                payload.requests(header, checkpoint, batch_part),
+                timeout=remaining,
+                metadata=self._metadata,
+            ),
+            timeout,
+        )
+        return Verdict.from_proto(response.verdict)
+
+    # --- queries --------------------------------------------------------------------
+
+    def get_verdict(self, verdict_id: str, timeout: float | None = None) -> Verdict:
+        request = service_pb2.GetVerdictRequest(verdict_id=verdict_id)
+        response = self._call(lambda t: self._unary("GetVerdict", request, t), timeout)
+        return Verdict.from_proto(response.verdict)
+
+    def list_verdicts(
+        self, run_id: str = "", page_size: int = 50, timeout: float | None = None, **filters: Any
+    ) -> Iterator[Verdict]:
+        """Every matching verdict, newest first, fetching page after page."""
+        token = ""
+        while True:
+            request = service_pb2.ListVerdictsRequest(
+                run_id=run_id, page_size=page_size, page_token=token, **filters
+            )
+            response = self._call(lambda t, r=request: self._unary("ListVerdicts", r, t), timeout)
+            yield from (Verdict.from_proto(v) for v in response.verdicts)
+            token = response.next_page_token
+            if not token:
+                return
+
+    def list_runs(self, page_size: int = 50, timeout: float | None = None) -> list[service_pb2.Run]:
+        runs: list[service_pb2.Run] = []
+        token = ""
+        while True:
+            request = service_pb2.ListRunsRequest(page_size=page_size, page_token=token)
+            response = self._call(lambda t, r=request: self._unary("ListRuns", r, t), timeout)
+            runs.extend(response.runs)
+            token = response.next_page_token
+            if not token:
+                return runs
+
+    def watch_verdicts(self, run_id: str = "", unhealthy_only: bool = False) -> Iterator[Verdict]:
+        """New verdicts as they are stored; cancel by closing the iterator."""
+        request = service_pb2.WatchVerdictsRequest(run_id=run_id, unhealthy_only=unhealthy_only)
+        stream = self._stub.WatchVerdicts(request, metadata=self._metadata)
+        try:
+            for response in stream:
+                yield Verdict.from_proto(response.verdict)
+        finally:
+            stream.cancel()
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def _unary(self, method: str, request: Any, timeout: float) -> Any:
+        return getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
+
+    def _call(self, attempt: Any, timeout: float | None) -> Any:
+        """Run attempt(remaining seconds), retrying the retryable codes in time."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        delays = self.retry.delays()
+        while True:
+            try:
+                return attempt(max(0.001, deadline - time.monotonic()))
+            except grpc.RpcError as error:
+                if error.code() not in self.retry.on:
+                    raise
+                delay = next(delays, None)
+                if delay is None or time.monotonic() + delay >= deadline:
+                    raise
+                time.sleep(delay)

@@ -1,0 +1,203 @@
+"""GradientHealthService: the RPCs of gradhealth.v1, over grpc.aio.
+
+Diagnose is the data path: check the header, take a queue slot, spool the
+upload, hand the job to a worker, store the verdict, reply. Every failure ends
+the call with a status and a message for the sender; none ends the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from gradhealth.v1 import service_pb2, service_pb2_grpc, verdict_pb2
+from gradhealth_server.feed import VerdictFeed
+from gradhealth_server.jobs import JobQueue, QueueFull
+from gradhealth_server.limits import Limits
+from gradhealth_server.metrics import ServiceMetrics
+from gradhealth_server.store import BadPageToken, MemoryStore, VerdictQuery
+from gradhealth_server.upload import RpcFailure, Spool, check_header, invalid, receive_parts
+from gradhealth_server.worker import Job, WorkerDied
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["GradientHealthService"].full_name
+
+# What a worker's error means for the caller.
+WORKER_ERRORS = {
+    "invalid_checkpoint": grpc.StatusCode.INVALID_ARGUMENT,
+    "invalid_batch": grpc.StatusCode.INVALID_ARGUMENT,
+    "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "cancelled": grpc.StatusCode.CANCELLED,
+    "internal": grpc.StatusCode.INTERNAL,
+}
+MODES = {
+    service_pb2.PROBE_MODE_UNSPECIFIED: "full",
+    service_pb2.PROBE_MODE_FULL: "full",
+    service_pb2.PROBE_MODE_NORMS: "norms",
+}
+
+
+class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
+    def __init__(
+        self,
+        jobs: JobQueue,
+        store: MemoryStore,
+        feed: VerdictFeed,
+        limits: Limits,
+        metrics: ServiceMetrics,
+        spool_root: Path | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.store = store
+        self.feed = feed
+        self.limits = limits
+        self.metrics = metrics
+        self.spool_root = spool_root
+        self.draining = False
+
+    # --- Diagnose -----------------------------------------------------------------
+
+    async def Diagnose(
+        self,
+        request_iterator: AsyncIterator[service_pb2.DiagnoseRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> service_pb2.DiagnoseResponse:
+        try:
+            verdict = await self._diagnose(request_iterator, context)
+        except RpcFailure as failure:
+            self.metrics.rejected.labels(failure.reason).inc()
+            self.metrics.diagnoses.labels("error").inc()
+            await context.abort(failure.code, failure.message)
+        return service_pb2.DiagnoseResponse(verdict=verdict)
+
+    async def _diagnose(
+        self,
+        request_iterator: AsyncIterator[service_pb2.DiagnoseRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> verdict_pb2.Verdict:
+        started = time.perf_counter()
+        if self.draining or not self.jobs.ready:
+            state = "draining" if self.draining else "warming up"
+            raise RpcFailure(grpc.StatusCode.UNAVAILABLE, state, f"the server is {state}; retry")
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise invalid("the first message of a Diagnose stream must be its header")
+        header = first.header
+        check_header(header, self.limits)
+        try:
+            with self.jobs.slot() as slot, Spool(self.spool_root) as spool:
+                await receive_parts(requests, header, spool)
+                uploaded = time.perf_counter()
+                sent = header.checkpoint.size_bytes + header.batch.size_bytes
+                self.metrics.uploaded_bytes.inc(sent)
+                job = self._job(header, spool)
+                result, queued = await self.jobs.run(job, slot, context.time_remaining())
+        except QueueFull as exc:
+            raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full", str(exc)) from exc
+        except WorkerDied as exc:
+            raise RpcFailure(grpc.StatusCode.INTERNAL, "worker_died", str(exc)) from exc
+        except asyncio.CancelledError:
+            self.metrics.rejected.labels("cancelled").inc()
+            raise
+        if result.error:
+            raise RpcFailure(WORKER_ERRORS[result.error], result.error, result.message)
+        verdict = verdict_pb2.Verdict.FromString(result.verdict)
+        verdict.phase_seconds["upload"] = uploaded - started
+        verdict.phase_seconds["queue"] = queued
+        self.store.add(verdict)  # before the reply: an answered verdict is never lost
+        self.feed.publish(verdict)
+        self._count(verdict, time.perf_counter() - started)
+        return verdict
+
+    def _job(self, header: service_pb2.DiagnoseHeader, spool: Spool) -> Job:
+        return Job(
+            job_id=self.jobs.next_job_id(),
+            checkpoint=str(spool.checkpoint),
+            batch=str(spool.batch),
+            checkpoint_sha256=header.checkpoint.sha256,
+            mode=MODES.get(header.options.mode, "full"),
+            disable_xla=header.options.disable_xla,
+            verdict_id=str(uuid.uuid4()),
+            run_id=header.run_id,
+            step=header.step,
+            created=dt.datetime.now(dt.UTC),
+            training_metrics=header.training_metrics.SerializeToString(),
+        )
+
+    def _count(self, verdict: verdict_pb2.Verdict, total: float) -> None:
+        m = self.metrics
+        m.diagnoses.labels(_status(verdict)).inc()
+        for finding in verdict.findings:
+            m.findings.labels(_cause(finding.cause)).inc()
+        for phase, seconds in verdict.phase_seconds.items():
+            m.duration.labels(phase).observe(seconds)
+        m.duration.labels("total").observe(total)
+        (m.cache_hits if verdict.model_cache_hit else m.cache_misses).inc()
+
+    # --- queries --------------------------------------------------------------------
+
+    async def GetVerdict(
+        self, request: service_pb2.GetVerdictRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.GetVerdictResponse:
+        verdict = self.store.get(request.verdict_id)
+        if verdict is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no verdict {request.verdict_id[:80]!r}"
+            )
+        return service_pb2.GetVerdictResponse(verdict=verdict)
+
+    async def ListVerdicts(
+        self, request: service_pb2.ListVerdictsRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ListVerdictsResponse:
+        query = VerdictQuery(
+            run_id=request.run_id,
+            status=request.status,
+            cause=request.cause,
+            start_time=request.start_time if request.HasField("start_time") else None,
+            end_time=request.end_time if request.HasField("end_time") else None,
+        )
+        try:
+            verdicts, token = self.store.list_verdicts(query, request.page_size, request.page_token)
+        except BadPageToken as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return service_pb2.ListVerdictsResponse(verdicts=verdicts, next_page_token=token)
+
+    async def ListRuns(
+        self, request: service_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ListRunsResponse:
+        try:
+            runs, token = self.store.list_runs(request.page_size, request.page_token)
+        except BadPageToken as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return service_pb2.ListRunsResponse(runs=runs, next_page_token=token)
+
+    async def WatchVerdicts(
+        self, request: service_pb2.WatchVerdictsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[service_pb2.WatchVerdictsResponse]:
+        with self.feed.watch() as queue:
+            while True:
+                verdict = await queue.get()
+                if verdict is None:
+                    return
+                if request.run_id and verdict.run_id != request.run_id:
+                    continue
+                if request.unhealthy_only and verdict.status == verdict_pb2.STATUS_HEALTHY:
+                    continue
+                yield service_pb2.WatchVerdictsResponse(verdict=verdict)
+
+
+def _status(verdict: verdict_pb2.Verdict) -> str:
+    return verdict_pb2.Status.Name(verdict.status).removeprefix("STATUS_").lower()
+
+
+def _cause(cause: int) -> str:
+    return verdict_pb2.Cause.Name(cause).removeprefix("CAUSE_").lower()

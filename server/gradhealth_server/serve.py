@@ -1,0 +1,140 @@
+"""`gradhealth serve`: put the service together and run it until SIGTERM.
+
+Start-up order matters to the load balancer: the port opens first with health
+NOT_SERVING, the workers load TensorFlow, then health turns SERVING. On SIGTERM
+health turns NOT_SERVING, new calls get UNAVAILABLE, calls in flight finish
+(up to the grace period), then the workers stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from gradhealth.v1 import service_pb2_grpc
+from gradhealth_server.api import SERVICE_NAME, GradientHealthServicer
+from gradhealth_server.auth import BearerTokenAuth
+from gradhealth_server.feed import VerdictFeed
+from gradhealth_server.jobs import JobQueue
+from gradhealth_server.limits import MiB
+from gradhealth_server.metrics import ServiceMetrics
+from gradhealth_server.store import MemoryStore
+from gradhealth_server.worker import Worker, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+# Chunks are at most 1 MiB; a little room for the header and framing.
+MAX_RECEIVE_BYTES = 1 * MiB + 64 * 1024
+# A verdict with every measurement of a deep model.
+MAX_SEND_BYTES = 64 * MiB
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set: mutual TLS, clients must present a cert from it
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "[::]"
+    port: int = 50051
+    metrics_port: int | None = None
+    workers: int = 1
+    queue_size: int = 8
+    token: str | None = None
+    tls: TlsFiles | None = None
+    spool_dir: Path | None = None
+    grace_seconds: float = 60.0
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+
+def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    ca = tls.client_ca.read_bytes() if tls.client_ca else None
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+async def serve(config: ServeConfig) -> None:
+    metrics = ServiceMetrics()
+    if config.metrics_port is not None:
+        start_http_server(config.metrics_port, registry=metrics.registry)
+        log.info("metrics on :%d/metrics", config.metrics_port)
+    workers = [Worker(config.worker, f"worker-{i}") for i in range(config.workers)]
+    jobs = JobQueue(workers, config.queue_size, metrics)
+    feed = VerdictFeed()
+    servicer = GradientHealthServicer(
+        jobs, MemoryStore(), feed, config.worker.limits, metrics, config.spool_dir
+    )
+    interceptors = []
+    if config.token:
+        interceptors.append(
+            BearerTokenAuth(config.token, lambda: metrics.rejected.labels("unauthenticated").inc())
+        )
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
+        ],
+    )
+    service_pb2_grpc.add_GradientHealthServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    address = f"{config.host}:{config.port}"
+    if config.tls:
+        server.add_secure_port(address, server_credentials(config.tls))
+    else:
+        server.add_insecure_port(address)
+    await server.start()
+    log.info("gradhealth listening on %s (%s), starting workers", address, _security(config))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    starting = asyncio.create_task(jobs.start())
+    await asyncio.wait([starting, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    if starting.done() and starting.exception() is None:
+        await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+        log.info("gradhealth serving")
+        await stop.wait()
+
+    log.info("draining: finishing calls in flight (grace %.0f s)", config.grace_seconds)
+    servicer.draining = True
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    feed.close()
+    await server.stop(config.grace_seconds)
+    starting.cancel()
+    await jobs.stop()
+    if starting.done() and not starting.cancelled() and starting.exception() is not None:
+        raise starting.exception()  # the workers could not start
+    log.info("gradhealth stopped")
+
+
+async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
+    for name in ("", SERVICE_NAME):
+        await servicer.set(name, status)
+
+
+def _security(config: ServeConfig) -> str:
+    tls = "no TLS" if not config.tls else ("mTLS" if config.tls.client_ca else "TLS")
+    return f"{tls}, {'token auth' if config.token else 'no auth'}"

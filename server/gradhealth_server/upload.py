@@ -1,0 +1,147 @@
+"""Receive one Diagnose stream: check the header, spool the parts to disk.
+
+A checkpoint can be gigabytes, so nothing is held in memory: each chunk goes
+straight to a per-call temporary directory while its sha256 is computed, and the
+declared size and the operator's caps are enforced as bytes arrive, not after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+import grpc
+
+from gradhealth.v1 import service_pb2
+from gradhealth_server.limits import Limits
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,199}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class RpcFailure(Exception):
+    """Ends a call with this status; `reason` labels the rejected-calls metric."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+
+
+def invalid(message: str, reason: str = "invalid_upload") -> RpcFailure:
+    return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+
+
+def too_large(message: str) -> RpcFailure:
+    return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large", message)
+
+
+def check_header(header: service_pb2.DiagnoseHeader, limits: Limits) -> None:
+    """Refuse a bad header before a single byte of the upload is accepted."""
+    if not RUN_ID.fullmatch(header.run_id):
+        raise invalid(
+            f"run_id {header.run_id[:60]!r} is not valid: 1-200 characters of letters, "
+            "digits and ._:/@+=- starting with a letter or digit"
+        )
+    if header.step < 0:
+        raise invalid(f"step must be >= 0, got {header.step}")
+    parts = (
+        ("checkpoint", header.checkpoint, limits.max_checkpoint_bytes),
+        ("batch", header.batch, limits.max_batch_bytes),
+    )
+    for what, info, cap in parts:
+        if info.size_bytes <= 0:
+            raise invalid(f"header.{what}.size_bytes must be the {what}'s size in bytes (> 0)")
+        if info.size_bytes > cap:
+            raise too_large(
+                f"the {what} is {info.size_bytes} bytes; this server accepts at most {cap}"
+            )
+        if not SHA256.fullmatch(info.sha256):
+            raise invalid(f"header.{what}.sha256 must be 64 lower-case hex digits")
+
+
+class Part:
+    """One upload being written to disk, checked against what the header declared."""
+
+    def __init__(self, path: Path, what: str, declared: service_pb2.UploadInfo) -> None:
+        self.path = path
+        self.what = what
+        self.declared = declared
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by finish()/close()
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.declared.size_bytes:
+            raise invalid(
+                f"the {self.what} stream is longer than the {self.declared.size_bytes} bytes "
+                "its header declared"
+            )
+        self.digest.update(chunk)
+        self._file.write(chunk)
+
+    def finish(self) -> None:
+        self._file.close()
+        if self.size < self.declared.size_bytes:
+            raise invalid(
+                f"the {self.what} stream ended after {self.size} of "
+                f"{self.declared.size_bytes} declared bytes (truncated upload)"
+            )
+        if self.digest.hexdigest() != self.declared.sha256:
+            raise invalid(
+                f"the {self.what}'s sha256 is {self.digest.hexdigest()}, "
+                f"not {self.declared.sha256} as declared: the upload was corrupted"
+            )
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Spool:
+    """A call's temporary directory; removed when the call ends, however it ends."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="gradhealth-", dir=root))
+        self.checkpoint = self.directory / "checkpoint.keras"
+        self.batch = self.directory / "batch.npz"
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+async def receive_parts(
+    requests: AsyncIterator[service_pb2.DiagnoseRequest],
+    header: service_pb2.DiagnoseHeader,
+    spool: Spool,
+) -> None:
+    """Write the checkpoint chunks, then the batch chunks, verifying both."""
+    checkpoint = Part(spool.checkpoint, "checkpoint", header.checkpoint)
+    batch = Part(spool.batch, "batch", header.batch)
+    try:
+        async for request in requests:
+            kind = request.WhichOneof("part")
+            if kind == "checkpoint_chunk":
+                if batch.size:
+                    raise invalid("checkpoint chunks must all come before the batch chunks")
+                checkpoint.write(request.checkpoint_chunk)
+            elif kind == "batch_chunk":
+                batch.write(request.batch_chunk)
+            elif kind == "header":
+                raise invalid("a Diagnose stream has exactly one header, as its first message")
+            else:
+                raise invalid("a DiagnoseRequest must set header, checkpoint_chunk or batch_chunk")
+        checkpoint.finish()
+        batch.finish()
+    finally:
+        checkpoint.close()
+        batch.close()
