@@ -24,7 +24,7 @@ def test_a_diagnose_stream_round_trips():
             run_id="run-1",
             step=300,
             checkpoint=service_pb2.UploadInfo(size_bytes=3, sha256="ab" * 32),
-            training_metrics=service_pb2.TrainingMetrics(loss=2.3),
+            training_metrics=verdict_pb2.TrainingMetrics(loss=2.3),
         )
     )
     again = service_pb2.DiagnoseRequest.FromString(header.SerializeToString())

@@ -1,0 +1,191 @@
+"""The real gradhealth server as a subprocess on loopback, for integration tests.
+
+Tests talk to it only as users do: gRPC (the real client or raw stubs), the
+Prometheus /metrics endpoint, signals. Worker pids are read from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from gradhealth.v1 import service_pb2, service_pb2_grpc
+
+TOKEN = "test-token-3f9a"
+START_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`gradhealth serve` in a child process, with its own spool dir and log."""
+
+    def __init__(self, workdir: Path, *args: str, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.metrics_port = free_port()
+        self.spool = workdir / "spool"
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "server.log"
+        self.args = list(args)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> ServerProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "gradhealth.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--spool-dir",
+            str(self.spool),
+            *self.args,
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_serving()
+        return self
+
+    def wait_serving(self, timeout: float = START_TIMEOUT_S, credentials=None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited {self.process.returncode}:\n{self.log()}")
+            if self.health(credentials) == health_pb2.HealthCheckResponse.SERVING:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"server not SERVING after {timeout} s:\n{self.log()}")
+
+    def channel(self, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+        if credentials is not None:
+            return grpc.secure_channel(self.target, credentials)
+        return grpc.insecure_channel(self.target)
+
+    def health(self, credentials=None, service: str = "") -> int | None:
+        """The health status, or None while the port does not answer."""
+        with self.channel(credentials) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+            except grpc.RpcError:
+                return None
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return out
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def wait_metric(self, name: str, value: float, timeout: float = 60.0, **labels: str) -> None:
+        deadline = time.monotonic() + timeout
+        while self.metric(name, **labels) != value:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}{labels} never became {value}")
+            time.sleep(0.02)
+
+    def worker_pids(self) -> list[int]:
+        """Children started by multiprocessing's spawn (not its resource tracker)."""
+        assert self.process is not None
+        pids = []
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"spawn_main" in cmdline:
+                    pids.append(int(pid))
+        return pids
+
+    def spooled(self) -> list[Path]:
+        return list(self.spool.iterdir())
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+def token_metadata(token: str = TOKEN) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def raw_diagnose(
+    server: ServerProcess,
+    messages: Iterable[service_pb2.DiagnoseRequest],
+    token: str = TOKEN,
+    timeout: float = 120.0,
+) -> service_pb2.DiagnoseResponse:
+    """Send a hand-made Diagnose stream (the client library only makes good ones)."""
+    with server.channel() as channel:
+        stub = service_pb2_grpc.GradientHealthServiceStub(channel)
+        return stub.Diagnose(iter(list(messages)), timeout=timeout, metadata=token_metadata(token))
+
+
+def mlp_checkpoint(path: Path, width: int, depth: int = 2, optimizer: str = "adam") -> Path:
+    """A small digits MLP, trained one epoch; its width makes it a new architecture."""
+    import keras
+
+    from tests.models import digits
+
+    x, y = digits()
+    model = keras.Sequential(
+        [keras.Input((64,))]
+        + [keras.layers.Dense(width, activation="relu") for _ in range(depth)]
+        + [keras.layers.Dense(10, activation="softmax")],
+        name=f"mlp_{width}x{depth}",
+    )
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x[:512], y[:512], epochs=1, batch_size=64, verbose=0)
+    model.save(path)
+    return path
+
+
+def digits_batch(path: Path, rows: int = 128) -> Path:
+    from tests.models import digits
+
+    x, y = digits()
+    np.savez(path, x=x[:rows], y=y[:rows])
+    return path
+
+
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
