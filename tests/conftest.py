@@ -33,3 +33,26 @@ def diagnoser():
     from gradhealth_server.diagnosis import Diagnoser
 
     return Diagnoser()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The real server, with token auth and a 200 MB checkpoint cap, shared by the
+    integration tests that leave it as they found it."""
+    from tests.service import TOKEN, ServerProcess
+
+    workdir = Path(tmp_path_factory.mktemp("server"))
+    (workdir / "token").write_text(TOKEN + "\n")
+    process = ServerProcess(
+        workdir, "--token-file", str(workdir / "token"), "--max-checkpoint-mb", "200"
+    ).start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="session")
+def batch(tmp_path_factory) -> Path:
+    """128 rows of digits images, as an .npz the CNN checkpoints take."""
+    from tests.service import digits_batch
+
+    return digits_batch(Path(tmp_path_factory.mktemp("batch")) / "batch.npz")

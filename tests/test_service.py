@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from gradhealth.client import GradientHealthClient, Retry
 from gradhealth.v1 import service_pb2, verdict_pb2
 from tests.scenarios import SCENARIOS, save_run, train_cached
-from tests.service import TOKEN, ServerProcess, digits_batch, token_metadata
+from tests.service import TOKEN, token_metadata
 
 # One faulty run per cause, and healthy runs of several kinds.
 SAME_AS_EMBEDDED = [
@@ -29,25 +28,9 @@ SAME_AS_EMBEDDED = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    workdir = Path(tmp_path_factory.mktemp("server"))
-    (workdir / "token").write_text(TOKEN + "\n")
-    process = ServerProcess(
-        workdir, "--token-file", str(workdir / "token"), "--max-checkpoint-mb", "200"
-    ).start()
-    yield process
-    assert process.stop() == 0, process.log()
-
-
-@pytest.fixture(scope="module")
 def client(server):
     with GradientHealthClient(server.target, token=TOKEN, timeout=300) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory) -> Path:
-    return digits_batch(Path(tmp_path_factory.mktemp("batch")) / "batch.npz")
 
 
 def test_health_is_serving_and_reflection_lists_the_service(server):
