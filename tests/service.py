@@ -167,6 +167,7 @@ def mlp_checkpoint(path: Path, width: int, depth: int = 2, optimizer: str = "ada
     from tests.models import digits
 
     x, y = digits()
+    x = x.reshape(len(x), -1)
     model = keras.Sequential(
         [keras.Input((64,))]
         + [keras.layers.Dense(width, activation="relu") for _ in range(depth)]

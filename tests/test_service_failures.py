@@ -1,0 +1,230 @@
+"""Overload, cancellation, deadlines, a dying worker, SIGTERM and a late server:
+the real server process, driven by the real client from threads."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from gradhealth import payload
+from gradhealth.client import GradientHealthClient, Retry
+from gradhealth.v1 import service_pb2, service_pb2_grpc
+from tests.service import ServerProcess, free_port, kill, mlp_checkpoint
+
+ONE_TRY = Retry(attempts=1)
+
+
+class Call:
+    """A client call running in a thread; result() re-raises its error."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args, kwargs) -> None:
+        try:
+            self._value = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the test thread
+            self._error = exc
+
+    def result(self, timeout: float = 300.0) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the call did not finish"
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One worker, room for one waiting call."""
+    workdir = Path(tmp_path_factory.mktemp("tight"))
+    process = ServerProcess(workdir, "--queue-size", "1").start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with GradientHealthClient(server.target, retry=ONE_TRY) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def slow_checkpoint(tmp_path_factory) -> Callable[[], Path]:
+    """A new architecture each time: the worker must load and compile it (seconds)."""
+    directory = Path(tmp_path_factory.mktemp("slow"))
+    widths = itertools.count(100)
+
+    def make() -> Path:
+        width = next(widths)
+        return mlp_checkpoint(directory / f"slow_{width}.keras", width=width, depth=8)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def flat_batch(tmp_path_factory) -> Path:
+    import numpy as np
+
+    from tests.models import digits
+
+    x, y = digits()
+    path = Path(tmp_path_factory.mktemp("flat")) / "flat.npz"
+    np.savez(path, x=x[:128].reshape(128, 64), y=y[:128])
+    return path
+
+
+def _busy(server: ServerProcess, client, checkpoint: Path, batch: Path, run_id: str) -> Call:
+    """Start a slow call and return once the worker is running it."""
+    call = Call(client.diagnose, checkpoint, batch=batch, run_id=run_id)
+    server.wait_metric("gradhealth_workers_busy", 1)
+    return call
+
+
+def _stored_runs(client) -> set[str]:
+    return {run.run_id for run in client.list_runs()}
+
+
+def test_a_full_queue_answers_resource_exhausted_at_once(
+    server, client, slow_checkpoint, flat_batch, checkpoints, batch
+):
+    running = _busy(server, client, slow_checkpoint(), flat_batch, "full-a")
+    waiting = Call(client.diagnose, checkpoints.path("cnn"), batch=batch, run_id="full-b")
+    server.wait_metric("gradhealth_queue_depth", 1)
+    with pytest.raises(grpc.RpcError) as caught:
+        client.diagnose(checkpoints.path("cnn"), batch=batch, run_id="full-c")
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue is full" in caught.value.details()
+    assert running.result().run_id == "full-a"
+    assert waiting.result().run_id == "full-b"
+    assert server.metric("gradhealth_rejected_total", reason="queue_full") == 1
+    assert "full-c" not in _stored_runs(client)
+
+
+def test_a_cancelled_call_leaves_no_work_behind(
+    server, client, slow_checkpoint, flat_batch, checkpoints, batch
+):
+    diagnosed = server.metric("gradhealth_diagnoses_total", status="healthy") + server.metric(
+        "gradhealth_diagnoses_total", status="warning"
+    )
+    running = _busy(server, client, slow_checkpoint(), flat_batch, "cancel-a")
+    part = payload.Part.of_file(checkpoints.path("cnn"))
+    batch_part = payload.Part.of_file(batch)
+    header = service_pb2.DiagnoseHeader(
+        run_id="cancel-b", checkpoint=part.info(), batch=batch_part.info()
+    )
+    with server.channel() as channel:
+        stub = service_pb2_grpc.GradientHealthServiceStub(channel)
+        future = stub.Diagnose.future(payload.requests(header, part, batch_part), timeout=300)
+        server.wait_metric("gradhealth_queue_depth", 1)
+        time.sleep(0.5)  # its upload is done: the job waits in the queue
+        assert future.cancel()
+        running.result()
+        server.wait_metric("gradhealth_jobs_dropped_total", 1, reason="cancelled")
+    assert server.metric("gradhealth_rejected_total", reason="cancelled") == 1
+    after = server.metric("gradhealth_diagnoses_total", status="healthy") + server.metric(
+        "gradhealth_diagnoses_total", status="warning"
+    )
+    assert after - diagnosed <= 1  # the running call only (it may also be critical)
+    assert "cancel-b" not in _stored_runs(client)
+    assert server.spooled() == []
+
+
+def test_a_call_whose_deadline_passes_in_the_queue_is_dropped(
+    server, client, slow_checkpoint, flat_batch, checkpoints, batch
+):
+    dropped = server.metric("gradhealth_jobs_dropped_total", reason="cancelled") + server.metric(
+        "gradhealth_jobs_dropped_total", reason="deadline"
+    )
+    running = _busy(server, client, slow_checkpoint(), flat_batch, "deadline-a")
+    with pytest.raises(grpc.RpcError) as caught:
+        client.diagnose(checkpoints.path("cnn"), batch=batch, run_id="deadline-b", timeout=1.0)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    running.result()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = server.metric("gradhealth_jobs_dropped_total", reason="cancelled") + server.metric(
+            "gradhealth_jobs_dropped_total", reason="deadline"
+        )
+        if now == dropped + 1:
+            break
+        time.sleep(0.05)
+    assert now == dropped + 1
+    assert "deadline-b" not in _stored_runs(client)
+
+
+def test_killing_the_worker_mid_call_gives_internal_and_the_next_call_works(
+    server, client, slow_checkpoint, flat_batch, checkpoints, batch
+):
+    (worker,) = server.worker_pids()
+    running = _busy(server, client, slow_checkpoint(), flat_batch, "killed")
+    kill(worker)
+    with pytest.raises(grpc.RpcError) as caught:
+        running.result()
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "worker was killed by signal 9" in caught.value.details()
+    assert server.health() == health_pb2.HealthCheckResponse.SERVING
+    verdict = client.diagnose(checkpoints.path("cnn"), batch=batch, run_id="after-kill")
+    assert verdict.run_id == "after-kill"
+    assert server.worker_pids() != [worker]
+    assert server.metric("gradhealth_worker_restarts_total") == 1
+    assert "killed" not in _stored_runs(client)
+
+
+def test_sigterm_finishes_the_calls_in_flight(tmp_path, slow_checkpoint, flat_batch, checkpoints):
+    server = ServerProcess(tmp_path, "--grace", "120").start()
+    with GradientHealthClient(server.target, retry=ONE_TRY) as client:
+        running = _busy(server, client, slow_checkpoint(), flat_batch, "in-flight")
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while server.health() == health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "health still SERVING after SIGTERM"
+            time.sleep(0.02)
+        with pytest.raises(grpc.RpcError) as caught:
+            client.diagnose(checkpoints.path("cnn"), batch=flat_batch, run_id="too-late")
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        verdict = running.result()
+    assert verdict.run_id == "in-flight" and verdict.findings is not None
+    assert server.process.wait(60) == 0
+    assert "draining" in server.log()
+    assert server.spooled() == []
+
+
+def test_the_client_retries_until_a_late_server_is_up(tmp_path, checkpoints, batch):
+    port = free_port()
+    retry = Retry(attempts=12, first_backoff_s=0.5, max_backoff_s=3.0)
+    with GradientHealthClient(f"127.0.0.1:{port}", retry=retry, timeout=120) as client:
+        call = Call(client.diagnose, checkpoints.path("cnn"), batch=batch, run_id="late")
+        time.sleep(1.0)  # the client has met UNAVAILABLE by now
+        server = ServerProcess(tmp_path, port=port).start(wait=False)
+        try:
+            assert call.result().run_id == "late"
+        finally:
+            assert server.stop() == 0, server.log()
+
+
+def test_a_running_job_whose_deadline_passes_is_stopped_not_stored(
+    server, client, slow_checkpoint, flat_batch
+):
+    dropped = server.metric("gradhealth_jobs_dropped_total", reason="cancelled")
+    (worker,) = server.worker_pids()
+    with pytest.raises(grpc.RpcError) as caught:
+        client.diagnose(slow_checkpoint(), batch=flat_batch, run_id="too-slow", timeout=0.8)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The worker drops the job at its next phase boundary and stays up.
+    server.wait_metric("gradhealth_jobs_dropped_total", dropped + 1, reason="cancelled")
+    server.wait_metric("gradhealth_workers_busy", 0)
+    assert server.worker_pids() == [worker]
+    assert "too-slow" not in _stored_runs(client)
