@@ -20,9 +20,10 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from bench import probe_overhead
+    from bench import probe_overhead, service
 
     results = probe_overhead.run(quick=args.quick)
+    served = service.run(quick=args.quick)
     table = Table(
         title=f"gradhealth bench ({'quick' if args.quick else 'full'}) on "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
@@ -41,10 +42,48 @@ def main() -> int:
             f"<= {r['target']}x",
             "yes" if r["meets_target"] else "NO",
         )
-    Console(width=140).print(table)
+    console = Console(width=140)
+    console.print(table)
+    _print_service(console, served)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"probe": results, "service": served}, indent=2))
     return 0
+
+
+def _print_service(console, served: dict) -> None:
+    from rich.table import Table
+
+    up = served["upload"]
+    upload = Table(title=f"upload of a {up['checkpoint_mb']} MB checkpoint, loopback")
+    columns = ("raw gRPC", "raw + sha256", "gradhealth", "vs raw", "range", "+ client sha256",
+               "vs raw + sha256", "target", "ok")  # fmt: skip
+    for col in columns:
+        upload.add_column(col)
+    upload.add_row(
+        f"{up['raw_mb_per_s']} MB/s",
+        f"{up['raw_sha256_mb_per_s']} MB/s",
+        f"{up['gradhealth_mb_per_s']} MB/s",
+        f"{up['ratio']:.2f}x",
+        f"{up['low']:.2f}-{up['high']:.2f}",
+        f"{up['ratio_with_client_sha256']:.2f}x",
+        f"{up['ratio_to_raw_sha256']:.2f}x",
+        f"<= {up['target']}x",
+        "yes" if up["meets_target"] else "NO",
+    )
+    console.print(upload)
+    lat = served["latency"]
+    latency = Table(title=f"end-to-end latency by phase (s): {lat['model']}")
+    latency.add_column("phase")
+    latency.add_column("cold")
+    latency.add_column("warm")
+    phases = list(lat["cold"]) + [p for p in lat["warm"] if p not in lat["cold"]]
+    for phase in sorted(phases, key=lambda p: p == "total"):
+        cold, warm = lat["cold"].get(phase), lat["warm"].get(phase)
+        latency.add_row(
+            phase, "-" if cold is None else f"{cold:.4f}", "-" if warm is None else f"{warm:.4f}"
+        )
+    console.print(latency)
+    console.print(f"cold / warm total: {lat['cold_over_warm']}x")
 
 
 if __name__ == "__main__":
