@@ -62,6 +62,13 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         self.metrics = metrics
         self.spool_root = spool_root
         self.draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drained(self) -> None:
+        """Wait until no Diagnose call is in flight."""
+        await self._idle.wait()
 
     # --- Diagnose -----------------------------------------------------------------
 
@@ -70,12 +77,18 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         request_iterator: AsyncIterator[service_pb2.DiagnoseRequest],
         context: grpc.aio.ServicerContext,
     ) -> service_pb2.DiagnoseResponse:
+        self._in_flight += 1
+        self._idle.clear()
         try:
             verdict = await self._diagnose(request_iterator, context)
         except RpcFailure as failure:
             self.metrics.rejected.labels(failure.reason).inc()
             self.metrics.diagnoses.labels("error").inc()
             await context.abort(failure.code, failure.message)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
         return service_pb2.DiagnoseResponse(verdict=verdict)
 
     async def _diagnose(

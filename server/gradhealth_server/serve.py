@@ -3,7 +3,8 @@
 Start-up order matters to the load balancer: the port opens first with health
 NOT_SERVING, the workers load TensorFlow, then health turns SERVING. On SIGTERM
 health turns NOT_SERVING, new calls get UNAVAILABLE, calls in flight finish
-(up to the grace period), then the workers stop.
+(up to the grace period) while new ones get UNAVAILABLE, then the server and
+the workers stop.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 MAX_RECEIVE_BYTES = 1 * MiB + 64 * 1024
 # A verdict with every measurement of a deep model.
 MAX_SEND_BYTES = 64 * MiB
+# After the Diagnose calls drained: time for replies and queries still on the wire.
+FINAL_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -119,10 +122,14 @@ async def serve(config: ServeConfig) -> None:
         await stop.wait()
 
     log.info("draining: finishing calls in flight (grace %.0f s)", config.grace_seconds)
-    servicer.draining = True
+    servicer.draining = True  # new Diagnose calls: UNAVAILABLE, so clients retry elsewhere
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     feed.close()
-    await server.stop(config.grace_seconds)
+    try:
+        await asyncio.wait_for(servicer.drained(), config.grace_seconds)
+    except TimeoutError:
+        log.warning("grace period over: cancelling the calls still in flight")
+    await server.stop(FINAL_GRACE_S)
     starting.cancel()
     await jobs.stop()
     if starting.done() and not starting.cancelled() and starting.exception() is not None:
