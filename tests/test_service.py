@@ -144,10 +144,7 @@ def test_watch_verdicts_streams_new_verdicts(server, client, checkpoints, batch)
     thread = threading.Thread(target=watch)
     thread.start()
     ready.wait()
-    # The watch call needs a moment to reach the server before the verdict is made.
-    import time
-
-    time.sleep(0.5)
+    server.wait_metric("gradhealth_watchers", 1)  # the watch reached the server
     client.diagnose(checkpoints.path("cnn"), batch=batch, run_id="unwatched")
     made = client.diagnose(checkpoints.path("cnn"), batch=batch, run_id="watched", step=5)
     thread.join(60)

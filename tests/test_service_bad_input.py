@@ -102,6 +102,7 @@ def _cases(good, lambda_checkpoint):
     yield "garbage checkpoint", _stream(garbage, batch), INVALID, "zip"
     yield "lambda layer", _stream(lambda_checkpoint, batch), INVALID, "'sneaky_lambda' is a Lambda"
     yield "garbage batch", _stream(ckpt, os.urandom(5000)), INVALID, "batch"
+    yield "tiny chunks", _stream(ckpt, batch, chunk=1000), INVALID, "only the last"
     yield "bad run id", _stream(ckpt, batch, run_id="../etc"), INVALID, "run_id"
     yield "second header", _stream(ckpt, batch) + header_only, INVALID, "exactly one header"
     yield (
@@ -123,6 +124,7 @@ CASES = [
     "garbage checkpoint",
     "lambda layer",
     "garbage batch",
+    "tiny chunks",
     "bad run id",
     "second header",
     "no sha256",

@@ -50,7 +50,7 @@ class Call:
 def server(tmp_path_factory):
     """One worker, room for one waiting call."""
     workdir = Path(tmp_path_factory.mktemp("tight"))
-    process = ServerProcess(workdir, "--queue-size", "1").start()
+    process = ServerProcess(workdir, "--queue-size", "1", "--upload-idle-timeout", "2").start()
     yield process
     assert process.stop() == 0, process.log()
 
@@ -127,9 +127,12 @@ def test_a_cancelled_call_leaves_no_work_behind(
     )
     with server.channel() as channel:
         stub = service_pb2_grpc.GradientHealthServiceStub(channel)
+        uploaded = server.metric("gradhealth_uploaded_bytes_total")
         future = stub.Diagnose.future(payload.requests(header, part, batch_part), timeout=300)
-        server.wait_metric("gradhealth_queue_depth", 1)
-        time.sleep(0.5)  # its upload is done: the job waits in the queue
+        # Its upload is done: the job waits in the queue.
+        server.wait_metric(
+            "gradhealth_uploaded_bytes_total", uploaded + part.size + batch_part.size
+        )
         assert future.cancel()
         running.result()
         server.wait_metric("gradhealth_jobs_dropped_total", 1, reason="cancelled")
@@ -185,26 +188,29 @@ def test_killing_the_worker_mid_call_gives_internal_and_the_next_call_works(
 
 def test_sigterm_finishes_the_calls_in_flight(tmp_path, slow_checkpoint, flat_batch, checkpoints):
     server = ServerProcess(tmp_path, "--grace", "120").start()
-    with GradientHealthClient(server.target, retry=ONE_TRY) as client:
-        running = _busy(server, client, slow_checkpoint(), flat_batch, "in-flight")
-        server.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while server.health() == health_pb2.HealthCheckResponse.SERVING:
-            assert time.monotonic() < deadline, "health still SERVING after SIGTERM"
-            time.sleep(0.02)
-        with pytest.raises(grpc.RpcError) as caught:
-            client.diagnose(checkpoints.path("cnn"), batch=flat_batch, run_id="too-late")
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        verdict = running.result()
-    assert verdict.run_id == "in-flight" and verdict.findings is not None
-    assert server.process.wait(60) == 0
-    assert "draining" in server.log()
-    assert server.spooled() == []
+    try:
+        with GradientHealthClient(server.target, retry=ONE_TRY) as client:
+            running = _busy(server, client, slow_checkpoint(), flat_batch, "in-flight")
+            server.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while server.health() == health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline, "health still SERVING after SIGTERM"
+                time.sleep(0.02)
+            with pytest.raises(grpc.RpcError) as caught:
+                client.diagnose(checkpoints.path("cnn"), batch=flat_batch, run_id="too-late")
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            verdict = running.result()
+        assert verdict.run_id == "in-flight" and verdict.findings is not None
+        assert server.process.wait(60) == 0
+        assert "draining" in server.log()
+        assert server.spooled() == []
+    finally:
+        server.stop(signal.SIGKILL)
 
 
 def test_the_client_retries_until_a_late_server_is_up(tmp_path, checkpoints, batch):
     port = free_port()
-    retry = Retry(attempts=12, first_backoff_s=0.5, max_backoff_s=3.0)
+    retry = Retry(first_backoff_s=0.5, max_backoff_s=2.0)  # until the deadline
     with GradientHealthClient(f"127.0.0.1:{port}", retry=retry, timeout=120) as client:
         call = Call(client.diagnose, checkpoints.path("cnn"), batch=batch, run_id="late")
         time.sleep(1.0)  # the client has met UNAVAILABLE by now
@@ -228,3 +234,56 @@ def test_a_running_job_whose_deadline_passes_is_stopped_not_stored(
     server.wait_metric("gradhealth_workers_busy", 0)
     assert server.worker_pids() == [worker]
     assert "too-slow" not in _stored_runs(client)
+
+
+def test_a_stalled_upload_is_cut_off_and_frees_its_slot(server, checkpoints):
+    part = payload.Part.of_file(checkpoints.path("cnn"))
+    header = service_pb2.DiagnoseHeader(
+        run_id="stalled",
+        checkpoint=part.info(),
+        batch=service_pb2.UploadInfo(size_bytes=10, sha256="0" * 64),
+    )
+
+    def stalling():
+        yield service_pb2.DiagnoseRequest(header=header)
+        yield service_pb2.DiagnoseRequest(checkpoint_chunk=next(part.chunks(64 * 1024)))
+        time.sleep(6)  # the server allows 2 s between chunks
+
+    with server.channel() as channel:
+        stub = service_pb2_grpc.GradientHealthServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Diagnose(stalling(), timeout=60)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "stalled" in caught.value.details()
+    assert server.metric("gradhealth_queue_depth") == 0
+    assert server.spooled() == []
+
+
+def test_a_worker_that_died_idle_is_replaced_before_the_next_call(
+    server, client, checkpoints, batch
+):
+    (worker,) = server.worker_pids()
+    kill(worker)
+    time.sleep(0.5)
+    verdict = client.diagnose(checkpoints.path("cnn"), batch=batch, run_id="after-idle-death")
+    assert verdict.run_id == "after-idle-death"
+    assert server.worker_pids() != [worker]
+
+
+def test_a_retried_call_gets_the_stored_verdict_not_a_second_one(server, checkpoints, batch):
+    part = payload.Part.of_file(checkpoints.path("cnn"))
+    batch_part = payload.Part.of_file(batch)
+    header = service_pb2.DiagnoseHeader(
+        run_id="retried",
+        checkpoint=part.info(),
+        batch=batch_part.info(),
+        request_id="0b7a4c1e-retry",
+    )
+    with server.channel() as channel:
+        stub = service_pb2_grpc.GradientHealthServiceStub(channel)
+        first = stub.Diagnose(payload.requests(header, part, batch_part), timeout=120)
+        again = stub.Diagnose(payload.requests(header, part, batch_part), timeout=120)
+    assert again.verdict == first.verdict
+    assert server.metric("gradhealth_duplicate_requests_total") == 1
+    with GradientHealthClient(server.target) as client:
+        assert len(list(client.list_verdicts("retried"))) == 1

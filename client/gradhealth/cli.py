@@ -80,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch-mb", type=float, default=256)
     serve.add_argument("--spool-dir", type=Path, help="where uploads are written (default: TMPDIR)")
     serve.add_argument("--grace", type=float, default=60.0, help="seconds to drain on SIGTERM")
+    serve.add_argument(
+        "--job-timeout",
+        type=float,
+        default=900.0,
+        help="longest diagnosis (s); its worker is killed",
+    )
+    serve.add_argument(
+        "--upload-timeout", type=float, default=900.0, help="longest upload (s) of one call"
+    )
+    serve.add_argument(
+        "--upload-idle-timeout", type=float, default=30.0, help="longest wait (s) for a chunk"
+    )
     serve.add_argument("--cache-size", type=int, default=8, help="architectures kept loaded")
     serve.add_argument("--no-xla", action="store_true", help="never try XLA compilation")
     serve.add_argument("--rules-config", type=Path, help="JSON of threshold overrides")
@@ -169,7 +181,8 @@ def _diagnose_on_server(args: argparse.Namespace) -> int:
         token = _token(args.token_file)
     except ValueError as exc:
         return _fail(str(exc))
-    tls = Tls(args.tls_ca, args.tls_cert, args.tls_key) if args.tls or args.tls_ca else None
+    use_tls = args.tls or args.tls_ca or args.tls_cert or args.tls_key
+    tls = Tls(args.tls_ca, args.tls_cert, args.tls_key) if use_tls else None
     try:
         with GradientHealthClient(args.server, token=token, tls=tls) as client:
             verdict = client.diagnose(
@@ -182,6 +195,8 @@ def _diagnose_on_server(args: argparse.Namespace) -> int:
             )
     except grpc.RpcError as error:
         return _fail(f"{error.code().name}: {error.details()}")
+    except OSError as exc:
+        return _fail(str(exc))
     return _print(verdict.to_dict(), args.json)
 
 
@@ -205,7 +220,8 @@ def _serve(args: argparse.Namespace) -> int:
         from gradhealth_server.limits import Limits, MiB
         from gradhealth_server.rules import build_rules
         from gradhealth_server.serve import ServeConfig, TlsFiles, serve
-        from gradhealth_server.worker import WorkerConfig
+        from gradhealth_server.upload import UploadLimits
+        from gradhealth_server.worker import WorkerConfig, WorkerDied
     except ImportError as exc:
         return _fail(f"serve needs the server extra: pip install 'gradhealth[server]' ({exc})")
     try:
@@ -214,6 +230,8 @@ def _serve(args: argparse.Namespace) -> int:
         build_rules(rules_config)  # a bad config fails here, not in every worker
     except Exception as exc:
         return _fail(str(exc))
+    if args.workers < 1 or args.queue_size < 1:
+        return _fail("--workers and --queue-size must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):
         return _fail("TLS needs both --tls-cert and --tls-key")
     if args.tls_client_ca and not args.tls_cert:
@@ -235,6 +253,8 @@ def _serve(args: argparse.Namespace) -> int:
         tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         spool_dir=args.spool_dir,
         grace_seconds=args.grace,
+        job_time_limit=args.job_timeout,
+        upload=UploadLimits(args.upload_idle_timeout, args.upload_timeout),
         worker=WorkerConfig(
             limits=limits,
             rules_config=rules_config,
@@ -243,7 +263,10 @@ def _serve(args: argparse.Namespace) -> int:
         ),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except (WorkerDied, OSError) as exc:
+        return _fail(f"the server could not start: {exc}")
     return 0
 
 

@@ -4,13 +4,17 @@ Needs no TensorFlow to send bytes. A checkpoint is streamed in 1 MiB chunks
 with its sha256; a call that meets UNAVAILABLE (the server restarting, draining
 or not up yet) is retried with exponential backoff and jitter within its
 deadline. gRPC's own retry policy cannot do this for a stream larger than its
-retry buffer, so the loop is here.
+retry buffer, so the loop is here. Every attempt of one call carries the same
+request id, so a retry after a lost reply returns the stored verdict instead
+of diagnosing (and storing) twice.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,15 +52,20 @@ class Tls:
 
 @dataclass(frozen=True)
 class Retry:
-    attempts: int = 5
+    """Which codes are retried and how long to wait; attempts=None: until the
+    call's deadline (a server still loading TensorFlow answers UNAVAILABLE)."""
+
+    attempts: int | None = None
     first_backoff_s: float = 0.5
     max_backoff_s: float = 10.0
     on: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE,)
 
     def delays(self) -> Iterator[float]:
         """Full-jitter exponential backoff, one delay per retry."""
-        for attempt in range(self.attempts - 1):
-            yield random.uniform(0, min(self.max_backoff_s, self.first_backoff_s * 2**attempt))
+        retries = itertools.count() if self.attempts is None else range(self.attempts - 1)
+        for attempt in retries:
+            ceiling = min(self.max_backoff_s, self.first_backoff_s * 2 ** min(attempt, 30))
+            yield random.uniform(0, ceiling)
 
 
 class GradientHealthClient:
@@ -129,6 +138,8 @@ class GradientHealthClient:
             batch=batch_part.info(),
         )
         header.wall_time.GetCurrentTime()
+        # One id for every attempt: a retry after a lost reply gets the stored verdict.
+        header.request_id = str(uuid.uuid4())
         response = self._call(
             lambda remaining: self._stub.Diagnose(
                 payload.requests(header, checkpoint, batch_part),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import logging
 import time
 import uuid
@@ -18,13 +19,20 @@ from pathlib import Path
 import grpc
 
 from gradhealth.v1 import service_pb2, service_pb2_grpc, verdict_pb2
-from gradhealth_server.feed import VerdictFeed
-from gradhealth_server.jobs import JobQueue, QueueFull
+from gradhealth_server.feed import CLOSED, FELL_BEHIND, VerdictFeed
+from gradhealth_server.jobs import JobExpired, JobQueue, QueueFull
 from gradhealth_server.limits import Limits
 from gradhealth_server.metrics import ServiceMetrics
 from gradhealth_server.store import BadPageToken, MemoryStore, VerdictQuery
-from gradhealth_server.upload import RpcFailure, Spool, check_header, invalid, receive_parts
-from gradhealth_server.worker import Job, WorkerDied
+from gradhealth_server.upload import (
+    RpcFailure,
+    Spool,
+    UploadLimits,
+    check_header,
+    invalid,
+    receive_parts,
+)
+from gradhealth_server.worker import Job, JobTimedOut, WorkerDied
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         limits: Limits,
         metrics: ServiceMetrics,
         spool_root: Path | None = None,
+        upload_limits: UploadLimits | None = None,
     ) -> None:
         self.jobs = jobs
         self.store = store
@@ -61,6 +70,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         self.limits = limits
         self.metrics = metrics
         self.spool_root = spool_root
+        self.upload_limits = upload_limits or UploadLimits()
         self.draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -106,9 +116,14 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
             raise invalid("the first message of a Diagnose stream must be its header")
         header = first.header
         check_header(header, self.limits)
+        if header.request_id:
+            stored = self.store.find_request(header.run_id, header.request_id)
+            if stored is not None:  # a retry of a call that was answered: same verdict
+                self.metrics.duplicates.inc()
+                return stored
         try:
             with self.jobs.slot() as slot, Spool(self.spool_root) as spool:
-                await receive_parts(requests, header, spool)
+                await receive_parts(requests, header, spool, self.upload_limits)
                 uploaded = time.perf_counter()
                 sent = header.checkpoint.size_bytes + header.batch.size_bytes
                 self.metrics.uploaded_bytes.inc(sent)
@@ -118,6 +133,16 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
             raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full", str(exc)) from exc
         except WorkerDied as exc:
             raise RpcFailure(grpc.StatusCode.INTERNAL, "worker_died", str(exc)) from exc
+        except (JobExpired, JobTimedOut) as exc:
+            raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "timeout", str(exc)) from exc
+        except OSError as exc:  # the spool disk: full, gone, unwritable
+            log.error("spooling failed: %s", exc)
+            code = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+                if exc.errno == errno.ENOSPC
+                else grpc.StatusCode.INTERNAL
+            )
+            raise RpcFailure(code, "spool", "the server could not store the upload") from exc
         except asyncio.CancelledError:
             self.metrics.rejected.labels("cancelled").inc()
             raise
@@ -126,7 +151,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         verdict = verdict_pb2.Verdict.FromString(result.verdict)
         verdict.phase_seconds["upload"] = uploaded - started
         verdict.phase_seconds["queue"] = queued
-        self.store.add(verdict)  # before the reply: an answered verdict is never lost
+        self.store.add(verdict, header.request_id)  # before the reply: never lost
         self.feed.publish(verdict)
         self._count(verdict, time.perf_counter() - started)
         return verdict
@@ -196,16 +221,25 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
     async def WatchVerdicts(
         self, request: service_pb2.WatchVerdictsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[service_pb2.WatchVerdictsResponse]:
-        with self.feed.watch() as queue:
-            while True:
-                verdict = await queue.get()
-                if verdict is None:
-                    return
-                if request.run_id and verdict.run_id != request.run_id:
-                    continue
-                if request.unhealthy_only and verdict.status == verdict_pb2.STATUS_HEALTHY:
-                    continue
-                yield service_pb2.WatchVerdictsResponse(verdict=verdict)
+        if self.feed.closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        try:
+            with self.feed.watch() as queue:
+                self.metrics.watchers.set(self.feed.watchers)
+                while (item := await queue.get()) not in (FELL_BEHIND, CLOSED):
+                    if request.run_id and item.run_id != request.run_id:
+                        continue
+                    if request.unhealthy_only and item.status == verdict_pb2.STATUS_HEALTHY:
+                        continue
+                    yield service_pb2.WatchVerdictsResponse(verdict=item)
+        finally:
+            self.metrics.watchers.set(self.feed.watchers)
+        if item == FELL_BEHIND:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this watcher fell too far behind the new verdicts; watch again",
+            )
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; watch again")
 
 
 def _status(verdict: verdict_pb2.Verdict) -> str:

@@ -100,6 +100,7 @@ class Diagnoser:
 
         options = options or self.options
         phases: dict[str, float] = {}
+        checkpoint_phase()  # it may have been cancelled on its way to the worker
         t0 = time.perf_counter()
         sha = checkpoint_sha256 or _sha256(checkpoint)
         entry, _info, hit = self.cache.load(checkpoint)

@@ -17,13 +17,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gradhealth_server.metrics import ServiceMetrics
-from gradhealth_server.worker import Job, JobResult, Worker, WorkerDied
+from gradhealth_server.worker import Job, JobResult, JobTimedOut, Worker, WorkerDied
 
 log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
     pass
+
+
+class JobExpired(Exception):
+    """The call's deadline passed before a worker could take its job."""
 
 
 class Slot:
@@ -50,10 +54,20 @@ class _Pending:
 
 
 class JobQueue:
-    def __init__(self, workers: list[Worker], capacity: int, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        workers: list[Worker],
+        capacity: int,
+        metrics: ServiceMetrics,
+        job_time_limit: float = 900.0,
+    ) -> None:
+        if not workers or capacity < 1:
+            raise ValueError("a job queue needs at least one worker and one slot")
         self.workers = workers
         self.capacity = capacity
         self.metrics = metrics
+        self.job_time_limit = job_time_limit
+        self.stopping = False
         self._slots = 0  # calls admitted and not yet handed to a worker
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._ids = itertools.count(1)
@@ -65,11 +79,20 @@ class JobQueue:
 
     async def start(self) -> None:
         """Start every worker (TensorFlow loads in each), then dispatch."""
-        await asyncio.gather(*(w.start() for w in self.workers))
+        starting = [asyncio.create_task(w.start()) for w in self.workers]
+        try:
+            await asyncio.gather(*starting)
+        except BaseException:
+            for task in starting:  # one failed: stop the others' children too
+                task.cancel()
+            await asyncio.gather(*starting, return_exceptions=True)
+            raise
         self._dispatchers = [asyncio.create_task(self._dispatch(w)) for w in self.workers]
         self.ready = True
 
     async def stop(self) -> None:
+        self.stopping = True
+        self.ready = False
         for task in self._dispatchers:
             task.cancel()
         await asyncio.gather(*self._dispatchers, return_exceptions=True)
@@ -130,19 +153,26 @@ class JobQueue:
                 continue
             if pending.deadline is not None and loop.time() >= pending.deadline:
                 self.metrics.dropped.labels("deadline").inc()
-                pending.result.cancel()
+                pending.result.set_exception(
+                    JobExpired("the call's deadline passed while it waited in the queue")
+                )
                 continue
+            if not worker.alive:  # it died while idle: this job has not run yet
+                await self._restart(worker)
             pending.worker = worker
             pending.started_at = loop.time()
             self.metrics.worker_busy.inc()
             try:
-                result = await worker.run(pending.job)
-            except WorkerDied as exc:
-                log.error("%s: %s", worker.name, exc)
-                self.metrics.worker_restarts.inc()
+                result = await worker.run(pending.job, self.job_time_limit)
+            except Exception as exc:  # a dispatcher must outlive any job
+                if isinstance(exc, WorkerDied | JobTimedOut):
+                    log.error("%s: %s", worker.name, exc)
+                else:
+                    log.exception("%s: job %s failed", worker.name, pending.job.job_id)
                 if not pending.result.done():
                     pending.result.set_exception(exc)
-                await self._restart(worker)
+                if not worker.alive:
+                    await self._restart(worker)
                 continue
             finally:
                 self.metrics.worker_busy.dec()
@@ -153,7 +183,8 @@ class JobQueue:
 
     async def _restart(self, worker: Worker) -> None:
         delay = 1.0
-        while True:
+        while not self.stopping:
+            self.metrics.worker_restarts.inc()
             try:
                 await worker.restart()
                 return

@@ -71,6 +71,12 @@ class ServiceMetrics:
             "Worker processes that died and were restarted.",
             registry=r,
         )
+        self.duplicates = Counter(
+            "gradhealth_duplicate_requests",
+            "Retried Diagnose calls answered with the verdict already stored.",
+            registry=r,
+        )
+        self.watchers = Gauge("gradhealth_watchers", "WatchVerdicts streams open.", registry=r)
         self.uploaded_bytes = Counter(
             "gradhealth_uploaded_bytes", "Checkpoint and batch bytes received.", registry=r
         )

@@ -10,8 +10,12 @@ the workers stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from gradhealth_server.jobs import JobQueue
 from gradhealth_server.limits import MiB
 from gradhealth_server.metrics import ServiceMetrics
 from gradhealth_server.store import MemoryStore
+from gradhealth_server.upload import UploadLimits
 from gradhealth_server.worker import Worker, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -58,7 +63,26 @@ class ServeConfig:
     tls: TlsFiles | None = None
     spool_dir: Path | None = None
     grace_seconds: float = 60.0
+    job_time_limit: float = 900.0
+    upload: UploadLimits = field(default_factory=UploadLimits)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+
+@contextlib.contextmanager
+def _spool_directory(configured: Path | None) -> Iterator[Path]:
+    """Where uploads are written: the operator's directory, emptied of what a
+    killed server left behind, or a private temporary one removed at exit."""
+    if configured is None:
+        with tempfile.TemporaryDirectory(prefix="gradhealth-spool-") as directory:
+            yield Path(directory)
+        return
+    configured.mkdir(parents=True, exist_ok=True)
+    for stale in configured.glob("gradhealth-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    probe = configured / ".gradhealth-write-test"
+    probe.write_bytes(b"")  # fail at start-up, not on every call
+    probe.unlink()
+    yield configured
 
 
 def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
@@ -71,15 +95,21 @@ def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
 
 
 async def serve(config: ServeConfig) -> None:
+    with _spool_directory(config.spool_dir) as spool:
+        await _serve(config, spool)
+
+
+async def _serve(config: ServeConfig, spool: Path) -> None:
     metrics = ServiceMetrics()
     if config.metrics_port is not None:
-        start_http_server(config.metrics_port, registry=metrics.registry)
-        log.info("metrics on :%d/metrics", config.metrics_port)
+        host = config.host.strip("[]")
+        start_http_server(config.metrics_port, addr=host, registry=metrics.registry)
+        log.info("metrics on %s:%d/metrics", config.host, config.metrics_port)
     workers = [Worker(config.worker, f"worker-{i}") for i in range(config.workers)]
-    jobs = JobQueue(workers, config.queue_size, metrics)
+    jobs = JobQueue(workers, config.queue_size, metrics, config.job_time_limit)
     feed = VerdictFeed()
     servicer = GradientHealthServicer(
-        jobs, MemoryStore(), feed, config.worker.limits, metrics, config.spool_dir
+        jobs, MemoryStore(), feed, config.worker.limits, metrics, spool, config.upload
     )
     interceptors = []
     if config.token:
@@ -124,11 +154,11 @@ async def serve(config: ServeConfig) -> None:
     log.info("draining: finishing calls in flight (grace %.0f s)", config.grace_seconds)
     servicer.draining = True  # new Diagnose calls: UNAVAILABLE, so clients retry elsewhere
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
-    feed.close()
     try:
         await asyncio.wait_for(servicer.drained(), config.grace_seconds)
     except TimeoutError:
         log.warning("grace period over: cancelling the calls still in flight")
+    feed.close()  # after the drain: watchers see the verdicts of the last calls
     await server.stop(FINAL_GRACE_S)
     starting.cancel()
     await jobs.stop()

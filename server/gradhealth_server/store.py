@@ -63,15 +63,29 @@ def next_token(offset: int, size: int, total: int) -> str:
 
 
 class MemoryStore:
-    """Verdicts of this process, newest first; thread-safe."""
+    """Verdicts of this process, oldest evicted past `capacity`; thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
         self._lock = threading.Lock()
-        self._verdicts: dict[str, verdict_pb2.Verdict] = {}
+        self._verdicts: dict[str, verdict_pb2.Verdict] = {}  # insertion order: oldest first
+        self._requests: dict[tuple[str, str], str] = {}  # (run_id, request_id) -> verdict_id
 
-    def add(self, verdict: verdict_pb2.Verdict) -> None:
+    def add(self, verdict: verdict_pb2.Verdict, request_id: str = "") -> None:
         with self._lock:
             self._verdicts[verdict.verdict_id] = verdict
+            if request_id:
+                self._requests[(verdict.run_id, request_id)] = verdict.verdict_id
+            while len(self._verdicts) > self.capacity:
+                self._verdicts.pop(next(iter(self._verdicts)))
+            if len(self._requests) > self.capacity:
+                self._requests = {k: v for k, v in self._requests.items() if v in self._verdicts}
+
+    def find_request(self, run_id: str, request_id: str) -> verdict_pb2.Verdict | None:
+        """The verdict an earlier attempt of this call stored, if any."""
+        with self._lock:
+            verdict_id = self._requests.get((run_id, request_id))
+            return self._verdicts.get(verdict_id) if verdict_id else None
 
     def get(self, verdict_id: str) -> verdict_pb2.Verdict | None:
         with self._lock:

@@ -7,11 +7,13 @@ declared size and the operator's caps are enforced as bytes arrive, not after.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,6 +24,7 @@ from gradhealth_server.limits import Limits
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,199}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+MIN_CHUNK_BYTES = 64 * 1024
 
 
 class RpcFailure(Exception):
@@ -84,6 +87,11 @@ class Part:
                 f"the {self.what} stream is longer than the {self.declared.size_bytes} bytes "
                 "its header declared"
             )
+        if len(chunk) < MIN_CHUNK_BYTES and self.size != self.declared.size_bytes:
+            raise invalid(
+                f"a {self.what} chunk of {len(chunk)} bytes: chunks are 64 KiB to 1 MiB, "
+                "only the last of a part may be smaller"
+            )
         self.digest.update(chunk)
         self._file.write(chunk)
 
@@ -123,25 +131,59 @@ async def receive_parts(
     requests: AsyncIterator[service_pb2.DiagnoseRequest],
     header: service_pb2.DiagnoseHeader,
     spool: Spool,
+    limits: UploadLimits,
 ) -> None:
-    """Write the checkpoint chunks, then the batch chunks, verifying both."""
+    """Write the checkpoint chunks, then the batch chunks, verifying both.
+
+    A stalled or trickling upload would hold its queue slot forever: each chunk
+    must arrive within `idle_seconds`, the whole upload within `total_seconds`,
+    and chunks below MIN_CHUNK_BYTES may only end a part.
+    """
     checkpoint = Part(spool.checkpoint, "checkpoint", header.checkpoint)
     batch = Part(spool.batch, "batch", header.batch)
     try:
-        async for request in requests:
-            kind = request.WhichOneof("part")
-            if kind == "checkpoint_chunk":
-                if batch.size:
-                    raise invalid("checkpoint chunks must all come before the batch chunks")
-                checkpoint.write(request.checkpoint_chunk)
-            elif kind == "batch_chunk":
-                batch.write(request.batch_chunk)
-            elif kind == "header":
-                raise invalid("a Diagnose stream has exactly one header, as its first message")
-            else:
-                raise invalid("a DiagnoseRequest must set header, checkpoint_chunk or batch_chunk")
+        async with asyncio.timeout(limits.total_seconds):
+            while (request := await _next(requests, limits.idle_seconds)) is not None:
+                kind = request.WhichOneof("part")
+                if kind == "checkpoint_chunk":
+                    if batch.size:
+                        raise invalid("checkpoint chunks must all come before the batch chunks")
+                    checkpoint.write(request.checkpoint_chunk)
+                elif kind == "batch_chunk":
+                    batch.write(request.batch_chunk)
+                elif kind == "header":
+                    raise invalid("a Diagnose stream has exactly one header, as its first message")
+                else:
+                    raise invalid(
+                        "a DiagnoseRequest must set header, checkpoint_chunk or batch_chunk"
+                    )
         checkpoint.finish()
         batch.finish()
+    except TimeoutError as exc:
+        raise RpcFailure(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "upload_timeout",
+            f"the upload took longer than this server allows ({limits.total_seconds:.0f} s)",
+        ) from exc
     finally:
         checkpoint.close()
         batch.close()
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    idle_seconds: float = 30.0
+    total_seconds: float = 900.0
+
+
+async def _next(
+    requests: AsyncIterator[service_pb2.DiagnoseRequest], idle_seconds: float
+) -> service_pb2.DiagnoseRequest | None:
+    try:
+        return await asyncio.wait_for(anext(requests, None), idle_seconds)
+    except TimeoutError:
+        raise RpcFailure(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "upload_timeout",
+            f"the upload stalled: no chunk for {idle_seconds:.0f} s",
+        ) from None

@@ -16,6 +16,8 @@ import datetime as dt
 import logging
 import multiprocessing as mp
 import os
+import signal
+import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 
 NO_JOB = -1
 STARTUP_TIMEOUT_S = 300.0
+# A cancelled job stops at its next phase boundary; one that has not after this
+# long (stuck loading a huge checkpoint, say) has its worker killed.
+CANCEL_GRACE_S = 10.0
+POLL_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,16 @@ class WorkerDied(Exception):
     """The child process ended while it held a job."""
 
 
+class JobTimedOut(Exception):
+    """The job ran past the server's time limit; its worker was replaced."""
+
+
 class Worker:
-    """The server's handle on one worker process."""
+    """The server's handle on one worker process.
+
+    The pipe is polled from the event loop rather than read in a thread, so a
+    busy worker holds no thread and a job can be timed and its worker killed.
+    """
 
     def __init__(self, config: WorkerConfig, name: str = "worker-0") -> None:
         self.config = config
@@ -75,11 +89,16 @@ class Worker:
         self._cancel = self._context.Value("q", NO_JOB, lock=False)
         self._process: Any = None
         self._conn: Connection | None = None
+        self._cancelled_at: float | None = None
         self.restarts = 0
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
 
     async def start(self) -> None:
         """Start the child and wait until TensorFlow is loaded and it is ready."""
@@ -92,10 +111,13 @@ class Worker:
         child.close()  # so that the child's death reads as EOF here
         self._conn = parent
         try:
-            ready = await asyncio.wait_for(asyncio.to_thread(parent.recv), STARTUP_TIMEOUT_S)
+            ready = await self._receive(deadline=time.monotonic() + STARTUP_TIMEOUT_S)
         except (EOFError, OSError, TimeoutError) as exc:
             code = await self._reap()
             raise WorkerDied(f"{self.name} did not start (exit code {code})") from exc
+        except asyncio.CancelledError:
+            await self._reap()
+            raise
         log.info("%s ready, pid %s, device %s", self.name, self.pid, ready["device"])
 
     async def restart(self) -> None:
@@ -103,21 +125,46 @@ class Worker:
         self.restarts += 1
         await self.start()
 
-    async def run(self, job: Job) -> JobResult:
-        """Run a job; raises WorkerDied when the child dies before answering."""
+    async def run(self, job: Job, time_limit: float) -> JobResult:
+        """Run a job. WorkerDied: the child died before answering; JobTimedOut: it
+        ran past `time_limit` seconds, or did not stop soon after a cancel, and
+        was killed. Either way the caller restarts the worker."""
         assert self._conn is not None, "start() the worker first"
+        self._cancelled_at = None
         try:
             self._conn.send(job)
-            result: JobResult = await asyncio.to_thread(self._conn.recv)
-        except (EOFError, OSError, BrokenPipeError) as exc:
+            result: JobResult = await self._receive(deadline=time.monotonic() + time_limit)
+        except (EOFError, OSError) as exc:
             code = await self._reap()
             raise WorkerDied(_death(code)) from exc
-        self._cancel.value = NO_JOB
+        except TimeoutError as exc:
+            await self._reap()
+            if self._cancelled_at is not None:
+                raise JobTimedOut("the cancelled job did not stop; its worker was killed") from exc
+            raise JobTimedOut(
+                f"the diagnosis ran past the server's limit of {time_limit:.0f} s; "
+                "its worker was replaced"
+            ) from exc
+        finally:
+            self._cancel.value = NO_JOB
         return result
 
     def cancel(self, job_id: int) -> None:
-        """Ask the child to drop this job at its next phase boundary."""
+        """Ask the child to drop this job at its next phase boundary; a child that
+        has not stopped CANCEL_GRACE_S later is killed."""
         self._cancel.value = job_id
+        self._cancelled_at = time.monotonic()
+
+    async def _receive(self, deadline: float) -> Any:
+        assert self._conn is not None
+        while not self._conn.poll():
+            now = time.monotonic()
+            if now >= deadline:
+                raise TimeoutError
+            if self._cancelled_at is not None and now - self._cancelled_at > CANCEL_GRACE_S:
+                raise TimeoutError
+            await asyncio.sleep(POLL_S)
+        return self._conn.recv()  # EOFError when the child died
 
     async def stop(self, timeout: float = 10.0) -> None:
         if self._process is None:
@@ -139,7 +186,6 @@ class Worker:
         if process.is_alive():
             process.kill()
         await asyncio.to_thread(process.join, 10.0)
-        self._process = None
         return process.exitcode
 
 
@@ -154,6 +200,10 @@ def _death(code: int | None) -> str:
 
 def _worker_main(conn: Connection, cancel: Any, config: WorkerConfig) -> None:
     """Load TensorFlow once, then diagnose jobs until told to stop."""
+    # The server handles Ctrl-C and SIGTERM (to the whole process group in a
+    # terminal) by draining; it stops its workers itself when the drain is over.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from gradhealth_server.device import native_stderr_silenced
 

@@ -37,7 +37,7 @@ class UploadInfo(_message.Message):
     def __init__(self, size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class DiagnoseHeader(_message.Message):
-    __slots__ = ("run_id", "step", "wall_time", "training_metrics", "options", "checkpoint", "batch")
+    __slots__ = ("run_id", "step", "wall_time", "training_metrics", "options", "checkpoint", "batch", "request_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     WALL_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class DiagnoseHeader(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     step: int
     wall_time: _timestamp_pb2.Timestamp
@@ -52,7 +53,8 @@ class DiagnoseHeader(_message.Message):
     options: ProbeOptions
     checkpoint: UploadInfo
     batch: UploadInfo
-    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., wall_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., training_metrics: _Optional[_Union[_verdict_pb2.TrainingMetrics, _Mapping]] = ..., options: _Optional[_Union[ProbeOptions, _Mapping]] = ..., checkpoint: _Optional[_Union[UploadInfo, _Mapping]] = ..., batch: _Optional[_Union[UploadInfo, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., wall_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., training_metrics: _Optional[_Union[_verdict_pb2.TrainingMetrics, _Mapping]] = ..., options: _Optional[_Union[ProbeOptions, _Mapping]] = ..., checkpoint: _Optional[_Union[UploadInfo, _Mapping]] = ..., batch: _Optional[_Union[UploadInfo, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DiagnoseRequest(_message.Message):
     __slots__ = ("header", "checkpoint_chunk", "batch_chunk")
