@@ -287,3 +287,21 @@ def test_a_retried_call_gets_the_stored_verdict_not_a_second_one(server, checkpo
     assert server.metric("gradhealth_duplicate_requests_total") == 1
     with GradientHealthClient(server.target) as client:
         assert len(list(client.list_verdicts("retried"))) == 1
+
+
+def test_a_job_over_the_time_limit_has_its_worker_replaced(
+    tmp_path, slow_checkpoint, flat_batch, checkpoints, batch
+):
+    server = ServerProcess(tmp_path, "--job-timeout", "1").start()
+    try:
+        (worker,) = server.worker_pids()
+        with GradientHealthClient(server.target, retry=ONE_TRY) as client:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.diagnose(slow_checkpoint(), batch=flat_batch, run_id="too-long")
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "server's limit of 1 s" in caught.value.details()
+            assert server.metric("gradhealth_worker_restarts_total") == 1
+            server.wait_serving()
+            assert server.worker_pids() != [worker]
+    finally:
+        assert server.stop() == 0, server.log()

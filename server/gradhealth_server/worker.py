@@ -134,10 +134,7 @@ class Worker:
         try:
             self._conn.send(job)
             result: JobResult = await self._receive(deadline=time.monotonic() + time_limit)
-        except (EOFError, OSError) as exc:
-            code = await self._reap()
-            raise WorkerDied(_death(code)) from exc
-        except TimeoutError as exc:
+        except TimeoutError as exc:  # (an OSError: caught first)
             await self._reap()
             if self._cancelled_at is not None:
                 raise JobTimedOut("the cancelled job did not stop; its worker was killed") from exc
@@ -145,6 +142,9 @@ class Worker:
                 f"the diagnosis ran past the server's limit of {time_limit:.0f} s; "
                 "its worker was replaced"
             ) from exc
+        except (EOFError, OSError) as exc:
+            code = await self._reap()
+            raise WorkerDied(_death(code)) from exc
         finally:
             self._cancel.value = NO_JOB
         return result
