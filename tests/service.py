@@ -36,8 +36,11 @@ def free_port() -> int:
 class ServerProcess:
     """`gradhealth serve` in a child process, with its own spool dir and log."""
 
-    def __init__(self, workdir: Path, *args: str, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *args: str, port: int | None = None, db: str | None = None
+    ) -> None:
         self.workdir = workdir
+        self.db = db or f"sqlite:///{workdir / 'verdicts.db'}"
         self.port = port or free_port()
         self.metrics_port = free_port()
         self.spool = workdir / "spool"
@@ -64,6 +67,8 @@ class ServerProcess:
             str(self.metrics_port),
             "--spool-dir",
             str(self.spool),
+            "--db",
+            self.db,
             *self.args,
         ]
         with open(self.log_path, "ab") as log:

@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="[::]", help="address to bind (default: all)")
     serve.add_argument("--port", type=int, default=50051)
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
+    serve.add_argument(
+        "--db",
+        default=os.environ.get("GRADHEALTH_DB", "sqlite:///gradhealth.db"),
+        help="verdict store: a SQLAlchemy URL, sqlite:///FILE or "
+        "postgresql+psycopg://USER@HOST/DB (default: $GRADHEALTH_DB or ./gradhealth.db)",
+    )
     serve.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU)")
     serve.add_argument(
         "--queue-size", type=int, default=8, help="calls that may wait; more get RESOURCE_EXHAUSTED"
@@ -253,6 +259,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         spool_dir=args.spool_dir,
         grace_seconds=args.grace,
+        db_url=args.db,
         job_time_limit=args.job_timeout,
         upload=UploadLimits(args.upload_idle_timeout, args.upload_timeout),
         worker=WorkerConfig(
@@ -263,10 +270,12 @@ def _serve(args: argparse.Namespace) -> int:
         ),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         asyncio.run(serve(config))
-    except (WorkerDied, OSError) as exc:
-        return _fail(f"the server could not start: {exc}")
+    except (WorkerDied, OSError, SQLAlchemyError) as exc:
+        return _fail(f"the server could not start: {' '.join(str(exc).split())[:300]}")
     return 0
 
 

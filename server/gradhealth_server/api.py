@@ -20,10 +20,11 @@ import grpc
 
 from gradhealth.v1 import service_pb2, service_pb2_grpc, verdict_pb2
 from gradhealth_server.feed import CLOSED, FELL_BEHIND, VerdictFeed
+from gradhealth_server.history import CheckpointSummary, RunHistory
 from gradhealth_server.jobs import JobExpired, JobQueue, QueueFull
 from gradhealth_server.limits import Limits
 from gradhealth_server.metrics import ServiceMetrics
-from gradhealth_server.store import BadPageToken, MemoryStore, VerdictQuery
+from gradhealth_server.store import BadPageToken, VerdictQuery, VerdictStore
 from gradhealth_server.upload import (
     RpcFailure,
     Spool,
@@ -46,6 +47,8 @@ WORKER_ERRORS = {
     "cancelled": grpc.StatusCode.CANCELLED,
     "internal": grpc.StatusCode.INTERNAL,
 }
+# Earlier checkpoints handed to the history rules (stalled reads a window of them).
+HISTORY_DEPTH = 20
 MODES = {
     service_pb2.PROBE_MODE_UNSPECIFIED: "full",
     service_pb2.PROBE_MODE_FULL: "full",
@@ -57,7 +60,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
     def __init__(
         self,
         jobs: JobQueue,
-        store: MemoryStore,
+        store: VerdictStore,
         feed: VerdictFeed,
         limits: Limits,
         metrics: ServiceMetrics,
@@ -117,7 +120,9 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         header = first.header
         check_header(header, self.limits)
         if header.request_id:
-            stored = self.store.find_request(header.run_id, header.request_id)
+            stored = await asyncio.to_thread(
+                self.store.find_request, header.run_id, header.request_id
+            )
             if stored is not None:  # a retry of a call that was answered: same verdict
                 self.metrics.duplicates.inc()
                 return stored
@@ -127,7 +132,8 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
                 uploaded = time.perf_counter()
                 sent = header.checkpoint.size_bytes + header.batch.size_bytes
                 self.metrics.uploaded_bytes.inc(sent)
-                job = self._job(header, spool)
+                past = await asyncio.to_thread(self.store.history, header.run_id, HISTORY_DEPTH)
+                job = self._job(header, spool, past)
                 result, queued = await self.jobs.run(job, slot, context.time_remaining())
         except QueueFull as exc:
             raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full", str(exc)) from exc
@@ -151,12 +157,28 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         verdict = verdict_pb2.Verdict.FromString(result.verdict)
         verdict.phase_seconds["upload"] = uploaded - started
         verdict.phase_seconds["queue"] = queued
-        self.store.add(verdict, header.request_id)  # before the reply: never lost
-        self.feed.publish(verdict)
+        stored = time.perf_counter()
+        # Committed before the reply: an answered verdict is never lost. The feed
+        # learns of it from the store, as it learns of other replicas' verdicts.
+        verdict = await asyncio.to_thread(self.store.add, verdict, header.request_id)
+        self.metrics.duration.labels("store").observe(time.perf_counter() - stored)
         self._count(verdict, time.perf_counter() - started)
         return verdict
 
-    def _job(self, header: service_pb2.DiagnoseHeader, spool: Spool) -> Job:
+    def _job(
+        self,
+        header: service_pb2.DiagnoseHeader,
+        spool: Spool,
+        past: tuple[CheckpointSummary, ...],
+    ) -> Job:
+        metrics = header.training_metrics
+        history = RunHistory(
+            run_id=header.run_id,
+            past=past,
+            current_step=header.step,
+            reported_accuracy=metrics.accuracy if metrics.HasField("accuracy") else None,
+            reported_loss=metrics.loss if metrics.HasField("loss") else None,
+        )
         return Job(
             job_id=self.jobs.next_job_id(),
             checkpoint=str(spool.checkpoint),
@@ -169,6 +191,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
             step=header.step,
             created=dt.datetime.now(dt.UTC),
             training_metrics=header.training_metrics.SerializeToString(),
+            history=history,
         )
 
     def _count(self, verdict: verdict_pb2.Verdict, total: float) -> None:
@@ -186,7 +209,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
     async def GetVerdict(
         self, request: service_pb2.GetVerdictRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.GetVerdictResponse:
-        verdict = self.store.get(request.verdict_id)
+        verdict = await asyncio.to_thread(self.store.get, request.verdict_id)
         if verdict is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"no verdict {request.verdict_id[:80]!r}"
@@ -213,7 +236,9 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         self, request: service_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListRunsResponse:
         try:
-            runs, token = self.store.list_runs(request.page_size, request.page_token)
+            runs, token = await asyncio.to_thread(
+                self.store.list_runs, request.page_size, request.page_token
+            )
         except BadPageToken as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return service_pb2.ListRunsResponse(runs=runs, next_page_token=token)

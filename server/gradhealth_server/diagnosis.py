@@ -28,7 +28,9 @@ from gradhealth_server.engine.measurements import (
 from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
 from gradhealth_server.engine.structure import current_learning_rate, read_structure
 from gradhealth_server.engine.trials import input_remedy
+from gradhealth_server.engine.weights import weight_digests
 from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
+from gradhealth_server.history import NO_HISTORY, RunHistory
 from gradhealth_server.limits import DEFAULT_LIMITS, Limits
 from gradhealth_server.rules import build_rules, judge
 from gradhealth_server.verdict import Verdict
@@ -85,12 +87,14 @@ class Diagnoser:
         options: ProbeOptions | None = None,
         checkpoint_sha256: str | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        history: RunHistory = NO_HISTORY,
     ) -> Diagnosis:
         """Diagnose one checkpoint; pass its sha256 when already known (the service
         hashes uploads while spooling them) to skip reading the file once more.
 
         `should_stop` is asked between phases: the service drops the work of a call
-        that was cancelled or ran out of time (raises Cancelled).
+        that was cancelled or ran out of time (raises Cancelled). `history` is the
+        run's earlier checkpoints, for the causes only visible across them.
         """
         import tensorflow as tf
 
@@ -120,6 +124,7 @@ class Diagnoser:
         probe_cached = probe is not None
         if probe is None:
             _check_loss_runs(entry, data)
+        digests = weight_digests(entry.model, entry.structure)  # before the probe touches them
         t2 = time.perf_counter()
         phases["batch"] = t2 - t1
         checkpoint_phase()
@@ -137,6 +142,7 @@ class Diagnoser:
                 measurements = build_measurements(
                     result, entry.structure, data.raw_x, data.y, options.mode
                 )
+                measurements.weight_digests = digests
                 if options.mode == "full":
                     self._try_remedies(probe, data, measurements)
         except tf.errors.ResourceExhaustedError as exc:
@@ -145,7 +151,7 @@ class Diagnoser:
         checkpoint_phase()
         t4 = time.perf_counter()
         phases["trials"] = t4 - t3
-        verdict = judge(measurements, self.rules, self.rules_config)
+        verdict = judge(measurements, self.rules, self.rules_config, history)
         phases["rules"] = time.perf_counter() - t4
         return Diagnosis(verdict, measurements, entry.fingerprint, sha, hit, probe_cached, phases)
 

@@ -1,11 +1,18 @@
-"""New verdicts, pushed to every WatchVerdicts call of this replica."""
+"""New verdicts, pushed to every WatchVerdicts call of this replica.
+
+The feed follows the store, not this process: every replica sharing the
+database delivers every replica's verdicts. It polls for rows after the last
+one it delivered (a short look-back catches rows committed out of id order).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Iterator
+from typing import Protocol
 
 from gradhealth.v1 import verdict_pb2
 
@@ -17,7 +24,17 @@ WATCHER_BACKLOG = 256
 FELL_BEHIND = "fell_behind"
 CLOSED = "closed"
 
+POLL_SECONDS = 0.25
+# Rows with ids this far below the newest delivered are looked at again: a
+# transaction that took its id earlier may commit later.
+LOOK_BACK = 200
+
 Item = verdict_pb2.Verdict | str
+
+
+class NewVerdicts(Protocol):
+    def last_id(self) -> int: ...
+    def since(self, last_id: int, limit: int = ...) -> list[tuple[int, verdict_pb2.Verdict]]: ...
 
 
 class VerdictFeed:
@@ -47,6 +64,24 @@ class VerdictFeed:
                 queue.put_nowait(FELL_BEHIND)
             else:
                 queue.put_nowait(verdict)
+
+    async def follow(self, store: NewVerdicts, interval: float = POLL_SECONDS) -> None:
+        """Publish every verdict stored from now on, by any replica; runs until cancelled."""
+        newest = await asyncio.to_thread(store.last_id)
+        delivered: deque[int] = deque(maxlen=4 * LOOK_BACK)
+        while not self.closed:
+            try:
+                rows = await asyncio.to_thread(store.since, max(0, newest - LOOK_BACK))
+            except Exception:  # a database hiccup must not end the feed
+                log.exception("reading new verdicts failed; retrying")
+                rows = []
+            seen = set(delivered)
+            for row_id, verdict in rows:
+                if row_id not in seen:
+                    delivered.append(row_id)
+                    newest = max(newest, row_id)
+                    self.publish(verdict)
+            await asyncio.sleep(interval)
 
     def close(self) -> None:
         self.closed = True

@@ -27,11 +27,11 @@ from prometheus_client import start_http_server
 from gradhealth.v1 import service_pb2_grpc
 from gradhealth_server.api import SERVICE_NAME, GradientHealthServicer
 from gradhealth_server.auth import BearerTokenAuth
-from gradhealth_server.feed import VerdictFeed
+from gradhealth_server.feed import POLL_SECONDS, VerdictFeed
 from gradhealth_server.jobs import JobQueue
 from gradhealth_server.limits import MiB
 from gradhealth_server.metrics import ServiceMetrics
-from gradhealth_server.store import MemoryStore
+from gradhealth_server.store import VerdictStore
 from gradhealth_server.upload import UploadLimits
 from gradhealth_server.worker import Worker, WorkerConfig
 
@@ -63,6 +63,8 @@ class ServeConfig:
     tls: TlsFiles | None = None
     spool_dir: Path | None = None
     grace_seconds: float = 60.0
+    # SQLAlchemy URL of the verdict store: a SQLite file, or PostgreSQL for replicas.
+    db_url: str = "sqlite:///gradhealth.db"
     job_time_limit: float = 900.0
     upload: UploadLimits = field(default_factory=UploadLimits)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
@@ -107,9 +109,11 @@ async def _serve(config: ServeConfig, spool: Path) -> None:
         log.info("metrics on %s:%d/metrics", config.host, config.metrics_port)
     workers = [Worker(config.worker, f"worker-{i}") for i in range(config.workers)]
     jobs = JobQueue(workers, config.queue_size, metrics, config.job_time_limit)
+    store = VerdictStore(config.db_url)  # applies the schema migrations
     feed = VerdictFeed()
+    following = asyncio.create_task(feed.follow(store))
     servicer = GradientHealthServicer(
-        jobs, MemoryStore(), feed, config.worker.limits, metrics, spool, config.upload
+        jobs, store, feed, config.worker.limits, metrics, spool, config.upload
     )
     interceptors = []
     if config.token:
@@ -137,7 +141,12 @@ async def _serve(config: ServeConfig, spool: Path) -> None:
     else:
         server.add_insecure_port(address)
     await server.start()
-    log.info("gradhealth listening on %s (%s), starting workers", address, _security(config))
+    log.info(
+        "gradhealth listening on %s (%s), verdicts in %s, starting workers",
+        address,
+        _security(config),
+        _redacted(config.db_url),
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -158,10 +167,13 @@ async def _serve(config: ServeConfig, spool: Path) -> None:
         await asyncio.wait_for(servicer.drained(), config.grace_seconds)
     except TimeoutError:
         log.warning("grace period over: cancelling the calls still in flight")
+    await asyncio.sleep(2 * POLL_SECONDS)  # the feed picks up the last verdicts
     feed.close()  # after the drain: watchers see the verdicts of the last calls
+    following.cancel()
     await server.stop(FINAL_GRACE_S)
     starting.cancel()
     await jobs.stop()
+    store.close()
     if starting.done() and not starting.cancelled() and starting.exception() is not None:
         raise starting.exception()  # the workers could not start
     log.info("gradhealth stopped")
@@ -170,6 +182,13 @@ async def _serve(config: ServeConfig, spool: Path) -> None:
 async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
     for name in ("", SERVICE_NAME):
         await servicer.set(name, status)
+
+
+def _redacted(url: str) -> str:
+    """The database URL without its password, for the log."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _security(config: ServeConfig) -> str:

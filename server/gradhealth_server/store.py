@@ -1,22 +1,75 @@
-"""Where verdicts are kept and queried.
+"""The verdict store: every verdict, committed before its reply is sent.
 
-Until the run-history store (SQLAlchemy) lands, the service keeps verdicts in
-memory: queries answer for this replica's lifetime only. The interface is the
-one the persistent store will have.
+SQLAlchemy Core over SQLite (a file, the zero-set-up default) or PostgreSQL
+(several replicas share one). The schema is versioned by Alembic migrations,
+applied when the store opens. A verdict row keeps the whole wire Verdict plus
+the few columns queries and the history rules read; checkpoints are not kept.
 """
 
 from __future__ import annotations
 
-import base64
-import threading
+import datetime as dt
+import logging
+import math
 from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
 
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gradhealth.v1 import service_pb2, verdict_pb2
+from gradhealth_server.history import CheckpointSummary
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+
+metadata = sa.MetaData()
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(200), primary_key=True),
+    sa.Column("first_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("latest_verdict_id", sa.String(64), nullable=False),
+    sa.Column("latest_step", sa.BigInteger, nullable=False),
+    sa.Column("latest_status", sa.SmallInteger, nullable=False),
+    sa.Column("latest_primary_cause", sa.SmallInteger, nullable=False),
+    sa.Column("verdict_count", sa.Integer, nullable=False),
+    sa.Column("stalled", sa.Boolean, nullable=False),
+)
+verdicts = sa.Table(
+    "verdicts",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("verdict_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("run_id", sa.String(200), sa.ForeignKey("runs.run_id"), nullable=False),
+    sa.Column("request_id", sa.String(100)),
+    sa.Column("step", sa.BigInteger, nullable=False),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.SmallInteger, nullable=False),
+    sa.Column("primary_cause", sa.SmallInteger, nullable=False),
+    sa.Column("checkpoint_sha256", sa.String(64), nullable=False),
+    sa.Column("model_fingerprint", sa.String(64), nullable=False),
+    sa.Column("batch_accuracy", sa.Float),
+    sa.Column("batch_loss", sa.Float),
+    sa.Column("reported_accuracy", sa.Float),
+    sa.Column("reported_loss", sa.Float),
+    sa.Column("weight_digests", sa.JSON, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+)
+verdict_causes = sa.Table(
+    "verdict_causes",
+    metadata,
+    sa.Column("verdict_pk", sa.BigInteger, sa.ForeignKey("verdicts.id"), primary_key=True),
+    sa.Column("cause", sa.SmallInteger, primary_key=True),
+)
 
 
 class BadPageToken(ValueError):
@@ -31,91 +84,255 @@ class VerdictQuery:
     start_time: Timestamp | None = None
     end_time: Timestamp | None = None
 
-    def matches(self, v: verdict_pb2.Verdict) -> bool:
-        if self.run_id and v.run_id != self.run_id:
-            return False
-        if self.status and v.status != self.status:
-            return False
-        if self.cause and self.cause not in {f.cause for f in v.findings}:
-            return False
-        when = v.create_time.ToNanoseconds()
-        if self.start_time is not None and when < self.start_time.ToNanoseconds():
-            return False
-        return self.end_time is None or when < self.end_time.ToNanoseconds()
+
+def _page_size(size: int) -> int:
+    return DEFAULT_PAGE_SIZE if size <= 0 else min(size, MAX_PAGE_SIZE)
 
 
-def page_bounds(page_size: int, page_token: str) -> tuple[int, int]:
-    size = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
-    if not page_token:
-        return 0, size
-    try:
-        offset = int(base64.urlsafe_b64decode(page_token.encode()).decode())
-    except ValueError as exc:
-        raise BadPageToken(f"page_token {page_token[:40]!r} is not one this server gave") from exc
-    if offset < 0:
-        raise BadPageToken("page_token is not one this server gave")
-    return offset, size
+class VerdictStore:
+    """Thread-safe (one connection per call from SQLAlchemy's pool)."""
 
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine(url)
+        self._migrate()
 
-def next_token(offset: int, size: int, total: int) -> str:
-    end = offset + size
-    return base64.urlsafe_b64encode(str(end).encode()).decode() if end < total else ""
+    def _migrate(self) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(files("gradhealth_server") / "migrations"))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
 
+    def close(self) -> None:
+        self.engine.dispose()
 
-class MemoryStore:
-    """Verdicts of this process, oldest evicted past `capacity`; thread-safe."""
+    # --- writes ---------------------------------------------------------------------
 
-    def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._verdicts: dict[str, verdict_pb2.Verdict] = {}  # insertion order: oldest first
-        self._requests: dict[tuple[str, str], str] = {}  # (run_id, request_id) -> verdict_id
+    def add(self, verdict: verdict_pb2.Verdict, request_id: str = "") -> verdict_pb2.Verdict:
+        """Commit a verdict and update its run; returns the stored verdict, which
+        is an earlier one when this request id was already answered."""
+        row = _row(verdict, request_id)
+        created = row["create_time"]
+        stalled = any(f.cause == verdict_pb2.CAUSE_STALLED for f in verdict.findings)
+        try:
+            with self.engine.begin() as db:
+                self._upsert_run(db, verdict, created, stalled)
+                pk = db.execute(sa.insert(verdicts).values(**row)).inserted_primary_key[0]
+                causes = {f.cause for f in verdict.findings}
+                if causes:
+                    db.execute(
+                        sa.insert(verdict_causes),
+                        [{"verdict_pk": pk, "cause": c} for c in sorted(causes)],
+                    )
+        except sa.exc.IntegrityError:
+            if request_id and (stored := self.find_request(verdict.run_id, request_id)):
+                return stored  # the same call's other attempt won the race
+            raise
+        return verdict
 
-    def add(self, verdict: verdict_pb2.Verdict, request_id: str = "") -> None:
-        with self._lock:
-            self._verdicts[verdict.verdict_id] = verdict
-            if request_id:
-                self._requests[(verdict.run_id, request_id)] = verdict.verdict_id
-            while len(self._verdicts) > self.capacity:
-                self._verdicts.pop(next(iter(self._verdicts)))
-            if len(self._requests) > self.capacity:
-                self._requests = {k: v for k, v in self._requests.items() if v in self._verdicts}
+    def _upsert_run(self, db: Any, v: verdict_pb2.Verdict, created: dt.datetime, stalled: bool):
+        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        values = {
+            "run_id": v.run_id,
+            "first_time": created,
+            "last_time": created,
+            "latest_verdict_id": v.verdict_id,
+            "latest_step": v.step,
+            "latest_status": v.status,
+            "latest_primary_cause": v.primary_cause,
+            "verdict_count": 1,
+            "stalled": stalled,
+        }
+        statement = insert(runs).values(**values)
+        newer = statement.excluded.last_time >= runs.c.last_time
+        latest = {
+            name: sa.case((newer, statement.excluded[name]), else_=runs.c[name])
+            for name in (
+                "last_time",
+                "latest_verdict_id",
+                "latest_step",
+                "latest_status",
+                "latest_primary_cause",
+                "stalled",
+            )
+        }
+        db.execute(
+            statement.on_conflict_do_update(
+                index_elements=[runs.c.run_id],
+                set_={**latest, "verdict_count": runs.c.verdict_count + 1},
+            )
+        )
+
+    # --- reads ----------------------------------------------------------------------
+
+    def get(self, verdict_id: str) -> verdict_pb2.Verdict | None:
+        with self.engine.connect() as db:
+            body = db.scalar(sa.select(verdicts.c.body).where(verdicts.c.verdict_id == verdict_id))
+        return verdict_pb2.Verdict.FromString(body) if body is not None else None
 
     def find_request(self, run_id: str, request_id: str) -> verdict_pb2.Verdict | None:
         """The verdict an earlier attempt of this call stored, if any."""
-        with self._lock:
-            verdict_id = self._requests.get((run_id, request_id))
-            return self._verdicts.get(verdict_id) if verdict_id else None
-
-    def get(self, verdict_id: str) -> verdict_pb2.Verdict | None:
-        with self._lock:
-            return self._verdicts.get(verdict_id)
-
-    def _newest_first(self) -> list[verdict_pb2.Verdict]:
-        with self._lock:
-            verdicts = list(self._verdicts.values())
-        return sorted(verdicts, key=lambda v: (v.create_time.ToNanoseconds(), v.step), reverse=True)
+        with self.engine.connect() as db:
+            body = db.scalar(
+                sa.select(verdicts.c.body).where(
+                    verdicts.c.run_id == run_id, verdicts.c.request_id == request_id
+                )
+            )
+        return verdict_pb2.Verdict.FromString(body) if body is not None else None
 
     def list_verdicts(
         self, query: VerdictQuery, page_size: int, page_token: str
     ) -> tuple[list[verdict_pb2.Verdict], str]:
-        offset, size = page_bounds(page_size, page_token)
-        found = [v for v in self._newest_first() if query.matches(v)]
-        return found[offset : offset + size], next_token(offset, size, len(found))
+        """Newest first; the token is the last row's id (keyset: stable under inserts)."""
+        size = _page_size(page_size)
+        select = sa.select(verdicts.c.id, verdicts.c.body).order_by(verdicts.c.id.desc())
+        if page_token:
+            select = select.where(verdicts.c.id < _token_int(page_token))
+        if query.run_id:
+            select = select.where(verdicts.c.run_id == query.run_id)
+        if query.status:
+            select = select.where(verdicts.c.status == query.status)
+        if query.cause:
+            select = select.where(
+                sa.exists().where(
+                    verdict_causes.c.verdict_pk == verdicts.c.id,
+                    verdict_causes.c.cause == query.cause,
+                )
+            )
+        if query.start_time is not None:
+            select = select.where(verdicts.c.create_time >= _utc(query.start_time))
+        if query.end_time is not None:
+            select = select.where(verdicts.c.create_time < _utc(query.end_time))
+        with self.engine.connect() as db:
+            rows = db.execute(select.limit(size + 1)).all()
+        token = str(rows[size - 1].id) if len(rows) > size else ""
+        return [verdict_pb2.Verdict.FromString(r.body) for r in rows[:size]], token
 
     def list_runs(self, page_size: int, page_token: str) -> tuple[list[service_pb2.Run], str]:
-        offset, size = page_bounds(page_size, page_token)
-        runs: dict[str, service_pb2.Run] = {}
-        for v in self._newest_first():
-            run = runs.get(v.run_id)
-            if run is None:
-                run = runs[v.run_id] = service_pb2.Run(
-                    run_id=v.run_id,
-                    latest_status=v.status,
-                    latest_primary_cause=v.primary_cause,
-                    latest_step=v.step,
-                    last_diagnosis_time=v.create_time,
-                )
-            run.verdict_count += 1
-        ordered = list(runs.values())
-        return ordered[offset : offset + size], next_token(offset, size, len(ordered))
+        """By run id; the token is the last run id of the page."""
+        size = _page_size(page_size)
+        select = sa.select(runs).order_by(runs.c.run_id)
+        if page_token:
+            select = select.where(runs.c.run_id > page_token)
+        with self.engine.connect() as db:
+            rows = db.execute(select.limit(size + 1)).all()
+        out = []
+        for r in rows[:size]:
+            run = service_pb2.Run(
+                run_id=r.run_id,
+                latest_status=r.latest_status,
+                latest_primary_cause=r.latest_primary_cause,
+                latest_step=r.latest_step,
+                verdict_count=r.verdict_count,
+                stalled=r.stalled,
+            )
+            run.last_diagnosis_time.FromDatetime(_aware(r.last_time))
+            out.append(run)
+        return out, (rows[size - 1].run_id if len(rows) > size else "")
+
+    def history(self, run_id: str, limit: int) -> tuple[CheckpointSummary, ...]:
+        """The run's last `limit` checkpoints, oldest first."""
+        select = (
+            sa.select(verdicts)
+            .where(verdicts.c.run_id == run_id)
+            .order_by(verdicts.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as db:
+            rows = db.execute(select).all()
+        return tuple(
+            CheckpointSummary(
+                step=r.step,
+                fingerprint=r.model_fingerprint,
+                batch_accuracy=r.batch_accuracy,
+                batch_loss=r.batch_loss,
+                reported_accuracy=r.reported_accuracy,
+                reported_loss=r.reported_loss,
+                weight_digests=dict(r.weight_digests or {}),
+                primary_cause=_cause_name(r.primary_cause),
+            )
+            for r in reversed(rows)
+        )
+
+    def since(self, last_id: int, limit: int = 500) -> list[tuple[int, verdict_pb2.Verdict]]:
+        """Verdicts stored after row `last_id`, by any replica, oldest first."""
+        select = (
+            sa.select(verdicts.c.id, verdicts.c.body)
+            .where(verdicts.c.id > last_id)
+            .order_by(verdicts.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as db:
+            rows = db.execute(select).all()
+        return [(r.id, verdict_pb2.Verdict.FromString(r.body)) for r in rows]
+
+    def last_id(self) -> int:
+        with self.engine.connect() as db:
+            return db.scalar(sa.select(sa.func.max(verdicts.c.id))) or 0
+
+
+def _engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10)
+
+
+def _row(v: verdict_pb2.Verdict, request_id: str) -> dict[str, Any]:
+    measurements = MessageToDict(v.measurements)
+    metrics = v.training_metrics
+    return {
+        "verdict_id": v.verdict_id,
+        "run_id": v.run_id,
+        "request_id": request_id or None,
+        "step": v.step,
+        "create_time": v.create_time.ToDatetime(dt.UTC),
+        "status": v.status,
+        "primary_cause": v.primary_cause,
+        "checkpoint_sha256": v.checkpoint_sha256,
+        "model_fingerprint": v.model_fingerprint,
+        "batch_accuracy": _number(measurements.get("accuracy")),
+        "batch_loss": _number(measurements.get("loss")),
+        "reported_accuracy": metrics.accuracy if metrics.HasField("accuracy") else None,
+        "reported_loss": metrics.loss if metrics.HasField("loss") else None,
+        "weight_digests": measurements.get("weight_digests") or {},
+        "body": v.SerializeToString(),
+    }
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None (non-finite numbers travel as strings)."""
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _cause_name(value: int) -> str | None:
+    return verdict_pb2.Cause.Name(value).removeprefix("CAUSE_").lower() if value else None
+
+
+def _token_int(token: str) -> int:
+    try:
+        value = int(token)
+    except ValueError:
+        raise BadPageToken(f"page_token {token[:40]!r} is not one this server gave") from None
+    if value <= 0:
+        raise BadPageToken("page_token is not one this server gave")
+    return value
+
+
+def _utc(ts: Timestamp) -> dt.datetime:
+    return ts.ToDatetime(dt.UTC)
+
+
+def _aware(when: dt.datetime) -> dt.datetime:
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)

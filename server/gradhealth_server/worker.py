@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from gradhealth_server.history import NO_HISTORY, RunHistory
 from gradhealth_server.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Job:
     step: int
     created: dt.datetime
     training_metrics: bytes  # a serialized gradhealth.v1.TrainingMetrics
+    history: RunHistory = NO_HISTORY  # the run's earlier checkpoints, from the store
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,7 @@ def _run(diagnoser: Any, job: Job, cancel: Any) -> JobResult:
             options,
             checkpoint_sha256=job.checkpoint_sha256,
             should_stop=lambda: cancel.value == job.job_id,
+            history=job.history,
         )
         verdict = to_verdict(
             diagnosis,

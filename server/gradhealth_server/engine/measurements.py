@@ -164,6 +164,9 @@ class Measurements:
     static: dict[str, Any]
     unavailable: list[str]
     trials: dict[str, StepTrial] = field(default_factory=dict)
+    # Per weight layer, a digest of its trainable weights: the run history compares
+    # consecutive checkpoints with it (unchanged_weights).
+    weight_digests: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return finite_json(asdict(self))

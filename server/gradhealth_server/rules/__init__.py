@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradhealth_server.engine.measurements import Measurements
+from gradhealth_server.history import NO_HISTORY, RunHistory
 from gradhealth_server.rules.base import ConfigError, Rule
 from gradhealth_server.rules.context import build_context, context_thresholds
 from gradhealth_server.rules.dead_relu import DeadReluRule
@@ -26,6 +27,8 @@ from gradhealth_server.rules.loss_mismatch import LossMismatchRule
 from gradhealth_server.rules.non_finite import NonFiniteRule
 from gradhealth_server.rules.prediction_collapse import PredictionCollapseRule
 from gradhealth_server.rules.saturated_activation import SaturatedActivationRule
+from gradhealth_server.rules.stalled import StalledRule
+from gradhealth_server.rules.unchanged_weights import UnchangedWeightsRule
 from gradhealth_server.rules.unnormalized_input import UnnormalizedInputRule
 from gradhealth_server.rules.vanishing_gradients import VanishingGradientsRule
 from gradhealth_server.verdict import Cause, Finding, Severity, Verdict
@@ -41,6 +44,8 @@ RULE_TYPES: tuple[type[Rule], ...] = (
     DeadReluRule,
     SaturatedActivationRule,
     PredictionCollapseRule,
+    UnchangedWeightsRule,
+    StalledRule,
 )
 
 _SYMPTOMS = {
@@ -51,18 +56,25 @@ _SYMPTOMS = {
     Cause.PREDICTION_COLLAPSE,
     Cause.NON_FINITE,
 }
-# cause -> the findings it accounts for when both are present.
+# cause -> the findings it accounts for when both are present. A stall is the
+# visible effect of whatever root cause is found alongside it.
+_STALL = {Cause.STALLED}
 EXPLAINS: dict[Cause, frozenset[Cause]] = {
-    Cause.LOSS_MISMATCH: frozenset(_SYMPTOMS | {Cause.LEARNING_RATE_TOO_LOW}),
-    Cause.LEARNING_RATE_TOO_HIGH: frozenset(_SYMPTOMS),
-    Cause.UNNORMALIZED_INPUT: frozenset(_SYMPTOMS | {Cause.LEARNING_RATE_TOO_LOW}),
-    Cause.LEARNING_RATE_TOO_LOW: frozenset({Cause.PREDICTION_COLLAPSE}),
-    Cause.DEAD_RELU: frozenset({Cause.VANISHING_GRADIENTS, Cause.PREDICTION_COLLAPSE}),
-    Cause.SATURATED_ACTIVATION: frozenset({Cause.VANISHING_GRADIENTS, Cause.PREDICTION_COLLAPSE}),
-    Cause.EXPLODING_GRADIENTS: frozenset(
-        {Cause.DEAD_RELU, Cause.SATURATED_ACTIVATION, Cause.PREDICTION_COLLAPSE}
+    Cause.LOSS_MISMATCH: frozenset(_SYMPTOMS | _STALL | {Cause.LEARNING_RATE_TOO_LOW}),
+    Cause.LEARNING_RATE_TOO_HIGH: frozenset(_SYMPTOMS | _STALL),
+    Cause.UNNORMALIZED_INPUT: frozenset(_SYMPTOMS | _STALL | {Cause.LEARNING_RATE_TOO_LOW}),
+    Cause.LEARNING_RATE_TOO_LOW: frozenset(_STALL | {Cause.PREDICTION_COLLAPSE}),
+    Cause.DEAD_RELU: frozenset(_STALL | {Cause.VANISHING_GRADIENTS, Cause.PREDICTION_COLLAPSE}),
+    Cause.SATURATED_ACTIVATION: frozenset(
+        _STALL | {Cause.VANISHING_GRADIENTS, Cause.PREDICTION_COLLAPSE}
     ),
-    Cause.VANISHING_GRADIENTS: frozenset({Cause.PREDICTION_COLLAPSE}),
+    Cause.EXPLODING_GRADIENTS: frozenset(
+        _STALL | {Cause.DEAD_RELU, Cause.SATURATED_ACTIVATION, Cause.PREDICTION_COLLAPSE}
+    ),
+    Cause.VANISHING_GRADIENTS: frozenset(_STALL | {Cause.PREDICTION_COLLAPSE}),
+    Cause.NON_FINITE: frozenset(_STALL),
+    Cause.PREDICTION_COLLAPSE: frozenset(_STALL),
+    Cause.UNCHANGED_WEIGHTS: frozenset(_STALL | {Cause.PREDICTION_COLLAPSE}),
 }
 
 
@@ -86,14 +98,27 @@ def judge(
     m: Measurements,
     rules: tuple[Rule, ...] | None = None,
     config: Mapping[str, Mapping[str, Any]] | None = None,
+    history: RunHistory = NO_HISTORY,
 ) -> Verdict:
     rules = rules or build_rules(config)
-    ctx = build_context(m, context_thresholds(dict((config or {}).get("context", {}))))
+    thresholds = context_thresholds(dict((config or {}).get("context", {})))
+    ctx = build_context(m, thresholds, history)
     findings: list[Finding] = []
     for rule in rules:
         findings.extend(rule.check(m, ctx))
     explained = _mark_explained(findings)
-    return Verdict.from_findings(findings, explained)
+    verdict = Verdict.from_findings(findings, explained)
+    _name_the_stall(verdict)
+    return verdict
+
+
+def _name_the_stall(verdict: Verdict) -> None:
+    """A stall explained by a root cause says so: "stalled: learning_rate_too_low"."""
+    root = verdict.primary_cause
+    for finding in verdict.findings:
+        if finding.cause is Cause.STALLED and root and root is not Cause.STALLED:
+            finding.summary = f"stalled: {root}: {finding.summary}"
+            finding.evidence["root_cause"] = str(root)
 
 
 def _mark_explained(findings: list[Finding]) -> set[int]:

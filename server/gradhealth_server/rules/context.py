@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from gradhealth_server.engine.measurements import Measurements
+from gradhealth_server.history import NO_HISTORY, RunHistory
 
 CLASSIFICATION = frozenset({"sparse_categorical", "categorical", "binary"})
 
@@ -57,6 +58,7 @@ class Context:
     learning_rate: float | None
     lr_range: tuple[float, float] | None  # the optimizer's usual learning rates
     thresholds: ContextThresholds
+    history: RunHistory = NO_HISTORY  # the run's earlier checkpoints
 
     @property
     def lr_above_usual(self) -> bool:
@@ -71,7 +73,9 @@ class Context:
         )
 
 
-def build_context(m: Measurements, t: ContextThresholds | None = None) -> Context:
+def build_context(
+    m: Measurements, t: ContextThresholds | None = None, history: RunHistory = NO_HISTORY
+) -> Context:
     t = t or ContextThresholds()
     problem = m.static.get("problem")
     classification = problem in CLASSIFICATION
@@ -102,6 +106,7 @@ def build_context(m: Measurements, t: ContextThresholds | None = None) -> Contex
         learning_rate=m.static.get("learning_rate"),
         lr_range=USUAL_LEARNING_RATES.get(name or ""),
         thresholds=t,
+        history=history,
     )
 
 

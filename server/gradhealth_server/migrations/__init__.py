@@ -1,0 +1,1 @@
+"""Alembic migrations of the verdict store (applied at server start-up)."""

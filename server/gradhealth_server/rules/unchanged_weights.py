@@ -1,0 +1,58 @@
+"""unchanged_weights: trainable weights identical to the run's previous checkpoint.
+
+Between two checkpoints at different steps every trained layer changes. A layer
+whose weights are bit-identical is not being trained: a learning rate of zero,
+gradients that never reach it, or a job saving the same weights over and over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gradhealth_server.engine.measurements import Measurements
+from gradhealth_server.rules.base import Rule
+from gradhealth_server.rules.context import Context
+from gradhealth_server.verdict import Cause, Finding, Severity
+
+
+class UnchangedWeightsRule(Rule):
+    cause = Cause.UNCHANGED_WEIGHTS
+
+    @dataclass(frozen=True)
+    class Thresholds:
+        pass
+
+    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+        previous = ctx.history.previous
+        now = m.weight_digests
+        if previous is None or not now or not previous.weight_digests:
+            return []
+        if set(previous.weight_digests) != set(now) or ctx.converged:
+            return []  # another architecture under the same run id, or nothing to move
+        current = ctx.history.current_step
+        if current is None or previous.step >= current:
+            return []  # the same checkpoint again, or no order to compare by
+        same = [name for name, digest in now.items() if previous.weight_digests[name] == digest]
+        if not same:
+            return []
+        everything = len(same) == len(now)
+        return [
+            Finding(
+                cause=self.cause,
+                severity=Severity.CRITICAL if everything else Severity.WARNING,
+                summary=(
+                    f"{'every' if everything else len(same)} trainable layer"
+                    f"{'' if everything else 's'} ({', '.join(same[:8])}) "
+                    f"{'is' if everything else 'are'} bit-identical to the checkpoint of "
+                    f"step {previous.step}: {'nothing' if everything else 'they'} did not train"
+                ),
+                remedy=(
+                    "check that the learning rate is not 0 and the job saves the weights it "
+                    "trains; for single layers, that they are connected to the loss and not "
+                    "meant to be frozen (trainable=False)"
+                ),
+                layers=same,
+                evidence={"previous_step": previous.step, "unchanged_layers": len(same)},
+                confidence=0.9 if everything else 0.5,
+            )
+        ]
