@@ -56,3 +56,13 @@ def batch(tmp_path_factory) -> Path:
     from tests.service import digits_batch
 
     return digits_batch(Path(tmp_path_factory.mktemp("batch")) / "batch.npz")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for the session (Debian's binaries)."""
+    from tests.postgres import ThrowawayPostgres
+
+    server = ThrowawayPostgres().start()
+    yield server
+    server.stop()

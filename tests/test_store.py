@@ -1,0 +1,167 @@
+"""The verdict store on SQLite and on real PostgreSQL: persistence, paging,
+filters, run summaries, idempotent request ids, concurrent writers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import threading
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from gradhealth.v1 import verdict_pb2
+from gradhealth_server.store import BadPageToken, VerdictQuery, VerdictStore
+
+NAMES = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'verdicts.db'}"
+    return request.getfixturevalue("postgres").database(f"store_{next(NAMES)}")
+
+
+def verdict(run="run", step=1, status=verdict_pb2.STATUS_HEALTHY, causes=(), when=None, acc=0.5):
+    v = verdict_pb2.Verdict(
+        verdict_id=str(uuid.uuid4()),
+        run_id=run,
+        step=step,
+        status=status,
+        primary_cause=causes[0] if causes else 0,
+        checkpoint_sha256="ab" * 32,
+        model_fingerprint="fp",
+    )
+    v.create_time.FromDatetime(when or dt.datetime.now(dt.UTC))
+    for cause in causes:
+        v.findings.add(cause=cause, severity=verdict_pb2.SEVERITY_CRITICAL)
+    v.measurements.update({"accuracy": acc, "loss": "nan", "weight_digests": {"dense": str(step)}})
+    v.training_metrics.accuracy = acc
+    return v
+
+
+def test_verdicts_survive_reopening_the_store(url):
+    store = VerdictStore(url)
+    made = [store.add(verdict(step=s)) for s in range(3)]
+    store.close()
+    again = VerdictStore(url)  # migrations already applied: a no-op
+    assert again.get(made[1].verdict_id) == made[1]
+    assert [v.step for v in again.list_verdicts(VerdictQuery(run_id="run"), 10, "")[0]] == [2, 1, 0]
+    with again.engine.connect() as db:
+        assert db.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0001"
+
+
+def test_paging_is_newest_first_and_stable_under_inserts(url):
+    store = VerdictStore(url)
+    for step in range(7):
+        store.add(verdict(step=step))
+    page, token = store.list_verdicts(VerdictQuery(), 3, "")
+    assert [v.step for v in page] == [6, 5, 4]
+    store.add(verdict(step=99))  # a new verdict while the reader pages
+    page, token = store.list_verdicts(VerdictQuery(), 3, token)
+    assert [v.step for v in page] == [3, 2, 1]
+    page, token = store.list_verdicts(VerdictQuery(), 3, token)
+    assert [v.step for v in page] == [0] and token == ""
+    with pytest.raises(BadPageToken):
+        store.list_verdicts(VerdictQuery(), 3, "not-a-token")
+
+
+def test_filters_by_run_status_cause_and_time(url):
+    store = VerdictStore(url)
+    t0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    store.add(verdict("a", 1, when=t0))
+    store.add(
+        verdict(
+            "a",
+            2,
+            verdict_pb2.STATUS_CRITICAL,
+            (verdict_pb2.CAUSE_DEAD_RELU,),
+            t0 + dt.timedelta(hours=1),
+        )
+    )
+    store.add(
+        verdict(
+            "b",
+            1,
+            verdict_pb2.STATUS_WARNING,
+            (verdict_pb2.CAUSE_STALLED, verdict_pb2.CAUSE_DEAD_RELU),
+            t0 + dt.timedelta(hours=2),
+        )
+    )
+
+    def steps(**query):
+        return [(v.run_id, v.step) for v in store.list_verdicts(VerdictQuery(**query), 10, "")[0]]
+
+    assert steps(run_id="a") == [("a", 2), ("a", 1)]
+    assert steps(status=verdict_pb2.STATUS_CRITICAL) == [("a", 2)]
+    assert steps(cause=verdict_pb2.CAUSE_DEAD_RELU) == [("b", 1), ("a", 2)]
+    assert steps(cause=verdict_pb2.CAUSE_STALLED) == [("b", 1)]
+    start = verdict_pb2.Verdict().create_time
+    start.FromDatetime(t0 + dt.timedelta(minutes=30))
+    end = verdict_pb2.Verdict().create_time
+    end.FromDatetime(t0 + dt.timedelta(minutes=90))
+    assert steps(start_time=start, end_time=end) == [("a", 2)]
+
+
+def test_runs_carry_their_latest_verdict(url):
+    store = VerdictStore(url)
+    t0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    store.add(verdict("a", 5, when=t0 + dt.timedelta(hours=1)))
+    stalled = verdict(
+        "a",
+        9,
+        verdict_pb2.STATUS_CRITICAL,
+        (verdict_pb2.CAUSE_STALLED,),
+        t0 + dt.timedelta(hours=2),
+    )
+    store.add(stalled)
+    store.add(verdict("a", 1, when=t0))  # late, older: not the latest
+    store.add(verdict("b", 1))
+    runs, token = store.list_runs(1, "")
+    assert [r.run_id for r in runs] == ["a"] and token
+    a = runs[0]
+    assert (a.verdict_count, a.latest_step, a.stalled) == (3, 9, True)
+    assert a.latest_primary_cause == verdict_pb2.CAUSE_STALLED
+    assert [r.run_id for r in store.list_runs(1, token)[0]] == ["b"]
+
+
+def test_history_is_oldest_first_with_the_columns_the_rules_read(url):
+    store = VerdictStore(url)
+    for step in range(6):
+        store.add(verdict(step=step, acc=step / 10))
+    history = store.history("run", 3)
+    assert [c.step for c in history] == [3, 4, 5]
+    assert history[-1].batch_accuracy == 0.5 and history[-1].reported_accuracy == 0.5
+    assert history[-1].batch_loss is None  # NaN travels as a string: not a number
+    assert history[-1].weight_digests == {"dense": "5"}
+
+
+def test_a_request_id_stores_one_verdict(url):
+    store = VerdictStore(url)
+    first = store.add(verdict(), request_id="req-1")
+    second = store.add(verdict(), request_id="req-1")  # a retry that raced past the lookup
+    assert second == first
+    assert store.find_request("run", "req-1") == first
+    assert len(store.list_verdicts(VerdictQuery(), 10, "")[0]) == 1
+
+
+def test_concurrent_writers_lose_no_verdict(url):
+    store = VerdictStore(url)
+    writers, each = 8, 25
+
+    def write(w: int) -> None:
+        for i in range(each):
+            store.add(verdict(run=f"run-{w % 3}", step=i))
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with store.engine.connect() as db:
+        assert db.scalar(sa.text("SELECT count(*) FROM verdicts")) == writers * each
+    runs = store.list_runs(10, "")[0]
+    assert sum(r.verdict_count for r in runs) == writers * each
+    assert store.since(0, limit=1000)[-1][0] == store.last_id()
