@@ -101,6 +101,9 @@ class VerdictStore:
         config = Config()
         config.set_main_option("script_location", str(files("gradhealth_server") / "migrations"))
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together: one migrates, the others wait for it.
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": 0x6768})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
