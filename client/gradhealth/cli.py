@@ -103,12 +103,43 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--rules-config", type=Path, help="JSON of threshold overrides")
     serve.set_defaults(handler=_serve)
 
+    runs = sub.add_parser("runs", help="list the runs a server knows, with their latest status")
+    _server_arguments(runs)
+    runs.set_defaults(handler=_runs)
+
+    verdicts = sub.add_parser("verdicts", help="list a run's verdicts, newest first")
+    verdicts.add_argument("run", help="run id")
+    verdicts.add_argument("--limit", type=int, default=20, help="at most this many (0: all)")
+    verdicts.add_argument(
+        "--status", choices=("healthy", "warning", "critical"), help="only these verdicts"
+    )
+    verdicts.add_argument("--cause", help="only verdicts with a finding of this cause")
+    _server_arguments(verdicts)
+    verdicts.set_defaults(handler=_verdicts)
+
+    watch = sub.add_parser("watch", help="print new verdicts as they are stored (Ctrl-C ends)")
+    watch.add_argument("run", nargs="?", default="", help="only this run")
+    watch.add_argument("--unhealthy", action="store_true", help="only warning and critical")
+    _server_arguments(watch)
+    watch.set_defaults(handler=_watch)
+
     example = sub.add_parser(
         "example", help="write a small faulty digits checkpoint and batch to try diagnose on"
     )
     example.add_argument("directory", type=Path)
     example.set_defaults(handler=_example)
     return parser
+
+
+def _server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        default=os.environ.get("GRADHEALTH_SERVER", "localhost:50051"),
+        help="the gradhealth service (default: $GRADHEALTH_SERVER or localhost:50051)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON (one object per line)")
+    _connection_arguments(parser.add_argument_group("connection"))
 
 
 def _connection_arguments(group: argparse._ArgumentGroup) -> None:
@@ -181,16 +212,12 @@ def _rules_config(path: Path | None) -> dict | None:
 def _diagnose_on_server(args: argparse.Namespace) -> int:
     import grpc
 
-    from gradhealth.client import GradientHealthClient, Tls
-
     try:
-        token = _token(args.token_file)
+        client = _client(args)
     except ValueError as exc:
         return _fail(str(exc))
-    use_tls = args.tls or args.tls_ca or args.tls_cert or args.tls_key
-    tls = Tls(args.tls_ca, args.tls_cert, args.tls_key) if use_tls else None
     try:
-        with GradientHealthClient(args.server, token=token, tls=tls) as client:
+        with client:
             verdict = client.diagnose(
                 args.checkpoint,
                 batch=args.batch,
@@ -204,6 +231,86 @@ def _diagnose_on_server(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(str(exc))
     return _print(verdict.to_dict(), args.json)
+
+
+def _client(args: argparse.Namespace, timeout: float = 600.0):
+    from gradhealth.client import GradientHealthClient, Tls
+
+    use_tls = args.tls or args.tls_ca or args.tls_cert or args.tls_key
+    tls = Tls(args.tls_ca, args.tls_cert, args.tls_key) if use_tls else None
+    return GradientHealthClient(
+        args.server, token=_token(args.token_file), tls=tls, timeout=timeout
+    )
+
+
+def _query(args: argparse.Namespace, work) -> int:
+    """Run a query against the server; errors print one line and exit 2."""
+    import grpc
+
+    try:
+        with _client(args, timeout=60.0) as client:
+            work(client)
+    except grpc.RpcError as error:
+        return _fail(f"{error.code().name}: {error.details()}")
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from gradhealth.render import render_runs
+    from gradhealth.verdicts import run_to_dict
+
+    def work(client) -> None:
+        runs = [run_to_dict(r) for r in client.list_runs()]
+        if args.json:
+            for run in runs:
+                print(json.dumps(run))
+        else:
+            render_runs(runs)
+
+    return _query(args, work)
+
+
+def _verdicts(args: argparse.Namespace) -> int:
+    import itertools
+
+    from gradhealth.render import render_verdict_line
+    from gradhealth.v1 import verdict_pb2
+
+    filters = {}
+    if args.status:
+        filters["status"] = verdict_pb2.Status.Value(f"STATUS_{args.status.upper()}")
+    if args.cause:
+        try:
+            filters["cause"] = verdict_pb2.Cause.Value(f"CAUSE_{args.cause.upper()}")
+        except ValueError:
+            return _fail(f"no cause named {args.cause!r}")
+
+    def work(client) -> None:
+        found = client.list_verdicts(args.run, page_size=min(args.limit or 100, 100), **filters)
+        for verdict in itertools.islice(found, args.limit or None):
+            if args.json:
+                print(json.dumps(verdict.to_dict()))
+            else:
+                render_verdict_line(verdict.to_dict())
+
+    return _query(args, work)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from gradhealth.render import render_verdict_line
+
+    def work(client) -> None:
+        for verdict in client.watch_verdicts(args.run, unhealthy_only=args.unhealthy):
+            if args.json:
+                print(json.dumps(verdict.to_dict()), flush=True)
+            else:
+                render_verdict_line(verdict.to_dict())
+
+    return _query(args, work)
 
 
 def _token(path: Path | None) -> str | None:

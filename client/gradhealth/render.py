@@ -92,3 +92,34 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def render_runs(runs: list[dict[str, Any]], console: Console | None = None) -> None:
+    """One line per run: its latest status and cause, stalled or not."""
+    table = Table(title="runs")
+    for column in ("run", "status", "primary cause", "step", "verdicts", "stalled", "last"):
+        table.add_column(column)
+    for run in runs:
+        status = run["latest_status"]
+        table.add_row(
+            run["run_id"],
+            f"[{STATUS_STYLE.get(status, 'bold')}]{status}[/]",
+            run["latest_primary_cause"] or "-",
+            str(run["latest_step"]),
+            str(run["verdict_count"]),
+            "[bold red]yes[/]" if run["stalled"] else "no",
+            run["last_diagnosis_time"],
+        )
+    (console or Console()).print(table)
+
+
+def render_verdict_line(verdict: dict[str, Any], console: Console | None = None) -> None:
+    """A verdict in one line, for lists and the watch stream."""
+    status = verdict.get("status", "?")
+    causes = ", ".join(f"{f['cause']}({f['severity']})" for f in verdict.get("findings", []))
+    (console or Console()).print(
+        f"{verdict.get('create_time', '')}  {verdict['run_id']}  step {verdict['step']}  "
+        f"[{STATUS_STYLE.get(status, 'bold')}]{status}[/]  "
+        f"{verdict.get('primary_cause') or '-'}  [dim]{causes}[/]",
+        highlight=False,
+    )

@@ -37,6 +37,7 @@ def verdict_to_dict(verdict: verdict_pb2.Verdict) -> dict[str, Any]:
         "verdict_id": verdict.verdict_id,
         "run_id": verdict.run_id,
         "step": verdict.step,
+        "create_time": verdict.create_time.ToJsonString(),
         "fingerprint": verdict.model_fingerprint,
         "checkpoint_sha256": verdict.checkpoint_sha256,
         "cache_hit": verdict.model_cache_hit,
@@ -104,3 +105,16 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape `gradhealth diagnose --json` prints."""
         return verdict_to_dict(self.proto)
+
+
+def run_to_dict(run: Any) -> dict[str, Any]:
+    """A gradhealth.v1.Run as JSON: names for its enums, RFC 3339 for its time."""
+    return {
+        "run_id": run.run_id,
+        "latest_status": _name(verdict_pb2.Status, run.latest_status, "STATUS_"),
+        "latest_primary_cause": _name(verdict_pb2.Cause, run.latest_primary_cause, "CAUSE_"),
+        "latest_step": run.latest_step,
+        "last_diagnosis_time": run.last_diagnosis_time.ToJsonString(),
+        "verdict_count": run.verdict_count,
+        "stalled": run.stalled,
+    }
