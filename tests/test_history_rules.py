@@ -119,3 +119,38 @@ def test_history_thresholds_are_configurable():
     config = {"stalled": {"window": 3, "accuracy_delta": 0.05}}
     verdict = judge(stuck(), config=config, history=history(past([0.1, 0.14])))
     assert "stalled" in {str(f.cause) for f in verdict.findings}
+
+
+def test_early_checkpoints_are_not_stalled():
+    from tests.measurement_builder import OptimizerStep
+
+    m = stuck()
+    m.optimizer = OptimizerStep(
+        "Adam", 1e-3, 1e-3, 9e-3, 2.3, [0.1, 1.0, 10.0], [2.3, 2.29, 2.31], iterations=20
+    )
+    checkpoints = past([0.1] * 4, start=4)
+    assert "stalled" not in findings(m, history(checkpoints))[0]
+
+
+def test_a_flat_loss_without_accuracy_is_only_a_plateau():
+    regression = healthy(accuracy=None, loss=0.3, static={"problem": "regression"})
+    checkpoints = past([None] * 4, losses=[0.3, 0.301, 0.299, 0.3])
+    found, verdict = findings(regression, history(checkpoints))
+    assert str(found["stalled"].severity) == "info"
+    assert verdict.status == "healthy"
+
+
+def test_non_finite_reported_accuracy_is_not_a_series():
+    h = history(past([0.1, 0.2, 0.3, 0.4], reported=[0.1] * 4), reported_accuracy=float("nan"))
+    assert "stalled" not in findings(stuck(), h)[0]  # the batch series rises
+
+
+def test_a_reused_run_id_compares_only_the_same_architecture():
+    older = past([0.1] * 4)
+    other = tuple(
+        CheckpointSummary(c.step, "other-model", c.batch_accuracy, c.batch_loss, None, None)
+        for c in older
+    )
+    h = history(other).of_model("f")
+    assert h.past == ()
+    assert "stalled" not in findings(stuck(), h)[0]

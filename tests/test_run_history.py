@@ -4,6 +4,7 @@ that stop changing, restarts, replicas sharing PostgreSQL, many writers."""
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,11 @@ import pytest
 
 from gradhealth.client import GradientHealthClient
 from tests.service import ServerProcess
+
+# The session's shared server outlives this module: run ids unique per session.
+RUN = {
+    name: f"{name}-{uuid.uuid4().hex[:6]}" for name in ("stuck-run", "healthy-run", "frozen-run")
+}
 
 
 def run_checkpoints(directory: Path, learning_rate: float, epochs: int = 5) -> list[Path]:
@@ -67,7 +73,7 @@ def healthy_run(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory, postgres):
     """Two servers sharing one PostgreSQL database."""
-    url = postgres.database("replicas")
+    url = postgres.database(f"replicas_{uuid.uuid4().hex[:8]}")
     servers = [
         ServerProcess(Path(tmp_path_factory.mktemp(f"replica{i}")), db=url).start(wait=False)
         for i in range(2)
@@ -86,7 +92,7 @@ def causes(verdict) -> dict[str, str]:
 def test_a_run_that_does_not_learn_is_stalled_and_says_why(server, stuck_run, flat_batch):
     with GradientHealthClient(server.target, token=_token()) as client:
         verdicts = [
-            client.diagnose(path, batch=flat_batch, run_id="stuck-run", step=100 * (i + 1))
+            client.diagnose(path, batch=flat_batch, run_id=RUN["stuck-run"], step=100 * (i + 1))
             for i, path in enumerate(stuck_run)
         ]
         runs = {r.run_id: r for r in client.list_runs()}
@@ -98,13 +104,13 @@ def test_a_run_that_does_not_learn_is_stalled_and_says_why(server, stuck_run, fl
     assert last.primary_cause == "learning_rate_too_low"
     stall = next(f for f in last.findings if f.cause == "stalled")
     assert stall.summary.startswith("stalled: learning_rate_too_low")
-    assert runs["stuck-run"].stalled and runs["stuck-run"].verdict_count == 5
+    assert runs[RUN["stuck-run"]].stalled and runs[RUN["stuck-run"]].verdict_count == 5
 
 
 def test_a_healthy_run_is_not_stalled(server, healthy_run, flat_batch):
     with GradientHealthClient(server.target, token=_token()) as client:
         verdicts = [
-            client.diagnose(path, batch=flat_batch, run_id="healthy-run", step=100 * (i + 1))
+            client.diagnose(path, batch=flat_batch, run_id=RUN["healthy-run"], step=100 * (i + 1))
             for i, path in enumerate(healthy_run)
         ]
     accuracies = [v.measurements["accuracy"] for v in verdicts]
@@ -115,22 +121,38 @@ def test_a_healthy_run_is_not_stalled(server, healthy_run, flat_batch):
 
 def test_the_same_weights_twice_are_unchanged_weights(server, healthy_run, flat_batch):
     with GradientHealthClient(server.target, token=_token()) as client:
-        client.diagnose(healthy_run[0], batch=flat_batch, run_id="frozen-run", step=100)
-        again = client.diagnose(healthy_run[0], batch=flat_batch, run_id="frozen-run", step=200)
+        client.diagnose(healthy_run[0], batch=flat_batch, run_id=RUN["frozen-run"], step=100)
+        again = client.diagnose(
+            healthy_run[0], batch=flat_batch, run_id=RUN["frozen-run"], step=200
+        )
     assert causes(again)["unchanged_weights"] == "critical"
     assert again.primary_cause == "unchanged_weights"
 
 
-def test_verdicts_survive_a_server_restart(tmp_path, checkpoints, batch):
-    server = ServerProcess(tmp_path).start()
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_verdicts_survive_a_server_restart(request, tmp_path, checkpoints, batch, backend):
+    db = None
+    if backend == "postgresql":
+        db = request.getfixturevalue("postgres").database(f"restart_{uuid.uuid4().hex[:8]}")
+    server = ServerProcess(tmp_path, db=db).start()
     with GradientHealthClient(server.target) as client:
         made = client.diagnose(checkpoints.path("cnn"), batch=batch, run_id="restart", step=1)
     assert server.stop() == 0
-    server = ServerProcess(tmp_path).start()  # the same SQLite file
+    server = ServerProcess(tmp_path, db=db).start()  # the same database
     try:
         with GradientHealthClient(server.target) as client:
             assert client.get_verdict(made.verdict_id).proto == made.proto
             assert [r.run_id for r in client.list_runs()] == ["restart"]
+            # A watcher after the restart gets new verdicts only, not the stored ones.
+            stream = client.watch_verdicts()
+            first = []
+            thread = threading.Thread(target=lambda: first.append(next(stream)), daemon=True)
+            thread.start()
+            server.wait_metric("gradhealth_watchers", 1)
+            new = client.diagnose(checkpoints.path("cnn"), batch=batch, run_id="restart", step=2)
+            thread.join(30)
+            stream.close()
+            assert [v.verdict_id for v in first] == [new.verdict_id]
     finally:
         assert server.stop() == 0
 

@@ -4,7 +4,6 @@ filters, run summaries, idempotent request ids, concurrent writers."""
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import threading
 import uuid
 
@@ -14,14 +13,40 @@ import sqlalchemy as sa
 from gradhealth.v1 import verdict_pb2
 from gradhealth_server.store import BadPageToken, VerdictQuery, VerdictStore
 
-NAMES = itertools.count()
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'verdicts.db'}"
-    return request.getfixturevalue("postgres").database(f"store_{next(NAMES)}")
+    return request.getfixturevalue("postgres").database(f"store_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(autouse=True)
+def _close_stores(monkeypatch):
+    """Every store a test opens is closed after it (PostgreSQL connections add up)."""
+    opened = []
+    original = VerdictStore.__init__
+
+    def tracking(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(VerdictStore, "__init__", tracking)
+    yield
+    for store in opened:
+        store.close()
+
+
+def test_the_tables_match_the_migrations(url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from gradhealth_server.store import metadata
+
+    store = VerdictStore(url)
+    with store.engine.connect() as db:
+        differences = compare_metadata(MigrationContext.configure(db), metadata)
+    assert differences == []
 
 
 def verdict(run="run", step=1, status=verdict_pb2.STATUS_HEALTHY, causes=(), when=None, acc=0.5):
@@ -165,3 +190,32 @@ def test_concurrent_writers_lose_no_verdict(url):
     runs = store.list_runs(10, "")[0]
     assert sum(r.verdict_count for r in runs) == writers * each
     assert store.since(0, limit=1000)[-1][0] == store.last_id()
+
+
+def test_only_alarming_findings_mark_a_run_stalled_or_match_a_cause(url):
+    store = VerdictStore(url)
+    plateau = verdict("p", 1, causes=(verdict_pb2.CAUSE_STALLED,))
+    plateau.findings[0].severity = verdict_pb2.SEVERITY_INFO
+    store.add(plateau)
+    (run,) = store.list_runs(10, "")[0]
+    assert not run.stalled
+    assert store.list_verdicts(VerdictQuery(cause=verdict_pb2.CAUSE_STALLED), 10, "")[0] == []
+
+
+def test_the_latest_checkpoint_is_the_highest_step(url):
+    store = VerdictStore(url)
+    now = dt.datetime.now(dt.UTC)
+    store.add(verdict("r", 9, when=now))
+    store.add(verdict("r", 3, when=now + dt.timedelta(seconds=5)))  # a late retry of step 3
+    (run,) = store.list_runs(10, "")[0]
+    assert run.latest_step == 9
+
+
+def test_bad_tokens_and_times_are_bad_arguments(url):
+    store = VerdictStore(url)
+    with pytest.raises(BadPageToken):
+        store.list_verdicts(VerdictQuery(), 10, "9" * 30)
+    far = verdict_pb2.Verdict().create_time
+    far.seconds = 2**62
+    with pytest.raises(BadPageToken):
+        store.list_verdicts(VerdictQuery(start_time=far), 10, "")

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+from sqlalchemy.exc import SQLAlchemyError
 
 from gradhealth.v1 import service_pb2, service_pb2_grpc, verdict_pb2
 from gradhealth_server.feed import CLOSED, FELL_BEHIND, VerdictFeed
@@ -149,6 +150,11 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
                 else grpc.StatusCode.INTERNAL
             )
             raise RpcFailure(code, "spool", "the server could not store the upload") from exc
+        except SQLAlchemyError as exc:
+            log.error("the verdict store failed: %s", exc)
+            raise RpcFailure(
+                grpc.StatusCode.UNAVAILABLE, "store", "the verdict store is unavailable; retry"
+            ) from exc
         except asyncio.CancelledError:
             self.metrics.rejected.labels("cancelled").inc()
             raise
@@ -160,7 +166,13 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         stored = time.perf_counter()
         # Committed before the reply: an answered verdict is never lost. The feed
         # learns of it from the store, as it learns of other replicas' verdicts.
-        verdict = await asyncio.to_thread(self.store.add, verdict, header.request_id)
+        try:
+            verdict = await asyncio.to_thread(self.store.add, verdict, header.request_id)
+        except SQLAlchemyError as exc:
+            log.error("storing verdict %s failed: %s", verdict.verdict_id, exc)
+            raise RpcFailure(
+                grpc.StatusCode.UNAVAILABLE, "store", "the verdict store is unavailable; retry"
+            ) from exc
         self.metrics.duration.labels("store").observe(time.perf_counter() - stored)
         self._count(verdict, time.perf_counter() - started)
         return verdict
@@ -227,7 +239,9 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
             end_time=request.end_time if request.HasField("end_time") else None,
         )
         try:
-            verdicts, token = self.store.list_verdicts(query, request.page_size, request.page_token)
+            verdicts, token = await asyncio.to_thread(
+                self.store.list_verdicts, query, request.page_size, request.page_token
+            )
         except BadPageToken as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return service_pb2.ListVerdictsResponse(verdicts=verdicts, next_page_token=token)

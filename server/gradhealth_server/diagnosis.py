@@ -151,6 +151,7 @@ class Diagnoser:
         checkpoint_phase()
         t4 = time.perf_counter()
         phases["trials"] = t4 - t3
+        history = history.of_model(entry.fingerprint)
         verdict = judge(measurements, self.rules, self.rules_config, history)
         phases["rules"] = time.perf_counter() - t4
         return Diagnosis(verdict, measurements, entry.fingerprint, sha, hit, probe_cached, phases)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Protocol
 
 from gradhealth.v1 import verdict_pb2
@@ -34,13 +34,18 @@ Item = verdict_pb2.Verdict | str
 
 class NewVerdicts(Protocol):
     def last_id(self) -> int: ...
-    def since(self, last_id: int, limit: int = ...) -> list[tuple[int, verdict_pb2.Verdict]]: ...
+    def since(
+        self, last_id: int, limit: int = ..., skip: Collection[int] = ...
+    ) -> list[tuple[int, verdict_pb2.Verdict]]: ...
 
 
 class VerdictFeed:
     def __init__(self) -> None:
         self._watchers: set[asyncio.Queue[Item]] = set()
         self.closed = False
+        self._start: int | None = None  # the newest row id when following began
+        self._newest = 0
+        self._delivered: deque[int] = deque(maxlen=4 * LOOK_BACK)
 
     @property
     def watchers(self) -> int:
@@ -67,21 +72,30 @@ class VerdictFeed:
 
     async def follow(self, store: NewVerdicts, interval: float = POLL_SECONDS) -> None:
         """Publish every verdict stored from now on, by any replica; runs until cancelled."""
-        newest = await asyncio.to_thread(store.last_id)
-        delivered: deque[int] = deque(maxlen=4 * LOOK_BACK)
+        self._start = None
         while not self.closed:
-            try:
-                rows = await asyncio.to_thread(store.since, max(0, newest - LOOK_BACK))
-            except Exception:  # a database hiccup must not end the feed
-                log.exception("reading new verdicts failed; retrying")
-                rows = []
-            seen = set(delivered)
-            for row_id, verdict in rows:
-                if row_id not in seen:
-                    delivered.append(row_id)
-                    newest = max(newest, row_id)
-                    self.publish(verdict)
+            await self.poll(store)
             await asyncio.sleep(interval)
+
+    async def poll(self, store: NewVerdicts) -> None:
+        """One look at the store: publish what is new since the last look."""
+        try:
+            if self._start is None:  # verdicts stored before we started are not new
+                self._start = self._newest = await asyncio.to_thread(store.last_id)
+            if not self._watchers:  # nobody to tell: just keep up, parse nothing
+                self._newest = await asyncio.to_thread(store.last_id)
+                return
+            after = max(self._start, self._newest - LOOK_BACK)
+            seen = set(self._delivered)
+            rows = await asyncio.to_thread(store.since, after, 500, seen)
+        except Exception:  # a database hiccup must not end the feed
+            log.exception("reading new verdicts failed; retrying")
+            return
+        for row_id, verdict in rows:
+            if row_id not in seen:
+                self._delivered.append(row_id)
+                self._newest = max(self._newest, row_id)
+                self.publish(verdict)
 
     def close(self) -> None:
         self.closed = True

@@ -6,7 +6,7 @@ Plain data, no database types: the store builds it, the worker's rules read it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,17 @@ class RunHistory:
     @property
     def previous(self) -> CheckpointSummary | None:
         return self.past[-1] if self.past else None
+
+    def of_model(self, fingerprint: str) -> RunHistory:
+        """Only this architecture's checkpoints (a run id may be reused for another
+        model), before the current step, in step order, one per step (the latest)."""
+        by_step: dict[int, CheckpointSummary] = {}
+        for checkpoint in self.past:  # oldest first: a later row for a step wins
+            if checkpoint.fingerprint == fingerprint and (
+                self.current_step is None or checkpoint.step < self.current_step
+            ):
+                by_step[checkpoint.step] = checkpoint
+        return replace(self, past=tuple(by_step[s] for s in sorted(by_step)))
 
 
 NO_HISTORY = RunHistory(run_id="")

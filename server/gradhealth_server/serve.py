@@ -27,7 +27,7 @@ from prometheus_client import start_http_server
 from gradhealth.v1 import service_pb2_grpc
 from gradhealth_server.api import SERVICE_NAME, GradientHealthServicer
 from gradhealth_server.auth import BearerTokenAuth
-from gradhealth_server.feed import POLL_SECONDS, VerdictFeed
+from gradhealth_server.feed import VerdictFeed
 from gradhealth_server.jobs import JobQueue
 from gradhealth_server.limits import MiB
 from gradhealth_server.metrics import ServiceMetrics
@@ -167,9 +167,10 @@ async def _serve(config: ServeConfig, spool: Path) -> None:
         await asyncio.wait_for(servicer.drained(), config.grace_seconds)
     except TimeoutError:
         log.warning("grace period over: cancelling the calls still in flight")
-    await asyncio.sleep(2 * POLL_SECONDS)  # the feed picks up the last verdicts
-    feed.close()  # after the drain: watchers see the verdicts of the last calls
     following.cancel()
+    await asyncio.gather(following, return_exceptions=True)
+    await feed.poll(store)  # after the drain: watchers see the verdicts of the last calls
+    feed.close()
     await server.stop(FINAL_GRACE_S)
     starting.cancel()
     await jobs.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
@@ -63,17 +64,25 @@ verdicts = sa.Table(
     sa.Column("reported_loss", sa.Float),
     sa.Column("weight_digests", sa.JSON, nullable=False),
     sa.Column("body", sa.LargeBinary, nullable=False),
+    # Request-id deduplication rests on this constraint.
+    sa.UniqueConstraint("run_id", "request_id", name="uq_verdicts_run_request"),
+    sa.Index("ix_verdicts_run_id_id", "run_id", "id"),
+    sa.Index("ix_verdicts_create_time", "create_time"),
 )
+# The causes of a verdict's warning and critical findings (ListVerdicts' cause filter).
 verdict_causes = sa.Table(
     "verdict_causes",
     metadata,
     sa.Column("verdict_pk", sa.BigInteger, sa.ForeignKey("verdicts.id"), primary_key=True),
     sa.Column("cause", sa.SmallInteger, primary_key=True),
+    sa.Index("ix_verdict_causes_cause", "cause", "verdict_pk"),
 )
+ALARMING = (verdict_pb2.SEVERITY_WARNING, verdict_pb2.SEVERITY_CRITICAL)
+MAX_TOKEN = 2**63 - 1
 
 
 class BadPageToken(ValueError):
-    pass
+    """A page token or filter this server cannot have given (INVALID_ARGUMENT)."""
 
 
 @dataclass(frozen=True)
@@ -117,12 +126,13 @@ class VerdictStore:
         is an earlier one when this request id was already answered."""
         row = _row(verdict, request_id)
         created = row["create_time"]
-        stalled = any(f.cause == verdict_pb2.CAUSE_STALLED for f in verdict.findings)
+        alarming = [f for f in verdict.findings if f.severity in ALARMING]
+        stalled = any(f.cause == verdict_pb2.CAUSE_STALLED for f in alarming)
         try:
             with self.engine.begin() as db:
                 self._upsert_run(db, verdict, created, stalled)
                 pk = db.execute(sa.insert(verdicts).values(**row)).inserted_primary_key[0]
-                causes = {f.cause for f in verdict.findings}
+                causes = {f.cause for f in alarming}
                 if causes:
                     db.execute(
                         sa.insert(verdict_causes),
@@ -148,7 +158,13 @@ class VerdictStore:
             "stalled": stalled,
         }
         statement = insert(runs).values(**values)
-        newer = statement.excluded.last_time >= runs.c.last_time
+        # The latest checkpoint is the highest step (a late retry of an old step, or
+        # another replica's clock, must not move it back); the newest breaks ties.
+        new = statement.excluded
+        newer = sa.or_(
+            new.latest_step > runs.c.latest_step,
+            sa.and_(new.latest_step == runs.c.latest_step, new.last_time >= runs.c.last_time),
+        )
         latest = {
             name: sa.case((newer, statement.excluded[name]), else_=runs.c[name])
             for name in (
@@ -163,7 +179,14 @@ class VerdictStore:
         db.execute(
             statement.on_conflict_do_update(
                 index_elements=[runs.c.run_id],
-                set_={**latest, "verdict_count": runs.c.verdict_count + 1},
+                set_={
+                    **latest,
+                    "verdict_count": runs.c.verdict_count + 1,
+                    "first_time": sa.case(
+                        (new.first_time < runs.c.first_time, new.first_time),
+                        else_=runs.c.first_time,
+                    ),
+                },
             )
         )
 
@@ -258,16 +281,22 @@ class VerdictStore:
             for r in reversed(rows)
         )
 
-    def since(self, last_id: int, limit: int = 500) -> list[tuple[int, verdict_pb2.Verdict]]:
-        """Verdicts stored after row `last_id`, by any replica, oldest first."""
-        select = (
-            sa.select(verdicts.c.id, verdicts.c.body)
-            .where(verdicts.c.id > last_id)
-            .order_by(verdicts.c.id)
-            .limit(limit)
-        )
+    def since(
+        self, last_id: int, limit: int = 500, skip: Collection[int] = ()
+    ) -> list[tuple[int, verdict_pb2.Verdict]]:
+        """Verdicts stored after row `last_id`, by any replica, oldest first; rows
+        in `skip` (already delivered) are not read."""
+        ids_after = sa.select(verdicts.c.id).where(verdicts.c.id > last_id)
         with self.engine.connect() as db:
-            rows = db.execute(select).all()
+            ids = db.scalars(ids_after.order_by(verdicts.c.id).limit(limit)).all()
+            wanted = [i for i in ids if i not in skip]
+            if not wanted:
+                return []
+            rows = db.execute(
+                sa.select(verdicts.c.id, verdicts.c.body)
+                .where(verdicts.c.id.in_(wanted))
+                .order_by(verdicts.c.id)
+            ).all()
         return [(r.id, verdict_pb2.Verdict.FromString(r.body)) for r in rows]
 
     def last_id(self) -> int:
@@ -305,8 +334,8 @@ def _row(v: verdict_pb2.Verdict, request_id: str) -> dict[str, Any]:
         "model_fingerprint": v.model_fingerprint,
         "batch_accuracy": _number(measurements.get("accuracy")),
         "batch_loss": _number(measurements.get("loss")),
-        "reported_accuracy": metrics.accuracy if metrics.HasField("accuracy") else None,
-        "reported_loss": metrics.loss if metrics.HasField("loss") else None,
+        "reported_accuracy": _number(metrics.accuracy) if metrics.HasField("accuracy") else None,
+        "reported_loss": _number(metrics.loss) if metrics.HasField("loss") else None,
         "weight_digests": measurements.get("weight_digests") or {},
         "body": v.SerializeToString(),
     }
@@ -320,7 +349,10 @@ def _number(value: Any) -> float | None:
 
 
 def _cause_name(value: int) -> str | None:
-    return verdict_pb2.Cause.Name(value).removeprefix("CAUSE_").lower() if value else None
+    try:
+        return verdict_pb2.Cause.Name(value).removeprefix("CAUSE_").lower() if value else None
+    except ValueError:  # written by a newer replica during a rolling upgrade
+        return None
 
 
 def _token_int(token: str) -> int:
@@ -328,13 +360,16 @@ def _token_int(token: str) -> int:
         value = int(token)
     except ValueError:
         raise BadPageToken(f"page_token {token[:40]!r} is not one this server gave") from None
-    if value <= 0:
+    if not 0 < value <= MAX_TOKEN:
         raise BadPageToken("page_token is not one this server gave")
     return value
 
 
 def _utc(ts: Timestamp) -> dt.datetime:
-    return ts.ToDatetime(dt.UTC)
+    try:
+        return ts.ToDatetime(dt.UTC)
+    except (ValueError, OverflowError) as exc:
+        raise BadPageToken(f"start_time/end_time out of range: {exc}") from None
 
 
 def _aware(when: dt.datetime) -> dt.datetime:

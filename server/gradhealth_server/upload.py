@@ -24,6 +24,7 @@ from gradhealth_server.limits import Limits
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,199}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 MIN_CHUNK_BYTES = 64 * 1024
 
 
@@ -54,6 +55,8 @@ def check_header(header: service_pb2.DiagnoseHeader, limits: Limits) -> None:
         )
     if header.step < 0:
         raise invalid(f"step must be >= 0, got {header.step}")
+    if header.request_id and not REQUEST_ID.fullmatch(header.request_id):
+        raise invalid("request_id must be 1-100 characters of letters, digits and ._:-")
     parts = (
         ("checkpoint", header.checkpoint, limits.max_checkpoint_bytes),
         ("batch", header.batch, limits.max_batch_bytes),

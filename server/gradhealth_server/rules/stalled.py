@@ -32,8 +32,8 @@ class StalledRule(Rule):
     def check(self, m: Measurements, ctx: Context) -> list[Finding]:
         t = self.t
         past = list(ctx.history.past)[-(t.window - 1) :] if t.window > 1 else []
-        if len(past) < t.window - 1 or ctx.converged:
-            return []
+        if len(past) < t.window - 1 or ctx.converged or ctx.early:
+            return []  # early is not stalled (DESIGN): chance accuracy is normal there
         steps = [c.step for c in past] + [ctx.history.current_step]
         if any(s is None for s in steps) or steps != sorted(set(steps)):
             return []  # not a run moving forward: repeated or out-of-order checkpoints
@@ -50,7 +50,10 @@ class StalledRule(Rule):
         if not flat:
             return []
         first_step = steps[0]
-        severity = Severity.INFO if ctx.learning else Severity.CRITICAL
+        # Critical only where "not learning" is measurable: accuracy near chance.
+        # A flat loss without accuracy (regression, norms mode) may be a plateau.
+        near_chance = source.endswith("accuracy") and ctx.classification and not ctx.learning
+        severity = Severity.CRITICAL if near_chance else Severity.INFO
         return [
             Finding(
                 cause=self.cause,
@@ -58,7 +61,7 @@ class StalledRule(Rule):
                 summary=(
                     f"{source.replace('_', ' ')} stayed within {spread} over the last "
                     f"{len(series)} checkpoints (step {first_step} onwards): "
-                    + ("a plateau well above chance" if ctx.learning else "the run is not learning")
+                    + ("the run is not learning" if near_chance else "a plateau")
                 ),
                 remedy=(
                     "fix the root cause named in this verdict; with none, check the labels "
@@ -78,14 +81,13 @@ class StalledRule(Rule):
     @staticmethod
     def _series(m: Measurements, ctx: Context, past: list) -> tuple[list[float] | None, str]:
         now = ctx.history
-        reported = [c.reported_accuracy for c in past] + [now.reported_accuracy]
-        if all(v is not None for v in reported):
-            return [float(v) for v in reported], "reported_accuracy"
-        if ctx.accuracy is not None and all(c.batch_accuracy is not None for c in past):
-            return [c.batch_accuracy for c in past] + [ctx.accuracy], "batch_accuracy"
-        losses = [c.reported_loss for c in past] + [now.reported_loss]
-        if all(v is not None and math.isfinite(v) for v in losses):
-            return [float(v) for v in losses], "reported_loss"
-        if math.isfinite(m.loss) and all(c.batch_loss is not None for c in past):
-            return [c.batch_loss for c in past] + [m.loss], "batch_loss"
+        candidates = (
+            ("reported_accuracy", [c.reported_accuracy for c in past] + [now.reported_accuracy]),
+            ("batch_accuracy", [c.batch_accuracy for c in past] + [ctx.accuracy]),
+            ("reported_loss", [c.reported_loss for c in past] + [now.reported_loss]),
+            ("batch_loss", [c.batch_loss for c in past] + [m.loss]),
+        )
+        for source, values in candidates:
+            if all(v is not None and math.isfinite(v) for v in values):
+                return [float(v) for v in values], source
         return None, ""
