@@ -111,7 +111,7 @@ class GradientHealthClient:
         x: Any = None,
         y: Any = None,
         *,
-        batch: str | Path | None = None,
+        batch: str | Path | payload.Part | None = None,
         run_id: str,
         step: int = 0,
         training_metrics: Mapping[str, float] | None = None,
@@ -122,7 +122,9 @@ class GradientHealthClient:
         """Diagnose a checkpoint (a `.keras` path, its bytes, or a Keras model) on a
         sample batch: x and y arrays ({input name: array} for several inputs), or
         the path of an `.npz` holding them."""
-        if batch is not None:
+        if isinstance(batch, payload.Part):  # already encoded (the callback's fixed sample)
+            batch_part = batch
+        elif batch is not None:
             batch_part = payload.Part.of_file(batch)
         elif x is not None and y is not None:
             batch_part = payload.batch_part(x, y)

@@ -1,0 +1,217 @@
+"""GradientHealthCallback: gradhealth for a `model.fit` job, by adding one callback.
+
+Training must never wait for us. On the training thread the callback only
+copies the weights and optimizer state (well under a millisecond for a small
+model); a background thread writes them into a shadow copy of the model, saves
+it as `.keras` and sends it with the fixed sample batch. The hand-off is a slot
+of one: while an upload is in flight, later snapshots are skipped and counted.
+A service that is down or slow is logged once and never stops training.
+
+Steps are counted in `on_train_batch_begin`, which Keras 3 runs synchronously
+between steps without giving up its asynchronous batch-end dispatch (that is
+only turned off by callbacks overriding the `*_batch_end` hooks).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import keras
+
+from gradhealth import payload
+from gradhealth.client import GradientHealthClient, Retry, Tls
+from gradhealth.verdicts import Verdict
+
+log = logging.getLogger(__name__)
+
+SEVERITY_ORDER = {"healthy": 0, "warning": 1, "critical": 2}
+
+
+class GradientHealthCallback(keras.callbacks.Callback):
+    def __init__(
+        self,
+        target: str,
+        run_id: str,
+        sample: tuple[Any, Any],
+        every_n_steps: int | None = None,
+        every_epoch: bool | None = None,
+        min_interval_s: float = 30.0,
+        token: str | None = None,
+        tls: Tls | bool | None = None,
+        on_verdict: Callable[[Verdict], None] | None = None,
+        stop_on: str | None = None,
+        timeout_s: float = 300.0,
+        mode: str = "full",
+    ) -> None:
+        """Send a checkpoint every `every_n_steps` steps or at every epoch end (the
+        default), at most once per `min_interval_s` seconds. `sample` is (x, y): a
+        fixed batch, as the input pipeline feeds the model. `stop_on="critical"` (or
+        "warning") stops training when a verdict is that bad."""
+        super().__init__()
+        if stop_on not in (None, "warning", "critical"):
+            raise ValueError('stop_on must be None, "warning" or "critical"')
+        self.run_id = run_id
+        self.every_n_steps = every_n_steps
+        self.every_epoch = every_n_steps is None if every_epoch is None else every_epoch
+        self.min_interval_s = min_interval_s
+        self.on_verdict = on_verdict
+        self.stop_on = stop_on
+        self.mode = mode
+        self._batch = payload.batch_part(*sample)  # encoded once, sent every time
+        self._client = GradientHealthClient(
+            target, token=token, tls=tls, timeout=timeout_s, retry=Retry(attempts=2)
+        )
+        # What happened, for the training job to read (and tests to check).
+        self.sent = 0
+        self.skipped = 0
+        self.failed = 0
+        self.verdicts: list[Verdict] = []
+        self.last_error: str | None = None
+        self._step = 0
+        self._last_sent_at = float("-inf")
+        self._slot = threading.Semaphore(1)  # the one upload in flight
+        self._thread: threading.Thread | None = None
+        self._shadow: Any = None
+        self._stop_requested = False
+
+    # --- Keras hooks (training thread) ---------------------------------------------
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._stop_requested = False
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self._stop_requested:
+            self.model.stop_training = True
+        if self.every_n_steps and self._step and self._step % self.every_n_steps == 0:
+            self._snapshot(self._step, None)
+        self._step += 1
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.every_epoch:
+            self._snapshot(self._step, logs)
+        if self._stop_requested:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Training is over; an upload in flight finishes in the background."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the upload in flight (if any); True when none is left."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    # --- the snapshot ----------------------------------------------------------------
+
+    def _snapshot(self, step: int, logs: dict | None) -> None:
+        now = time.monotonic()
+        if now - self._last_sent_at < self.min_interval_s:
+            return
+        if not self._slot.acquire(blocking=False):
+            self.skipped += 1  # the previous checkpoint is still on its way
+            return
+        try:
+            state = {
+                "weights": self.model.get_weights(),
+                "optimizer": [v.numpy() for v in self.model.optimizer.variables],
+            }
+            metrics = _metrics(logs if logs is not None else self._running_metrics())
+        except Exception as exc:  # never break training
+            self._slot.release()
+            self._failure(f"could not snapshot the model: {exc}")
+            return
+        self._last_sent_at = now
+        self._thread = threading.Thread(
+            target=self._send, args=(step, state, metrics), name="gradhealth-upload", daemon=True
+        )
+        self._thread.start()
+
+    def _running_metrics(self) -> dict:
+        try:
+            return {k: float(v) for k, v in self.model.get_metrics_result().items()}
+        except Exception:
+            return {}
+
+    # --- background thread -------------------------------------------------------------
+
+    def _send(self, step: int, state: dict, metrics: dict[str, float]) -> None:
+        try:
+            checkpoint = self._checkpoint(state)
+            verdict = self._client.diagnose(
+                checkpoint,
+                batch=self._batch,
+                run_id=self.run_id,
+                step=step,
+                training_metrics=metrics,
+                mode=self.mode,
+            )
+        except grpc.RpcError as error:
+            self._failure(f"{error.code().name}: {error.details()}")
+            return
+        except Exception as exc:
+            self._failure(f"{type(exc).__name__}: {exc}")
+            return
+        finally:
+            self._slot.release()
+        self.sent += 1
+        self.verdicts.append(verdict)
+        if self.stop_on and SEVERITY_ORDER[verdict.status] >= SEVERITY_ORDER[self.stop_on]:
+            log.warning(
+                "gradhealth: %s verdict at step %d (%s): stopping training",
+                verdict.status,
+                step,
+                verdict.primary_cause,
+            )
+            self._stop_requested = True
+        if self.on_verdict is not None:
+            try:
+                self.on_verdict(verdict)
+            except Exception:
+                log.exception("gradhealth: the on_verdict hook failed")
+
+    def _checkpoint(self, state: dict) -> bytes:
+        """The snapshot as `.keras` bytes, written from the shadow model."""
+        if self._shadow is None:
+            self._shadow = self._build_shadow()
+        self._shadow.set_weights(state["weights"])
+        for variable, value in zip(self._shadow.optimizer.variables, state["optimizer"]):
+            variable.assign(value)
+        with tempfile.TemporaryDirectory(prefix="gradhealth-") as directory:
+            path = Path(directory) / "checkpoint.keras"
+            self._shadow.save(path)
+            return path.read_bytes()
+
+    def _build_shadow(self) -> Any:
+        shadow = keras.models.clone_model(self.model)
+        shadow.compile_from_config(self.model.get_compile_config())
+        shadow.optimizer.build(shadow.trainable_variables)
+        if len(shadow.optimizer.variables) != len(self.model.optimizer.variables):
+            raise RuntimeError("the model's optimizer state cannot be copied")
+        return shadow
+
+    def _failure(self, message: str) -> None:
+        self.failed += 1
+        self.last_error = message
+        if self.failed == 1:
+            log.warning(
+                "gradhealth: %s (training continues; further failures are counted)", message
+            )
+
+
+def _metrics(logs: dict | None) -> dict[str, float]:
+    out = {}
+    for name, value in (logs or {}).items():
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out

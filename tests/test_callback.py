@@ -1,0 +1,107 @@
+"""GradientHealthCallback in a real model.fit against the real server."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+
+from gradhealth.callback import GradientHealthCallback
+from gradhealth.client import GradientHealthClient
+from gradhealth_server.examples import digits, digits_cnn
+from tests.service import TOKEN, free_port
+
+
+def _model(learning_rate: float = 1e-3, optimizer: str = "adam") -> keras.Model:
+    keras.utils.set_random_seed(0)
+    model = digits_cnn(f"cb_{optimizer}_{learning_rate:g}")
+    opt = keras.optimizers.get(
+        {"class_name": optimizer, "config": {"learning_rate": learning_rate}}
+    )
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_fit_with_the_callback_gets_verdicts_from_the_server(server):
+    x, y = digits()
+    seen = []
+    callback = GradientHealthCallback(
+        server.target, run_id="callback-run", sample=(x[:128], y[:128]), token=TOKEN,
+        min_interval_s=0, on_verdict=seen.append,
+    )  # fmt: skip
+    history = _model().fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[callback])
+    assert callback.wait(120)
+    assert len(history.epoch) == 3
+    assert callback.sent >= 1 and callback.failed == 0, callback.last_error
+    assert callback.sent + callback.skipped == 3
+    assert [v.verdict_id for v in seen] == [v.verdict_id for v in callback.verdicts]
+    verdict = callback.verdicts[-1]
+    assert verdict.run_id == "callback-run"
+    assert verdict.proto.training_metrics.HasField("loss")
+    assert verdict.proto.training_metrics.HasField("accuracy")
+    with GradientHealthClient(server.target, token=TOKEN) as client:
+        stored = list(client.list_verdicts("callback-run"))
+    assert {v.verdict_id for v in stored} == {v.verdict_id for v in callback.verdicts}
+
+
+def test_training_finishes_when_the_server_is_down():
+    x, y = digits()
+    callback = GradientHealthCallback(
+        f"127.0.0.1:{free_port()}", run_id="nobody-listens", sample=(x[:64], y[:64]),
+        min_interval_s=0, timeout_s=2,
+    )  # fmt: skip
+    history = _model().fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[callback])
+    assert callback.wait(60)
+    assert len(history.epoch) == 3
+    assert callback.failed >= 1 and callback.sent == 0
+    assert "UNAVAILABLE" in callback.last_error
+
+
+def test_snapshots_are_skipped_while_an_upload_is_in_flight(server):
+    x, y = digits()
+    callback = GradientHealthCallback(
+        server.target, run_id="busy-callback", sample=(x[:128], y[:128]), token=TOKEN,
+        every_n_steps=1, min_interval_s=0,
+    )  # fmt: skip
+    model = _model()
+    start = time.perf_counter()
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[callback])
+    assert callback.wait(120)
+    steps = 2 * int(np.ceil(len(x) / 32))
+    assert callback.sent + callback.skipped + callback.failed == steps - 1
+    assert callback.skipped > 0 and callback.sent >= 1, (callback.sent, callback.last_error)
+    assert time.perf_counter() - start < 120
+
+
+def test_stop_on_critical_stops_a_hopeless_run(server):
+    x, y = digits(scale=1.0)  # 0-16 pixels * 16: never normalized
+    x = x * 16.0
+    callback = GradientHealthCallback(
+        server.target, run_id="hopeless", sample=(x[:128], y[:128]), token=TOKEN,
+        min_interval_s=0, stop_on="critical",
+    )  # fmt: skip
+    model = _model(0.01, "sgd")
+    history = model.fit(x, y, epochs=200, batch_size=64, verbose=0, callbacks=[callback])
+    callback.wait(60)
+    assert callback.verdicts and callback.verdicts[0].status == "critical"
+    assert len(history.epoch) < 200
+
+
+def test_the_callback_leaves_every_batch_end_hook_at_its_default():
+    """Keras 3 dispatches batch ends asynchronously (on backends where it can) only
+    while no callback overrides a *_batch_end hook; we count steps at batch begin."""
+    from keras.src import utils
+
+    x, y = digits()
+    callback = GradientHealthCallback(
+        "127.0.0.1:1", run_id="r", sample=(x[:8], y[:8]), every_n_steps=10
+    )
+    for hook in ("on_batch_end", "on_train_batch_end", "on_test_batch_end", "on_predict_batch_end"):
+        assert utils.is_default(getattr(callback, hook)), hook
+
+    class BatchEnd(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    assert not utils.is_default(BatchEnd().on_train_batch_end)  # the check can fail
