@@ -20,10 +20,11 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from bench import probe_overhead, service
+    from bench import callback_overhead, probe_overhead, service
 
     results = probe_overhead.run(quick=args.quick)
     served = service.run(quick=args.quick)
+    callback = callback_overhead.run(quick=args.quick)
     table = Table(
         title=f"gradhealth bench ({'quick' if args.quick else 'full'}) on "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
@@ -45,8 +46,15 @@ def main() -> int:
     console = Console(width=140)
     console.print(table)
     _print_service(console, served)
+    console.print(
+        f"callback on model.fit ({callback['model']}, {callback['epochs']} epochs, "
+        f"{callback['fit_seconds']} s, default cadence): {callback['ratio']:.3f}x "
+        f"({callback['low']:.3f}-{callback['high']:.3f}), target <= {callback['target']}x: "
+        + ("yes" if callback["meets_target"] else "NO")
+    )
     if args.json:
-        args.json.write_text(json.dumps({"probe": results, "service": served}, indent=2))
+        everything = {"probe": results, "service": served, "callback": callback}
+        args.json.write_text(json.dumps(everything, indent=2))
     return 0
 
 
