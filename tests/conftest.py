@@ -59,6 +59,15 @@ def batch(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def flat_batch(tmp_path_factory) -> Path:
+    """256 rows of flat digits (n, 64), for the MLP checkpoints."""
+    from tests.service import digits_batch
+
+    path = Path(tmp_path_factory.mktemp("flat")) / "flat.npz"
+    return digits_batch(path, rows=256, flat=True)
+
+
+@pytest.fixture(scope="session")
 def postgres():
     """A throwaway PostgreSQL server for the session (Debian's binaries)."""
     from tests.postgres import ThrowawayPostgres

@@ -185,13 +185,30 @@ def mlp_checkpoint(path: Path, width: int, depth: int = 2, optimizer: str = "ada
     return path
 
 
-def digits_batch(path: Path, rows: int = 128) -> Path:
+def digits_batch(path: Path, rows: int = 128, flat: bool = False) -> Path:
+    """Digits images (n, 8, 8, 1) for the CNNs, or flat (n, 64) for the MLPs."""
     from tests.models import digits
 
     x, y = digits()
-    np.savez(path, x=x[:rows], y=y[:rows])
+    x = x[:rows].reshape(rows, 64) if flat else x[:rows]
+    np.savez(path, x=x, y=y[:rows])
     return path
 
 
 def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
+
+
+def cli(
+    *args: str, token: str | None = TOKEN, timeout: float = 300.0
+) -> subprocess.CompletedProcess:
+    """`gradhealth ARGS` in a subprocess, as a user runs it (token from the environment)."""
+    env = {"PATH": "/usr/bin:/bin", **({"GRADHEALTH_TOKEN": token} if token else {})}
+    return subprocess.run(
+        [sys.executable, "-m", "gradhealth.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=timeout,
+    )

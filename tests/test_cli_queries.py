@@ -7,20 +7,9 @@ import subprocess
 import sys
 
 from gradhealth.client import GradientHealthClient
-from tests.service import TOKEN
+from tests.service import TOKEN, cli
 
 ENV = {"GRADHEALTH_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"}
-
-
-def cli(*args: str, env=ENV) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gradhealth.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=120,
-    )
 
 
 def test_runs_and_verdicts_list_what_the_server_stored(server, checkpoints, batch):
@@ -63,7 +52,7 @@ def test_watch_prints_new_verdicts_as_json_lines(server, checkpoints, batch):
 
 
 def test_query_errors_are_one_line(server):
-    done = cli("runs", "--server", server.target, env={"PATH": "/usr/bin:/bin"})
+    done = cli("runs", "--server", server.target, token=None)
     assert done.returncode == 2
     assert done.stderr.startswith("gradhealth: error: UNAUTHENTICATED")
     done = cli("verdicts", "x", "--cause", "bogus", "--server", server.target)

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import grpc
 import keras
-import numpy as np
 import pytest
 
 from gradhealth.client import GradientHealthClient
-from tests.service import ServerProcess
+from tests.service import TOKEN, ServerProcess
 
 # The session's shared server outlives this module: run ids unique per session.
 RUN = {
@@ -50,16 +49,6 @@ def run_checkpoints(directory: Path, learning_rate: float, epochs: int = 5) -> l
 
 
 @pytest.fixture(scope="module")
-def flat_batch(tmp_path_factory) -> Path:
-    from tests.models import digits
-
-    x, y = digits()
-    path = Path(tmp_path_factory.mktemp("history")) / "batch.npz"
-    np.savez(path, x=x[:256].reshape(256, 64), y=y[:256])
-    return path
-
-
-@pytest.fixture(scope="module")
 def stuck_run(tmp_path_factory) -> list[Path]:
     """Far too small a learning rate: accuracy stays where it started."""
     return run_checkpoints(Path(tmp_path_factory.mktemp("stuck")), 1e-6)
@@ -90,7 +79,7 @@ def causes(verdict) -> dict[str, str]:
 
 
 def test_a_run_that_does_not_learn_is_stalled_and_says_why(server, stuck_run, flat_batch):
-    with GradientHealthClient(server.target, token=_token()) as client:
+    with GradientHealthClient(server.target, token=TOKEN) as client:
         verdicts = [
             client.diagnose(path, batch=flat_batch, run_id=RUN["stuck-run"], step=100 * (i + 1))
             for i, path in enumerate(stuck_run)
@@ -108,7 +97,7 @@ def test_a_run_that_does_not_learn_is_stalled_and_says_why(server, stuck_run, fl
 
 
 def test_a_healthy_run_is_not_stalled(server, healthy_run, flat_batch):
-    with GradientHealthClient(server.target, token=_token()) as client:
+    with GradientHealthClient(server.target, token=TOKEN) as client:
         verdicts = [
             client.diagnose(path, batch=flat_batch, run_id=RUN["healthy-run"], step=100 * (i + 1))
             for i, path in enumerate(healthy_run)
@@ -120,7 +109,7 @@ def test_a_healthy_run_is_not_stalled(server, healthy_run, flat_batch):
 
 
 def test_the_same_weights_twice_are_unchanged_weights(server, healthy_run, flat_batch):
-    with GradientHealthClient(server.target, token=_token()) as client:
+    with GradientHealthClient(server.target, token=TOKEN) as client:
         client.diagnose(healthy_run[0], batch=flat_batch, run_id=RUN["frozen-run"], step=100)
         again = client.diagnose(
             healthy_run[0], batch=flat_batch, run_id=RUN["frozen-run"], step=200
@@ -221,9 +210,3 @@ def test_many_clients_at_once_lose_no_verdict(replicas, checkpoints, batch):
         stored = sum(len(list(client.list_verdicts(r.run_id, page_size=2))) for r in busy)
     assert len(busy) == clients
     assert stored == clients * each
-
-
-def _token() -> str:
-    from tests.service import TOKEN
-
-    return TOKEN

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import threading
 
 import grpc
@@ -18,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from gradhealth.client import GradientHealthClient, Retry
 from gradhealth.v1 import service_pb2, verdict_pb2
 from tests.scenarios import SCENARIOS, save_run, train_cached
-from tests.service import TOKEN, token_metadata
+from tests.service import TOKEN, cli, token_metadata
 
 # One faulty run per cause, and healthy runs of several kinds.
 SAME_AS_EMBEDDED = [
@@ -153,28 +151,10 @@ def test_watch_verdicts_streams_new_verdicts(server, client, checkpoints, batch)
 
 def test_cli_server_mode_prints_the_embedded_json_shape(server, checkpoints, batch, diagnoser):
     embedded = diagnoser.diagnose(checkpoints.path("cnn"), batch).to_dict()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gradhealth.cli",
-            "diagnose",
-            str(checkpoints.path("cnn")),
-            "--batch",
-            str(batch),
-            "--server",
-            server.target,
-            "--run",
-            "cli-run",
-            "--step",
-            "7",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env={"GRADHEALTH_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
+    done = cli(
+        "diagnose", str(checkpoints.path("cnn")), "--batch", str(batch),
+        "--server", server.target, "--run", "cli-run", "--step", "7", "--json",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
     assert set(embedded) <= set(printed)
@@ -185,23 +165,10 @@ def test_cli_server_mode_prints_the_embedded_json_shape(server, checkpoints, bat
 
 
 def test_cli_server_mode_reports_errors_in_one_line(server, checkpoints, batch):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gradhealth.cli",
-            "diagnose",
-            str(checkpoints.path("cnn")),
-            "--batch",
-            str(batch),
-            "--server",
-            server.target,
-        ],
-        capture_output=True,
-        text=True,
-        env={"GRADHEALTH_TOKEN": "wrong", "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
+    done = cli(
+        "diagnose", str(checkpoints.path("cnn")), "--batch", str(batch),
+        "--server", server.target, token="wrong",
+    )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.startswith("gradhealth: error: UNAUTHENTICATED")
     assert len(done.stderr.strip().splitlines()) == 1

@@ -74,18 +74,6 @@ def slow_checkpoint(tmp_path_factory) -> Callable[[], Path]:
     return make
 
 
-@pytest.fixture(scope="module")
-def flat_batch(tmp_path_factory) -> Path:
-    import numpy as np
-
-    from tests.models import digits
-
-    x, y = digits()
-    path = Path(tmp_path_factory.mktemp("flat")) / "flat.npz"
-    np.savez(path, x=x[:128].reshape(128, 64), y=y[:128])
-    return path
-
-
 def _busy(server: ServerProcess, client, checkpoint: Path, batch: Path, run_id: str) -> Call:
     """Start a slow call and return once the worker is running it."""
     call = Call(client.diagnose, checkpoint, batch=batch, run_id=run_id)
