@@ -99,7 +99,7 @@ def _upload(client: GradientHealthClient, raw_port: int, checkpoint: Path, batch
 def _raw_upload(channel: grpc.Channel, checkpoint: Path, hashed: bool = False):
     from bench.raw_stream import upload
 
-    return upload(channel, payload.Part(checkpoint, None, 0, "").chunks(), hashed)
+    return upload(channel, payload.file_chunks(checkpoint), hashed)
 
 
 def _latency(client: GradientHealthClient, first: Path, later: Path, batch: Path, warm_calls: int):

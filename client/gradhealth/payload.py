@@ -56,9 +56,14 @@ class Part:
                 yield bytes(view[start : start + size])
             return
         assert self.path is not None
-        with open(self.path, "rb") as handle:
-            while block := handle.read(size):
-                yield block
+        yield from file_chunks(self.path, size)
+
+
+def file_chunks(path: str | os.PathLike[str], size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """A file in chunks, read as they are sent: never whole in memory."""
+    with open(path, "rb") as handle:
+        while block := handle.read(size):
+            yield block
 
 
 def checkpoint_part(model_or_path: Any) -> Part:

@@ -11,26 +11,31 @@ from google.protobuf.json_format import MessageToDict
 from gradhealth.v1 import verdict_pb2
 
 
-def _name(enum: Any, value: int, prefix: str) -> str | None:
+def enum_name(enum: Any, value: int, prefix: str) -> str | None:
+    """CAUSE_DEAD_RELU -> "dead_relu"; None for UNSPECIFIED or a value this code
+    does not know (written by a newer peer)."""
     if value == 0:
         return None
-    return enum.Name(value).removeprefix(prefix).lower()
+    try:
+        return enum.Name(value).removeprefix(prefix).lower()
+    except ValueError:
+        return None
 
 
 def verdict_to_dict(verdict: verdict_pb2.Verdict) -> dict[str, Any]:
     return {
-        "status": _name(verdict_pb2.Status, verdict.status, "STATUS_"),
-        "primary_cause": _name(verdict_pb2.Cause, verdict.primary_cause, "CAUSE_"),
+        "status": enum_name(verdict_pb2.Status, verdict.status, "STATUS_"),
+        "primary_cause": enum_name(verdict_pb2.Cause, verdict.primary_cause, "CAUSE_"),
         "findings": [
             {
-                "cause": _name(verdict_pb2.Cause, f.cause, "CAUSE_"),
-                "severity": _name(verdict_pb2.Severity, f.severity, "SEVERITY_"),
+                "cause": enum_name(verdict_pb2.Cause, f.cause, "CAUSE_"),
+                "severity": enum_name(verdict_pb2.Severity, f.severity, "SEVERITY_"),
                 "summary": f.summary,
                 "remedy": f.remedy,
                 "layers": list(f.layers),
                 "evidence": MessageToDict(f.evidence),
                 "confidence": f.confidence,
-                "explained_by": [_name(verdict_pb2.Cause, c, "CAUSE_") for c in f.explained_by],
+                "explained_by": [enum_name(verdict_pb2.Cause, c, "CAUSE_") for c in f.explained_by],
             }
             for f in verdict.findings
         ],
@@ -111,8 +116,8 @@ def run_to_dict(run: Any) -> dict[str, Any]:
     """A gradhealth.v1.Run as JSON: names for its enums, RFC 3339 for its time."""
     return {
         "run_id": run.run_id,
-        "latest_status": _name(verdict_pb2.Status, run.latest_status, "STATUS_"),
-        "latest_primary_cause": _name(verdict_pb2.Cause, run.latest_primary_cause, "CAUSE_"),
+        "latest_status": enum_name(verdict_pb2.Status, run.latest_status, "STATUS_"),
+        "latest_primary_cause": enum_name(verdict_pb2.Cause, run.latest_primary_cause, "CAUSE_"),
         "latest_step": run.latest_step,
         "last_diagnosis_time": run.last_diagnosis_time.ToJsonString(),
         "verdict_count": run.verdict_count,

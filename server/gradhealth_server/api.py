@@ -20,6 +20,7 @@ import grpc
 from sqlalchemy.exc import SQLAlchemyError
 
 from gradhealth.v1 import service_pb2, service_pb2_grpc, verdict_pb2
+from gradhealth.verdicts import enum_name
 from gradhealth_server.feed import CLOSED, FELL_BEHIND, VerdictFeed
 from gradhealth_server.history import CheckpointSummary, RunHistory
 from gradhealth_server.jobs import JobExpired, JobQueue, QueueFull
@@ -208,9 +209,9 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
 
     def _count(self, verdict: verdict_pb2.Verdict, total: float) -> None:
         m = self.metrics
-        m.diagnoses.labels(_status(verdict)).inc()
+        m.diagnoses.labels(enum_name(verdict_pb2.Status, verdict.status, "STATUS_")).inc()
         for finding in verdict.findings:
-            m.findings.labels(_cause(finding.cause)).inc()
+            m.findings.labels(enum_name(verdict_pb2.Cause, finding.cause, "CAUSE_")).inc()
         for phase, seconds in verdict.phase_seconds.items():
             m.duration.labels(phase).observe(seconds)
         m.duration.labels("total").observe(total)
@@ -279,11 +280,3 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
                 "this watcher fell too far behind the new verdicts; watch again",
             )
         await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; watch again")
-
-
-def _status(verdict: verdict_pb2.Verdict) -> str:
-    return verdict_pb2.Status.Name(verdict.status).removeprefix("STATUS_").lower()
-
-
-def _cause(cause: int) -> str:
-    return verdict_pb2.Cause.Name(cause).removeprefix("CAUSE_").lower()

@@ -24,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gradhealth.v1 import service_pb2, verdict_pb2
+from gradhealth.verdicts import enum_name
 from gradhealth_server.history import CheckpointSummary
 
 log = logging.getLogger(__name__)
@@ -193,18 +194,15 @@ class VerdictStore:
     # --- reads ----------------------------------------------------------------------
 
     def get(self, verdict_id: str) -> verdict_pb2.Verdict | None:
-        with self.engine.connect() as db:
-            body = db.scalar(sa.select(verdicts.c.body).where(verdicts.c.verdict_id == verdict_id))
-        return verdict_pb2.Verdict.FromString(body) if body is not None else None
+        return self._one(verdicts.c.verdict_id == verdict_id)
 
     def find_request(self, run_id: str, request_id: str) -> verdict_pb2.Verdict | None:
         """The verdict an earlier attempt of this call stored, if any."""
+        return self._one(verdicts.c.run_id == run_id, verdicts.c.request_id == request_id)
+
+    def _one(self, *where: Any) -> verdict_pb2.Verdict | None:
         with self.engine.connect() as db:
-            body = db.scalar(
-                sa.select(verdicts.c.body).where(
-                    verdicts.c.run_id == run_id, verdicts.c.request_id == request_id
-                )
-            )
+            body = db.scalar(sa.select(verdicts.c.body).where(*where))
         return verdict_pb2.Verdict.FromString(body) if body is not None else None
 
     def list_verdicts(
@@ -276,7 +274,7 @@ class VerdictStore:
                 reported_accuracy=r.reported_accuracy,
                 reported_loss=r.reported_loss,
                 weight_digests=dict(r.weight_digests or {}),
-                primary_cause=_cause_name(r.primary_cause),
+                primary_cause=enum_name(verdict_pb2.Cause, r.primary_cause, "CAUSE_"),
             )
             for r in reversed(rows)
         )
@@ -320,7 +318,8 @@ def _engine(url: str) -> sa.Engine:
 
 
 def _row(v: verdict_pb2.Verdict, request_id: str) -> dict[str, Any]:
-    measurements = MessageToDict(v.measurements)
+    fields = v.measurements.fields  # only three of them: a deep model's are many
+    digests = fields["weight_digests"].struct_value if "weight_digests" in fields else None
     metrics = v.training_metrics
     return {
         "verdict_id": v.verdict_id,
@@ -332,13 +331,20 @@ def _row(v: verdict_pb2.Verdict, request_id: str) -> dict[str, Any]:
         "primary_cause": v.primary_cause,
         "checkpoint_sha256": v.checkpoint_sha256,
         "model_fingerprint": v.model_fingerprint,
-        "batch_accuracy": _number(measurements.get("accuracy")),
-        "batch_loss": _number(measurements.get("loss")),
+        "batch_accuracy": _number_field(fields, "accuracy"),
+        "batch_loss": _number_field(fields, "loss"),
         "reported_accuracy": _number(metrics.accuracy) if metrics.HasField("accuracy") else None,
         "reported_loss": _number(metrics.loss) if metrics.HasField("loss") else None,
-        "weight_digests": measurements.get("weight_digests") or {},
+        "weight_digests": MessageToDict(digests) if digests is not None else {},
         "body": v.SerializeToString(),
     }
+
+
+def _number_field(fields: Any, name: str) -> float | None:
+    """A finite number from the measurements Struct (non-finite ones are strings)."""
+    if name in fields and fields[name].HasField("number_value"):
+        return _number(fields[name].number_value)
+    return None
 
 
 def _number(value: Any) -> float | None:
@@ -346,13 +352,6 @@ def _number(value: Any) -> float | None:
     if isinstance(value, int | float) and math.isfinite(value):
         return float(value)
     return None
-
-
-def _cause_name(value: int) -> str | None:
-    try:
-        return verdict_pb2.Cause.Name(value).removeprefix("CAUSE_").lower() if value else None
-    except ValueError:  # written by a newer replica during a rolling upgrade
-        return None
 
 
 def _token_int(token: str) -> int:
