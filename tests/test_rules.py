@@ -138,6 +138,29 @@ def test_measured_remedy_is_reported():
     assert finding.confidence == 0.9 and finding.evidence["trial_loss_after"] == 1.71
 
 
+@pytest.mark.parametrize(
+    ("as_sent_after", "severity"), [(856.4, Severity.CRITICAL), (41.0, Severity.INFO)]
+)
+def test_byte_pixels_that_make_the_first_step_diverge_are_critical_even_early(
+    as_sent_after, severity
+):
+    """Fresh weights (step 0): chance accuracy is normal, but a first step that
+    multiplies the loss while `x / 255` lowers it means the run cannot start."""
+    fresh = dataclasses.replace(stuck().optimizer, iterations=0)
+    m = stuck(
+        optimizer=fresh,
+        inputs=[stats(**BYTE)],
+        first_layer_inputs=[stats("conv2d", **BYTE)],
+        trial=("x = x / 255.0", 2.318, 2.315, 40.83, as_sent_after),
+    )
+    verdict = judge(m)
+    finding = next(f for f in verdict.findings if f.cause is Cause.UNNORMALIZED_INPUT)
+    assert finding.severity is severity
+    if severity is Severity.CRITICAL:
+        assert verdict.primary_cause is Cause.UNNORMALIZED_INPUT
+        assert "cannot start learning" in finding.summary
+
+
 # -- learning rate -----------------------------------------------------------------
 
 

@@ -164,7 +164,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
             self._slot.release()
         self.sent += 1
         self.verdicts.append(verdict)
-        if self.stop_on and SEVERITY_ORDER[verdict.status] >= SEVERITY_ORDER[self.stop_on]:
+        bad_enough = self.stop_on and SEVERITY_ORDER[verdict.status] >= SEVERITY_ORDER[self.stop_on]
+        if bad_enough and not self._stop_requested:
             log.warning(
                 "gradhealth: %s verdict at step %d (%s): stopping training",
                 verdict.status,

@@ -123,6 +123,23 @@ def _parser() -> argparse.ArgumentParser:
     _server_arguments(watch)
     watch.set_defaults(handler=_watch)
 
+    demo = sub.add_parser(
+        "demo",
+        help="start the service, train a digits CNN with a classic bug, watch the verdicts, "
+        "apply the fix",
+    )
+    demo.add_argument(
+        "--bug",
+        choices=("pixels", "learning-rate"),
+        default="pixels",
+        help="pixels: 0-255 input never divided by 255; learning-rate: Adam at 1.0",
+    )
+    demo.add_argument("--epochs", type=int, default=12, help="epochs of each training run")
+    demo.add_argument(
+        "--server", metavar="HOST:PORT", help="use this service instead of starting one"
+    )
+    demo.set_defaults(handler=_demo)
+
     example = sub.add_parser(
         "example", help="write a small faulty digits checkpoint and batch to try diagnose on"
     )
@@ -384,6 +401,25 @@ def _serve(args: argparse.Namespace) -> int:
     except (WorkerDied, OSError, SQLAlchemyError) as exc:
         return _fail(f"the server could not start: {' '.join(str(exc).split())[:300]}")
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.epochs < 5:
+        return _fail("--epochs must be at least 5 (a stall needs five checkpoints)")
+    try:
+        from gradhealth_server.device import native_stderr_silenced
+
+        with native_stderr_silenced():
+            import keras  # noqa: F401  (TensorFlow's start-up lines go nowhere)
+        from gradhealth_server.demo import run_demo
+    except ImportError as exc:
+        return _fail(f"the demo needs the server extra: pip install 'gradhealth[server]' ({exc})")
+    try:
+        return run_demo(args.bug, args.epochs, args.server)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        return _fail(f"the demo failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
 
 
 def _example(args: argparse.Namespace) -> int:

@@ -97,8 +97,8 @@ def _fmt(value: Any) -> str:
 def render_runs(runs: list[dict[str, Any]], console: Console | None = None) -> None:
     """One line per run: its latest status and cause, stalled or not."""
     table = Table(title="runs")
-    for column in ("run", "status", "primary cause", "step", "verdicts", "stalled", "last"):
-        table.add_column(column)
+    for column in ("run", "status", "primary cause", "step", "verdicts", "stalled", "last (UTC)"):
+        table.add_column(column, no_wrap=True)
     for run in runs:
         status = run["latest_status"]
         table.add_row(
@@ -108,7 +108,7 @@ def render_runs(runs: list[dict[str, Any]], console: Console | None = None) -> N
             str(run["latest_step"]),
             str(run["verdict_count"]),
             "[bold red]yes[/]" if run["stalled"] else "no",
-            run["last_diagnosis_time"],
+            run["last_diagnosis_time"][:19].replace("T", " "),  # to the second, UTC
         )
     (console or Console()).print(table)
 

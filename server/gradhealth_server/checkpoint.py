@@ -8,9 +8,11 @@ cached model, so the compiled probe is reused with no retrace and no rebuild.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -146,7 +148,8 @@ class ModelCache:
 
     def _reload_weights(self, entry: LoadedModel, path: Path) -> None:
         try:
-            entry.model.load_weights(str(path))
+            with _unbuilt_optimizer_quiet():
+                entry.model.load_weights(str(path))
         except Exception as exc:  # Keras raises many types for bad weight files
             # The cached model may now hold a mix of old and new weights.
             self._models.pop(entry.fingerprint, None)
@@ -160,7 +163,8 @@ def _load_model(path: Path, limits: Limits):
     import keras
 
     try:
-        model = keras.saving.load_model(str(path), compile=True, safe_mode=True)
+        with _unbuilt_optimizer_quiet():
+            model = keras.saving.load_model(str(path), compile=True, safe_mode=True)
     except InvalidCheckpoint:
         raise
     except Exception as exc:
@@ -191,6 +195,17 @@ def _load_model(path: Path, limits: Limits):
         except (ValueError, TypeError) as exc:
             raise InvalidCheckpoint(f"the checkpoint's optimizer cannot be built: {exc}") from exc
     return model
+
+
+@contextlib.contextmanager
+def _unbuilt_optimizer_quiet() -> Iterator[None]:
+    """A checkpoint saved before the first step holds no optimizer slots; Keras
+    warns on every load. We build the optimizer instead (below): not news."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Skipping variable loading for optimizer", category=UserWarning
+        )
+        yield
 
 
 def _walk(node: Any, where: str) -> Iterator[tuple[dict[str, Any], str]]:

@@ -15,6 +15,7 @@ import logging
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,12 +97,42 @@ def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
     )
 
 
-async def serve(config: ServeConfig) -> None:
+async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set; without one, until SIGTERM or SIGINT."""
     with _spool_directory(config.spool_dir) as spool:
-        await _serve(config, spool)
+        await _serve(config, spool, stop)
 
 
-async def _serve(config: ServeConfig, spool: Path) -> None:
+@contextlib.contextmanager
+def serving_in_background(config: ServeConfig) -> Iterator[threading.Thread]:
+    """The service on a thread of this process (the demo, notebooks), drained
+    and stopped when the block ends. Diagnoses still run in worker processes.
+    Yields the serving thread: it ends early when the service cannot start."""
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(serve(config, stop))
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="gradhealth-serve", daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        with contextlib.suppress(RuntimeError):  # the loop already ended
+            loop.call_soon_threadsafe(stop.set)
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
+async def _serve(config: ServeConfig, spool: Path, stop: asyncio.Event | None) -> None:
     metrics = ServiceMetrics()
     if config.metrics_port is not None:
         host = config.host.strip("[]")
@@ -148,10 +179,11 @@ async def _serve(config: ServeConfig, spool: Path) -> None:
         _redacted(config.db_url),
     )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
 
     starting = asyncio.create_task(jobs.start())
     await asyncio.wait([starting, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")

@@ -29,6 +29,8 @@ class UnnormalizedInputRule(Rule):
         # A measured remedy counts as helping when its one-step loss drop beats the
         # batch-as-sent drop by this factor.
         trial_gain: float = 2.0
+        # ...and as sent one step raises the loss by more than this fraction: critical.
+        diverging_rise: float = 0.5
 
     def check(self, m: Measurements, ctx: Context) -> list[Finding]:
         off = [s for s in what_the_weights_see(m) if self._off_scale(s)]
@@ -62,6 +64,9 @@ class UnnormalizedInputRule(Rule):
             f"[{fmt(worst.min)}, {fmt(worst.max)}] (mean {fmt(worst.mean)}, std {fmt(worst.std)})"
         )
         confidence = 0.75
+        # One step as sent raises the loss while the rescaled batch lowers it: the
+        # run cannot start learning, however early it is.
+        diverges = False
         trial = m.trials.get("input_scale")
         if trial is not None:
             evidence.update(
@@ -78,10 +83,17 @@ class UnnormalizedInputRule(Rule):
             )
             if trial.relative_drop > self.t.trial_gain * max(trial.baseline_relative_drop, 0):
                 confidence = 0.9
+                diverges = trial.baseline_relative_drop < -self.t.diverging_rise
             elif trial.relative_drop < 1e-3:
                 summary += " (the weights are already damaged: one step cannot recover them)"
                 remedy += "; retrain from the start with the fix, not from this checkpoint"
-        severity = Severity.INFO if ctx.learning or ctx.early else Severity.WARNING
+        if diverges:
+            severity = Severity.CRITICAL
+            summary += " (as sent, one step raises the loss: this run cannot start learning)"
+        elif ctx.learning or ctx.early:
+            severity = Severity.INFO
+        else:
+            severity = Severity.WARNING
         if severity is Severity.INFO:
             summary += " (the run learns anyway; normalizing makes it robust to the optimizer)"
         return [
