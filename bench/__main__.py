@@ -51,6 +51,8 @@ def main() -> int:
         f"{callback['fit_seconds']} s, default cadence): {callback['ratio']:.3f}x "
         f"({callback['low']:.3f}-{callback['high']:.3f}), target <= {callback['target']}x: "
         + ("yes" if callback["meets_target"] else "NO")
+        + f"; training thread held {callback['training_thread_ms_per_fit']} ms per fit "
+        f"({callback['training_thread_ratio']:.4f}x)"
     )
     if args.json:
         everything = {"probe": results, "service": served, "callback": callback}
