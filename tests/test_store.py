@@ -75,7 +75,66 @@ def test_verdicts_survive_reopening_the_store(url):
     assert again.get(made[1].verdict_id) == made[1]
     assert [v.step for v in again.list_verdicts(VerdictQuery(run_id="run"), 10, "")[0]] == [2, 1, 0]
     with again.engine.connect() as db:
-        assert db.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0001"
+        assert db.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0002"
+
+
+def test_a_store_of_an_older_schema_is_upgraded_in_place_with_its_verdicts(url):
+    """What an operator's upgrade does: the new server migrates the old database."""
+    from importlib.resources import files
+
+    from alembic import command
+    from alembic.config import Config
+
+    from gradhealth_server import store as store_module
+
+    old = verdict(run="old-run", step=7)
+    row = store_module._row(old, "")
+    del row["grad_norm"]  # revision 0001 has no such column
+    config = Config()
+    config.set_main_option("script_location", str(files("gradhealth_server") / "migrations"))
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        config.attributes["connection"] = db
+        command.upgrade(config, "0001")
+        db.execute(
+            sa.text("INSERT INTO runs VALUES (:run, :t, :t, :vid, 7, :status, 0, 1, false)"),
+            {
+                "run": "old-run",
+                "t": row["create_time"],
+                "vid": old.verdict_id,
+                "status": old.status,
+            },
+        )
+        columns = ", ".join(row)
+        db.execute(
+            sa.text(f"INSERT INTO verdicts ({columns}) VALUES ({', '.join(':' + c for c in row)})"),
+            {**row, "weight_digests": '{"dense": "7"}'},
+        )
+    engine.dispose()
+    upgraded = VerdictStore(url)
+    assert upgraded.get(old.verdict_id) == old
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    (run,) = upgraded.active_runs(since, 10)
+    assert (run.run_id, run.step, run.grad_norm) == ("old-run", 7, None)
+    upgraded.add(verdict(run="old-run", step=8))
+    assert upgraded.active_runs(since, 10)[0].step == 8
+
+
+def test_active_runs_are_the_recent_ones_newest_first_and_bounded(url):
+    store = VerdictStore(url)
+    now = dt.datetime.now(dt.UTC)
+    for i, age_hours in enumerate((30, 5, 1, 0)):
+        v = verdict(run=f"run-{i}", step=10, when=now - dt.timedelta(hours=age_hours))
+        v.measurements.update({"grad_norm": 0.5 + i})
+        store.add(v)
+    active = store.active_runs(now - dt.timedelta(hours=24), limit=10)
+    assert [r.run_id for r in active] == ["run-3", "run-2", "run-1"]  # run-0 went quiet
+    assert [r.grad_norm for r in active] == [3.5, 2.5, 1.5]
+    assert active[0].reported_accuracy == 0.5 and active[0].batch_loss is None  # "nan"
+    assert [r.run_id for r in store.active_runs(now - dt.timedelta(hours=24), limit=2)] == [
+        "run-3",
+        "run-2",
+    ]
 
 
 def test_paging_is_newest_first_and_stable_under_inserts(url):

@@ -66,6 +66,8 @@ class JobQueue:
         self.workers = workers
         self.capacity = capacity
         self.metrics = metrics
+        metrics.queue_capacity.set(capacity)
+        metrics.workers.set(len(workers))
         self.job_time_limit = job_time_limit
         self.stopping = False
         self._slots = 0  # calls admitted and not yet handed to a worker
@@ -166,7 +168,8 @@ class JobQueue:
                 result = await worker.run(pending.job, self.job_time_limit)
             except Exception as exc:  # a dispatcher must outlive any job
                 if isinstance(exc, WorkerDied | JobTimedOut):
-                    log.error("%s: %s", worker.name, exc)
+                    job = pending.job
+                    log.error("%s: %s (run %s, step %d)", worker.name, exc, job.run_id, job.step)
                 else:
                     log.exception("%s: job %s failed", worker.name, pending.job.job_id)
                 if not pending.result.done():

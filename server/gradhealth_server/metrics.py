@@ -1,7 +1,9 @@
 """The service's Prometheus metrics (prefix `gradhealth_`, base units).
 
-Labels stay low-cardinality: a status, a cause, a phase, a reason; never a run
-or a layer. Each server owns its registry, so tests can read exact values.
+Labels stay low-cardinality: a status, a cause, a phase, a reason; never a
+layer. The per-run gauges (a bounded set of recent runs, read from the store)
+are in run_metrics.py. Each server owns its registry, so tests can read exact
+values.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ class ServiceMetrics:
             "Calls admitted and not yet taken by a worker (uploading or waiting).",
             registry=r,
         )
+        self.queue_capacity = Gauge(
+            "gradhealth_queue_capacity",
+            "Calls that may be admitted at once (--queue-size); more get RESOURCE_EXHAUSTED.",
+            registry=r,
+        )
+        self.workers = Gauge("gradhealth_workers", "Worker processes configured.", registry=r)
         self.rejected = Counter(
             "gradhealth_rejected",
             "Diagnose calls refused or failed, by reason.",

@@ -32,6 +32,7 @@ from gradhealth_server.feed import VerdictFeed
 from gradhealth_server.jobs import JobQueue
 from gradhealth_server.limits import MiB
 from gradhealth_server.metrics import ServiceMetrics
+from gradhealth_server.run_metrics import RunMetrics, RunMetricsConfig
 from gradhealth_server.store import VerdictStore
 from gradhealth_server.upload import UploadLimits
 from gradhealth_server.worker import Worker, WorkerConfig
@@ -67,6 +68,7 @@ class ServeConfig:
     # SQLAlchemy URL of the verdict store: a SQLite file, or PostgreSQL for replicas.
     db_url: str = "sqlite:///gradhealth.db"
     job_time_limit: float = 900.0
+    run_metrics: RunMetricsConfig = field(default_factory=RunMetricsConfig)
     upload: UploadLimits = field(default_factory=UploadLimits)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
 
@@ -134,13 +136,14 @@ def serving_in_background(config: ServeConfig) -> Iterator[threading.Thread]:
 
 async def _serve(config: ServeConfig, spool: Path, stop: asyncio.Event | None) -> None:
     metrics = ServiceMetrics()
+    workers = [Worker(config.worker, f"worker-{i}") for i in range(config.workers)]
+    jobs = JobQueue(workers, config.queue_size, metrics, config.job_time_limit)
+    store = VerdictStore(config.db_url)  # applies the schema migrations
+    metrics.registry.register(RunMetrics(store, config.run_metrics))
     if config.metrics_port is not None:
         host = config.host.strip("[]")
         start_http_server(config.metrics_port, addr=host, registry=metrics.registry)
         log.info("metrics on %s:%d/metrics", config.host, config.metrics_port)
-    workers = [Worker(config.worker, f"worker-{i}") for i in range(config.workers)]
-    jobs = JobQueue(workers, config.queue_size, metrics, config.job_time_limit)
-    store = VerdictStore(config.db_url)  # applies the schema migrations
     feed = VerdictFeed()
     following = asyncio.create_task(feed.follow(store))
     servicer = GradientHealthServicer(

@@ -45,6 +45,7 @@ runs = sa.Table(
     sa.Column("latest_primary_cause", sa.SmallInteger, nullable=False),
     sa.Column("verdict_count", sa.Integer, nullable=False),
     sa.Column("stalled", sa.Boolean, nullable=False),
+    sa.Index("ix_runs_last_time", "last_time"),
 )
 verdicts = sa.Table(
     "verdicts",
@@ -63,6 +64,7 @@ verdicts = sa.Table(
     sa.Column("batch_loss", sa.Float),
     sa.Column("reported_accuracy", sa.Float),
     sa.Column("reported_loss", sa.Float),
+    sa.Column("grad_norm", sa.Float),
     sa.Column("weight_digests", sa.JSON, nullable=False),
     sa.Column("body", sa.LargeBinary, nullable=False),
     # Request-id deduplication rests on this constraint.
@@ -84,6 +86,23 @@ MAX_TOKEN = 2**63 - 1
 
 class BadPageToken(ValueError):
     """A page token or filter this server cannot have given (INVALID_ARGUMENT)."""
+
+
+@dataclass(frozen=True)
+class ActiveRun:
+    """A run's latest verdict, as the per-run Prometheus gauges show it."""
+
+    run_id: str
+    status: int
+    primary_cause: int
+    step: int
+    stalled: bool
+    last_time: dt.datetime
+    reported_accuracy: float | None
+    reported_loss: float | None
+    batch_accuracy: float | None
+    batch_loss: float | None
+    grad_norm: float | None
 
 
 @dataclass(frozen=True)
@@ -255,6 +274,32 @@ class VerdictStore:
             out.append(run)
         return out, (rows[size - 1].run_id if len(rows) > size else "")
 
+    def active_runs(self, since: dt.datetime, limit: int) -> list[ActiveRun]:
+        """Runs diagnosed since `since`, most recent first, at most `limit`."""
+        latest = verdicts.alias("latest")
+        select = (
+            sa.select(
+                runs.c.run_id,
+                runs.c.latest_status,
+                runs.c.latest_primary_cause,
+                runs.c.latest_step,
+                runs.c.stalled,
+                runs.c.last_time,
+                latest.c.reported_accuracy,
+                latest.c.reported_loss,
+                latest.c.batch_accuracy,
+                latest.c.batch_loss,
+                latest.c.grad_norm,
+            )
+            .join(latest, latest.c.verdict_id == runs.c.latest_verdict_id)
+            .where(runs.c.last_time >= since)
+            .order_by(runs.c.last_time.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as db:
+            rows = db.execute(select).all()
+        return [ActiveRun(*row[:5], _aware(row.last_time), *row[6:]) for row in rows]
+
     def history(self, run_id: str, limit: int) -> tuple[CheckpointSummary, ...]:
         """The run's last `limit` checkpoints, oldest first."""
         select = (
@@ -318,7 +363,7 @@ def _engine(url: str) -> sa.Engine:
 
 
 def _row(v: verdict_pb2.Verdict, request_id: str) -> dict[str, Any]:
-    fields = v.measurements.fields  # only three of them: a deep model's are many
+    fields = v.measurements.fields  # only four of them: a deep model's are many
     digests = fields["weight_digests"].struct_value if "weight_digests" in fields else None
     metrics = v.training_metrics
     return {
@@ -333,6 +378,7 @@ def _row(v: verdict_pb2.Verdict, request_id: str) -> dict[str, Any]:
         "model_fingerprint": v.model_fingerprint,
         "batch_accuracy": _number_field(fields, "accuracy"),
         "batch_loss": _number_field(fields, "loss"),
+        "grad_norm": _number_field(fields, "grad_norm"),
         "reported_accuracy": _number(metrics.accuracy) if metrics.HasField("accuracy") else None,
         "reported_loss": _number(metrics.loss) if metrics.HasField("loss") else None,
         "weight_digests": MessageToDict(digests) if digests is not None else {},
