@@ -68,6 +68,19 @@ def flat_batch(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def stuck_run(tmp_path_factory) -> list[Path]:
+    """Five checkpoints of a digits MLP with a far too small learning rate: its
+    accuracy stays where it started."""
+    return models.sgd_run_checkpoints(Path(tmp_path_factory.mktemp("stuck")), 1e-6)
+
+
+@pytest.fixture(scope="session")
+def healthy_run(tmp_path_factory) -> list[Path]:
+    """Five checkpoints of the same MLP at a good learning rate: it learns."""
+    return models.sgd_run_checkpoints(Path(tmp_path_factory.mktemp("healthy")), 0.05)
+
+
+@pytest.fixture(scope="session")
 def postgres():
     """A throwaway PostgreSQL server for the session (Debian's binaries)."""
     from tests.postgres import ThrowawayPostgres

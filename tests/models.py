@@ -146,3 +146,29 @@ class CheckpointFactory:
             path = self.root / f"{kind}_{stage}.keras"
             model.save(path)
             self._made[kind if stage == "a" else f"{kind}@b"] = path
+
+
+def sgd_run_checkpoints(directory: Path, learning_rate: float, epochs: int = 5) -> list[Path]:
+    """One digits MLP trained with SGD, a checkpoint after every epoch."""
+    x, y = digits()
+    x = x.reshape(len(x), -1)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name=f"history_mlp_{learning_rate:g}",
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    paths = []
+    for epoch in range(epochs):
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+        paths.append(directory / f"epoch_{epoch}.keras")
+        model.save(paths[-1])
+    return paths

@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 
 import grpc
-import keras
 import pytest
 
 from gradhealth.client import GradientHealthClient
@@ -18,45 +17,6 @@ from tests.service import TOKEN, ServerProcess
 RUN = {
     name: f"{name}-{uuid.uuid4().hex[:6]}" for name in ("stuck-run", "healthy-run", "frozen-run")
 }
-
-
-def run_checkpoints(directory: Path, learning_rate: float, epochs: int = 5) -> list[Path]:
-    """One digits MLP trained with SGD, a checkpoint after every epoch."""
-    from tests.models import digits
-
-    x, y = digits()
-    x = x.reshape(len(x), -1)
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ],
-        name=f"history_mlp_{learning_rate:g}",
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    paths = []
-    for epoch in range(epochs):
-        model.fit(x, y, epochs=1, batch_size=32, verbose=0)
-        paths.append(directory / f"epoch_{epoch}.keras")
-        model.save(paths[-1])
-    return paths
-
-
-@pytest.fixture(scope="module")
-def stuck_run(tmp_path_factory) -> list[Path]:
-    """Far too small a learning rate: accuracy stays where it started."""
-    return run_checkpoints(Path(tmp_path_factory.mktemp("stuck")), 1e-6)
-
-
-@pytest.fixture(scope="module")
-def healthy_run(tmp_path_factory) -> list[Path]:
-    return run_checkpoints(Path(tmp_path_factory.mktemp("healthy")), 0.05)
 
 
 @pytest.fixture(scope="module")
