@@ -47,13 +47,20 @@ class ThrowawayPostgres:
     def start(self) -> ThrowawayPostgres:
         self._run(_binary("initdb"), "-D", str(self.data), "-U", "gradhealth",
                   "--auth=trust", "-E", "UTF8")  # fmt: skip
+        self.resume()
+        return self
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data: a database outage."""
+        self._run(_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
         options = (
             f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
         self._run(_binary("pg_ctl"), "-D", str(self.data), "-o", options, "-w",
                   "-l", str(self.directory / "log"), "start")  # fmt: skip
-        return self
 
     def database(self, name: str) -> str:
         """A new empty database; its SQLAlchemy URL."""
@@ -68,6 +75,7 @@ class ThrowawayPostgres:
 
     def stop(self) -> None:
         try:
-            self._run(_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+            if (self.data / "postmaster.pid").exists():  # not paused
+                self._run(_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)

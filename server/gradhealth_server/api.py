@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import errno
+import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,7 +28,7 @@ from gradhealth_server.history import CheckpointSummary, RunHistory
 from gradhealth_server.jobs import JobExpired, JobQueue, QueueFull
 from gradhealth_server.limits import Limits
 from gradhealth_server.metrics import ServiceMetrics
-from gradhealth_server.store import BadPageToken, VerdictQuery, VerdictStore
+from gradhealth_server.store import BadPageToken, VerdictQuery, VerdictStore, store_error
 from gradhealth_server.upload import (
     RpcFailure,
     Spool,
@@ -56,6 +58,29 @@ MODES = {
     service_pb2.PROBE_MODE_FULL: "full",
     service_pb2.PROBE_MODE_NORMS: "norms",
 }
+
+
+def store_unavailable() -> RpcFailure:
+    """A store that does not answer: clients retry, on another replica or later."""
+    return RpcFailure(
+        grpc.StatusCode.UNAVAILABLE, "store", "the verdict store is unavailable; retry"
+    )
+
+
+def _store_unavailable(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Queries answer UNAVAILABLE, not UNKNOWN with a driver's message, when the
+    store is down."""
+
+    @functools.wraps(handler)
+    async def answer(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except SQLAlchemyError as exc:
+            log.error("the verdict store failed: %s", store_error(exc))
+            failure = store_unavailable()
+            await context.abort(failure.code, failure.message)
+
+    return answer
 
 
 class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
@@ -95,7 +120,11 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         self._in_flight += 1
         self._idle.clear()
         try:
-            verdict = await self._diagnose(request_iterator, context)
+            try:
+                verdict = await self._diagnose(request_iterator, context)
+            except SQLAlchemyError as exc:  # any of its reads or its write
+                log.error("the verdict store failed: %s", store_error(exc))
+                raise store_unavailable() from exc
         except RpcFailure as failure:
             self.metrics.rejected.labels(failure.reason).inc()
             self.metrics.diagnoses.labels("error").inc()
@@ -151,11 +180,6 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
                 else grpc.StatusCode.INTERNAL
             )
             raise RpcFailure(code, "spool", "the server could not store the upload") from exc
-        except SQLAlchemyError as exc:
-            log.error("the verdict store failed: %s", exc)
-            raise RpcFailure(
-                grpc.StatusCode.UNAVAILABLE, "store", "the verdict store is unavailable; retry"
-            ) from exc
         except asyncio.CancelledError:
             self.metrics.rejected.labels("cancelled").inc()
             raise
@@ -167,13 +191,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         stored = time.perf_counter()
         # Committed before the reply: an answered verdict is never lost. The feed
         # learns of it from the store, as it learns of other replicas' verdicts.
-        try:
-            verdict = await asyncio.to_thread(self.store.add, verdict, header.request_id)
-        except SQLAlchemyError as exc:
-            log.error("storing verdict %s failed: %s", verdict.verdict_id, exc)
-            raise RpcFailure(
-                grpc.StatusCode.UNAVAILABLE, "store", "the verdict store is unavailable; retry"
-            ) from exc
+        verdict = await asyncio.to_thread(self.store.add, verdict, header.request_id)
         self.metrics.duration.labels("store").observe(time.perf_counter() - stored)
         self._count(verdict, time.perf_counter() - started)
         return verdict
@@ -219,6 +237,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
 
     # --- queries --------------------------------------------------------------------
 
+    @_store_unavailable
     async def GetVerdict(
         self, request: service_pb2.GetVerdictRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.GetVerdictResponse:
@@ -229,6 +248,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
             )
         return service_pb2.GetVerdictResponse(verdict=verdict)
 
+    @_store_unavailable
     async def ListVerdicts(
         self, request: service_pb2.ListVerdictsRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListVerdictsResponse:
@@ -247,6 +267,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return service_pb2.ListVerdictsResponse(verdicts=verdicts, next_page_token=token)
 
+    @_store_unavailable
     async def ListRuns(
         self, request: service_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListRunsResponse:

@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterator
 from typing import Protocol
 
 from gradhealth.v1 import verdict_pb2
+from gradhealth_server.store import store_error
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class VerdictFeed:
         self._start: int | None = None  # the newest row id when following began
         self._newest = 0
         self._delivered: deque[int] = deque(maxlen=4 * LOOK_BACK)
+        self._failing = False  # the store did not answer the last poll
 
     @property
     def watchers(self) -> int:
@@ -88,9 +90,14 @@ class VerdictFeed:
             after = max(self._start, self._newest - LOOK_BACK)
             seen = set(self._delivered)
             rows = await asyncio.to_thread(store.since, after, 500, seen)
-        except Exception:  # a database hiccup must not end the feed
-            log.exception("reading new verdicts failed; retrying")
+        except Exception as exc:  # a database hiccup must not end the feed
+            if not self._failing:  # once per outage, not every 0.25 s
+                log.error("reading new verdicts failed, retrying: %s", store_error(exc))
+            self._failing = True
             return
+        if self._failing:
+            log.info("reading new verdicts works again")
+            self._failing = False
         for row_id, verdict in rows:
             if row_id not in seen:
                 self._delivered.append(row_id)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gradhealth.v1 import verdict_pb2
 from gradhealth.verdicts import enum_name
-from gradhealth_server.store import ActiveRun, VerdictStore
+from gradhealth_server.store import ActiveRun, VerdictStore, store_error
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class RunMetrics(Collector):
         try:
             active = self.store.active_runs(since, self.config.max_runs)
         except SQLAlchemyError as exc:
-            log.warning("run metrics: the verdict store is unavailable: %s", exc.__class__.__name__)
+            log.warning("run metrics: the verdict store is unavailable: %s", store_error(exc))
             families["store_up"].add_metric([], 0)
             yield families["store_up"]
             return

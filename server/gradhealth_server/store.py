@@ -347,6 +347,16 @@ class VerdictStore:
             return db.scalar(sa.select(sa.func.max(verdicts.c.id))) or 0
 
 
+def store_error(exc: BaseException) -> str:
+    """A store failure for the log: the driver's message, never the SQL, its
+    parameters (whole verdicts) or the connection URL."""
+    original = getattr(exc, "orig", None) or exc
+    message = " ".join(str(original).split())
+    if isinstance(exc, sa.exc.StatementError) and original is exc:
+        message = message.split("[SQL:")[0].strip()
+    return f"{type(original).__name__}: {message[:300]}"
+
+
 def _engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})

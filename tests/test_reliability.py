@@ -1,0 +1,279 @@
+"""Overload, crashes and outages against the real server: it stays up, refuses
+what it cannot take with a clear status, and never loses a stored verdict.
+
+Every load here is bounded in count and time and goes to loopback only."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from gradhealth.client import GradientHealthClient, Retry
+from tests.postgres import ThrowawayPostgres
+from tests.service import TOKEN, ServerProcess, free_port, kill
+
+ONE_TRY = Retry(attempts=1)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class MemoryWatch:
+    """Peak RSS of the server process and of its workers, sampled every 50 ms."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.peak_server = self.peak_workers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        assert self.server.process is not None
+        while not self._stop.wait(0.05):
+            self.peak_server = max(self.peak_server, rss_bytes(self.server.process.pid))
+            workers = sum(rss_bytes(pid) for pid in self.server.worker_pids())
+            self.peak_workers = max(self.peak_workers, workers)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper is not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def stored_verdicts(url: str, run_prefix: str) -> list[tuple[str, str | None]]:
+    """(verdict_id, request_id) of every stored verdict of these runs, read directly."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as db:
+            rows = db.execute(
+                sa.text("SELECT verdict_id, request_id FROM verdicts WHERE run_id LIKE :p"),
+                {"p": f"{run_prefix}%"},
+            ).all()
+    finally:
+        engine.dispose()
+    return [tuple(row) for row in rows]
+
+
+# --- overload ---------------------------------------------------------------------
+
+CLIENTS, CALLS_EACH, QUEUE = 24, 3, 4
+
+
+def test_overload_refuses_the_excess_and_stores_every_accepted_verdict(
+    tmp_path, checkpoints, batch
+):
+    db = f"sqlite:///{tmp_path / 'verdicts.db'}"
+    server = ServerProcess(tmp_path, "--queue-size", str(QUEUE), db=db).start()
+    checkpoint = checkpoints.path("cnn")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(CLIENTS)
+
+    def client_loop(i: int) -> None:
+        with GradientHealthClient(server.target, retry=ONE_TRY, timeout=120) as client:
+            barrier.wait()
+            for call in range(CALLS_EACH):
+                try:
+                    client.diagnose(checkpoint, batch=batch, run_id=f"load-{i}", step=call)
+                    outcomes.append("verdict")
+                except grpc.RpcError as error:
+                    outcomes.append(error.code().name)
+
+    try:
+        with GradientHealthClient(server.target) as warm:  # compile once: the load is warm
+            warm.diagnose(checkpoint, batch=batch, run_id="warm-up")
+        baseline = rss_bytes(server.process.pid)
+        started = time.monotonic()
+        with MemoryWatch(server) as memory:
+            threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(CLIENTS)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(180)
+        elapsed = time.monotonic() - started
+        accepted = outcomes.count("verdict")
+        refused = outcomes.count("RESOURCE_EXHAUSTED")
+        # Every call was answered: a verdict, or a clear "come back later".
+        assert len(outcomes) == CLIENTS * CALLS_EACH and accepted + refused == len(outcomes)
+        assert refused > 0 and accepted > QUEUE  # it was overloaded, and it kept working
+        assert server.metric("gradhealth_rejected_total", reason="queue_full") == refused
+        # Every accepted call's verdict is stored, once.
+        stored = stored_verdicts(db, "load-")
+        assert len(stored) == accepted and len({r for _, r in stored}) == accepted
+        # Still up and serving; memory bounded (uploads are spooled to disk).
+        assert server.health() == 1  # SERVING
+        with GradientHealthClient(server.target, retry=ONE_TRY) as client:
+            assert client.diagnose(checkpoint, batch=batch, run_id="after-load").status
+        assert memory.peak_server - baseline < 300 * 2**20, memory.peak_server
+        assert memory.peak_workers < 3 * 2**30, memory.peak_workers
+        print(
+            f"\noverload: {len(outcomes)} calls from {CLIENTS} clients in {elapsed:.1f} s, "
+            f"{accepted} verdicts (all stored), {refused} RESOURCE_EXHAUSTED; server RSS "
+            f"{baseline / 2**20:.0f} -> peak {memory.peak_server / 2**20:.0f} MiB, workers "
+            f"peak {memory.peak_workers / 2**20:.0f} MiB"
+        )
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+# --- the server killed mid-write ------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'verdicts.db'}"
+    return request.getfixturevalue("postgres").database(f"kill_{uuid.uuid4().hex[:10]}")
+
+
+def test_sigkill_mid_write_then_restart_loses_and_duplicates_nothing(
+    tmp_path, database, checkpoints, batch
+):
+    """Clients keep retrying (one request id per call) while the server is killed
+    with SIGKILL in the middle of the calls and started again on the same store."""
+    port = free_port()
+    server = ServerProcess(tmp_path / "first", port=port, db=database).start()
+    calls, results, errors = 8, {}, []  # all fit the default queue (8): none refused
+    prefix = f"killed-{uuid.uuid4().hex[:6]}-"
+
+    def call(i: int) -> None:
+        try:
+            with GradientHealthClient(server.target, timeout=180) as client:
+                verdict = client.diagnose(
+                    checkpoints.path("cnn"), batch=batch, run_id=f"{prefix}{i}", step=i
+                )
+                results[i] = verdict.verdict_id
+        except Exception as exc:  # handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(calls)]
+    for thread in threads:
+        thread.start()
+    server.wait_metric("gradhealth_diagnoses_total", 2, timeout=120, status="healthy")
+    old_workers = server.worker_pids()
+    kill(server.process.pid)  # mid-stream: some calls uploading, queued, or being stored
+    server.process.wait(30)
+    restarted = ServerProcess(tmp_path / "second", port=port, db=database).start()
+    try:
+        for thread in threads:
+            thread.join(240)
+        assert not errors, errors
+        assert len(results) == calls  # every call got its verdict, across the crash
+        stored = stored_verdicts(database, prefix)
+        assert len(stored) == calls  # none lost, none twice (request ids deduplicate)
+        assert {verdict_id for verdict_id, _ in stored} == set(results.values())
+        with GradientHealthClient(restarted.target) as client:
+            for verdict_id in results.values():  # every reply is readable in full
+                assert client.get_verdict(verdict_id).verdict_id == verdict_id
+        if database.startswith("sqlite"):
+            path = database.removeprefix("sqlite:///")
+            with sqlite3.connect(path) as db:
+                assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        # The killed server's workers noticed their parent was gone and exited.
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in old_workers):
+            assert time.monotonic() < deadline, f"orphaned workers {old_workers}"
+            time.sleep(0.2)
+    finally:
+        assert restarted.stop() == 0, restarted.log()
+
+
+# --- the database goes away and comes back --------------------------------------------
+
+SECRET_PASSWORD = "pw-" + uuid.uuid4().hex
+
+
+def test_a_database_outage_gives_unavailable_then_recovers_by_itself(tmp_path, checkpoints, batch):
+    database = ThrowawayPostgres().start()
+    try:
+        url = database.database("outage").replace(
+            "gradhealth@",
+            f"gradhealth:{SECRET_PASSWORD}@",  # trust auth ignores it
+        )
+        token_file = tmp_path / "token"
+        token_file.write_text(TOKEN)
+        server = ServerProcess(tmp_path, "--token-file", str(token_file), db=url).start()
+        cnn = checkpoints.path("cnn")
+        try:
+            with GradientHealthClient(server.target, token=TOKEN, retry=ONE_TRY) as client:
+                before = client.diagnose(cnn, batch=batch, run_id="outage", step=1)
+                database.pause()
+                with pytest.raises(grpc.RpcError) as caught:
+                    client.diagnose(cnn, batch=batch, run_id="outage", step=2)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "verdict store is unavailable" in caught.value.details()
+                with pytest.raises(grpc.RpcError) as query:
+                    client.list_runs()
+                assert query.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert server.metric("gradhealth_store_up") == 0
+                assert server.health() == 1  # still SERVING: the outage is the database's
+
+            # A job that retries (the default client) rides out the outage.
+            waiting: dict[str, object] = {}
+
+            def retrying_call() -> None:
+                with GradientHealthClient(server.target, token=TOKEN, timeout=120) as client:
+                    waiting["verdict"] = client.diagnose(cnn, batch=batch, run_id="outage", step=3)
+
+            thread = threading.Thread(target=retrying_call)
+            thread.start()
+            time.sleep(3)  # it is being refused and retried meanwhile
+            database.resume()
+            thread.join(150)
+            assert waiting["verdict"].step == 3
+            with GradientHealthClient(server.target, token=TOKEN) as client:
+                steps = sorted(v.step for v in client.list_verdicts("outage"))
+                assert steps == [1, 3]  # nothing lost; the refused call stored nothing
+                assert client.get_verdict(before.verdict_id).step == 1
+            assert server.metric("gradhealth_store_up") == 1
+            wrong = GradientHealthClient(server.target, token="wrong-" + SECRET_PASSWORD)
+            with wrong, pytest.raises(grpc.RpcError):  # for the log check below
+                wrong.list_runs()
+        finally:
+            assert server.stop() == 0, server.log()
+        log = server.log()
+        assert "verdict store failed" in log or "storing verdict" in log  # the outage is logged
+        for secret in (SECRET_PASSWORD, TOKEN):
+            assert secret not in log, "a secret reached the server log"
+        assert "[SQL:" not in log and "INSERT INTO" not in log  # no statements or verdict blobs
+    finally:
+        database.stop()
+
+
+def test_worker_processes_exit_with_their_server(tmp_path):
+    """No orphan keeps a GPU after its server is gone, however the server died."""
+    server = ServerProcess(tmp_path).start()
+    workers = server.worker_pids()
+    assert workers
+    kill(server.process.pid)
+    server.process.wait(30)
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their server"
+        time.sleep(0.2)
