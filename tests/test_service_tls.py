@@ -17,12 +17,12 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _issue(directory: Path, name: str, subject: str, extensions: str) -> None:
-    """A key and a certificate for `name`, signed by the test CA."""
+def _issue(directory: Path, name: str, subject: str, extensions: str, ca: str = "ca") -> None:
+    """A key and a certificate for `name`, signed by the CA `ca` (ca.pem, ca.key)."""
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-subj", subject,
              "-out", f"{name}.csr", cwd=directory)  # fmt: skip
     (directory / f"{name}.ext").write_text(extensions)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
              "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
              cwd=directory)  # fmt: skip
 
@@ -36,6 +36,11 @@ def certs(tmp_path_factory) -> Path:
            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")  # fmt: skip
     _issue(directory, "client", "/CN=training-job",
            "extendedKeyUsage=clientAuth\n")  # fmt: skip
+    # An intruder with a well-formed client certificate from a CA of its own.
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue.key", "-out",
+             "rogue.pem", "-days", "2", "-subj", "/CN=rogue CA", cwd=directory)  # fmt: skip
+    _issue(directory, "intruder", "/CN=training-job",
+           "extendedKeyUsage=clientAuth\n", ca="rogue")  # fmt: skip
     return directory
 
 
@@ -68,11 +73,17 @@ def test_mutual_tls_client_with_a_certificate_is_served(mtls_server, certs, chec
 
 @pytest.mark.parametrize(
     "tls",
-    [None, "no client certificate"],
-    ids=["plaintext", "no-client-cert"],
+    [None, "no client certificate", "certificate from another CA"],
+    ids=["plaintext", "no-client-cert", "rogue-ca-cert"],
 )
 def test_clients_without_tls_or_a_certificate_are_refused(mtls_server, certs, tls):
-    settings = Tls(certs / "ca.pem") if tls else None
+    settings = {
+        None: None,
+        "no client certificate": Tls(certs / "ca.pem"),
+        "certificate from another CA": Tls(
+            certs / "ca.pem", certs / "intruder.pem", certs / "intruder.key"
+        ),
+    }[tls]
     client = GradientHealthClient(mtls_server.target, tls=settings, retry=Retry(attempts=1))
     with client, pytest.raises(grpc.RpcError) as caught:
         client.list_runs(timeout=10)
