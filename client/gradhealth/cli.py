@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -23,7 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A terminal user needs no TensorFlow start-up messages (set before TF loads).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except BadEnvironmentValue as exc:
+        return _fail(str(exc))
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -70,9 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
     serve.add_argument(
         "--db",
-        default=os.environ.get("GRADHEALTH_DB", "sqlite:///gradhealth.db"),
+        default="sqlite:///gradhealth.db",
         help="verdict store: a SQLAlchemy URL, sqlite:///FILE or "
-        "postgresql+psycopg://USER@HOST/DB (default: $GRADHEALTH_DB or ./gradhealth.db)",
+        "postgresql+psycopg://USER:PASSWORD@HOST/DB",
     )
     serve.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU)")
     serve.add_argument(
@@ -84,6 +87,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", type=Path, help="require client certs from this CA")
     serve.add_argument("--max-checkpoint-mb", type=float, default=2048)
     serve.add_argument("--max-batch-mb", type=float, default=256)
+    serve.add_argument(
+        "--max-batch-rows", type=int, default=4096, help="most rows a sample batch may have"
+    )
+    serve.add_argument(
+        "--max-parameters",
+        type=int,
+        default=500_000_000,
+        help="largest model accepted, in parameters (refused before it is built)",
+    )
+    serve.add_argument(
+        "--allow-class",
+        metavar="MODULE.CLASS[,...]",
+        help="layer classes outside Keras to trust (they must be importable by the server)",
+    )
     serve.add_argument("--spool-dir", type=Path, help="where uploads are written (default: TMPDIR)")
     serve.add_argument("--grace", type=float, default=60.0, help="seconds to drain on SIGTERM")
     serve.add_argument(
@@ -101,6 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cache-size", type=int, default=8, help="architectures kept loaded")
     serve.add_argument("--no-xla", action="store_true", help="never try XLA compilation")
     serve.add_argument("--rules-config", type=Path, help="JSON of threshold overrides")
+    serve.add_argument(
+        "--run-metrics-window",
+        type=float,
+        default=24 * 3600.0,
+        help="seconds a run stays in the per-run gauges after its last checkpoint",
+    )
+    serve.add_argument(
+        "--run-metrics-max", type=int, default=500, help="most runs in the per-run gauges"
+    )
+    _environment_defaults(serve)
     serve.set_defaults(handler=_serve)
 
     runs = sub.add_parser("runs", help="list the runs a server knows, with their latest status")
@@ -146,6 +173,54 @@ def _parser() -> argparse.ArgumentParser:
     example.add_argument("directory", type=Path)
     example.set_defaults(handler=_example)
     return parser
+
+
+class BadEnvironmentValue(Exception):
+    """A GRADHEALTH_* variable argparse cannot convert. Not a ValueError, which
+    argparse would report as the flag's own error, with the usage."""
+
+
+def _environment_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every --flag of `parser` defaults to $GRADHEALTH_<FLAG> when that is set and
+    not empty (--metrics-port: GRADHEALTH_METRICS_PORT; --no-xla: GRADHEALTH_NO_XLA=1).
+    A flag on the command line wins: argparse converts the variable's text with the
+    flag's own type only when the flag is absent."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        name = f"GRADHEALTH_{action.dest.upper()}"
+        action.help = f"{action.help or ''} [${name}]".lstrip()
+        if raw := os.environ.get(name):
+            if action.nargs == 0:  # a store_true switch: the variable is a boolean
+                convert, kind = _boolean, "boolean"
+            else:
+                convert = action.type or str
+                kind = getattr(convert, "__name__", "value")
+            action.default = raw
+            action.type = _from_environment(name, raw, convert, kind)
+
+
+def _from_environment(
+    name: str, raw: str, convert: Callable[[str], object], kind: str
+) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        try:
+            return convert(text)
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            if text is not raw:  # a bad value on the command line: argparse's own error
+                raise
+            raise BadEnvironmentValue(f"{name}: invalid {kind} value: {raw!r}") from None
+
+    parse.__name__ = kind  # argparse names it in its own errors
+    return parse
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
 
 
 def _server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -349,6 +424,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from gradhealth_server.limits import Limits, MiB
         from gradhealth_server.rules import build_rules
+        from gradhealth_server.run_metrics import RunMetricsConfig
         from gradhealth_server.serve import ServeConfig, TlsFiles, serve
         from gradhealth_server.upload import UploadLimits
         from gradhealth_server.worker import WorkerConfig, WorkerDied
@@ -369,9 +445,16 @@ def _serve(args: argparse.Namespace) -> int:
     for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
         if path and not path.is_file():
             return _fail(f"TLS file {str(path)!r} does not exist")
+    if min(args.max_batch_rows, args.max_parameters, args.run_metrics_max) < 1:
+        return _fail("--max-batch-rows, --max-parameters and --run-metrics-max must be positive")
     limits = Limits(
         max_checkpoint_bytes=int(args.max_checkpoint_mb * MiB),
         max_batch_bytes=int(args.max_batch_mb * MiB),
+        max_batch_rows=args.max_batch_rows,
+        max_parameters=args.max_parameters,
+        allowed_classes=frozenset(
+            name.strip() for name in (args.allow_class or "").split(",") if name.strip()
+        ),
     )
     config = ServeConfig(
         host=args.host,
@@ -385,6 +468,7 @@ def _serve(args: argparse.Namespace) -> int:
         grace_seconds=args.grace,
         db_url=args.db,
         job_time_limit=args.job_timeout,
+        run_metrics=RunMetricsConfig(args.run_metrics_window, args.run_metrics_max),
         upload=UploadLimits(args.upload_idle_timeout, args.upload_timeout),
         worker=WorkerConfig(
             limits=limits,
@@ -394,10 +478,16 @@ def _serve(args: argparse.Namespace) -> int:
         ),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from alembic.util.exc import CommandError
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
         asyncio.run(serve(config))
+    except CommandError as exc:  # a database migrated by a newer gradhealth
+        return _fail(
+            f"the verdict store's schema is not one this version knows ({exc}); "
+            "run the newer gradhealth, or restore a backup"
+        )
     except (WorkerDied, OSError, SQLAlchemyError) as exc:
         return _fail(f"the server could not start: {' '.join(str(exc).split())[:300]}")
     return 0

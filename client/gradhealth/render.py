@@ -97,7 +97,12 @@ def _fmt(value: Any) -> str:
 def render_runs(runs: list[dict[str, Any]], console: Console | None = None) -> None:
     """One line per run: its latest status and cause, stalled or not."""
     table = Table(title="runs")
-    for column in ("run", "status", "primary cause", "step", "verdicts", "stalled", "last (UTC)"):
+    # A run id and a cause are never cut short (they are what one copies); on a
+    # narrow terminal they fold onto a second line instead.
+    table.add_column("run", overflow="fold", min_width=12)
+    table.add_column("status", no_wrap=True)
+    table.add_column("primary cause", overflow="fold", min_width=10)
+    for column in ("step", "n", "stalled", "last (UTC)"):  # n: verdicts stored
         table.add_column(column, no_wrap=True)
     for run in runs:
         status = run["latest_status"]
@@ -108,7 +113,7 @@ def render_runs(runs: list[dict[str, Any]], console: Console | None = None) -> N
             str(run["latest_step"]),
             str(run["verdict_count"]),
             "[bold red]yes[/]" if run["stalled"] else "no",
-            run["last_diagnosis_time"][:19].replace("T", " "),  # to the second, UTC
+            run["last_diagnosis_time"][5:16].replace("T", " "),  # MM-DD HH:MM, UTC
         )
     (console or Console()).print(table)
 
