@@ -259,10 +259,16 @@ class Probe:
             "step_nonfinite": tf.stack([_nonfinite_if(s, d) for s, d in zip(step_sq, deltas)]),
             "iterations": tf.cast(_read(self.model.optimizer.iterations), tf.int64),
         }
-        # Loss on the first micro-batch at w0 + s·Δw: the same rows and the same
-        # dropout masks (same starting state) as the forward that gave base_loss.
-        rows = self.splits[0]
+        # Loss on the first rows at w0 + s·Δw: the same rows and the same dropout
+        # masks (same starting state) as the forward that gave base_loss. With one
+        # micro-batch (batch-coupled models) that would be the whole batch, three
+        # more forward passes over it: evaluate on probe_rows rows instead, with a
+        # base loss of their own (four small forwards cost about one full one).
+        rows = min(self.splits[0], max(self.options.probe_rows, self.options.min_micro_batch_rows))
         x0, y0 = [t[:rows] for t in xs], y[:rows]
+        if rows < self.splits[0] and self.options.lr_scales:
+            base_loss, *_ = self._stateless_loss(w0, nt0, metrics0, x0, y0)
+            base_loss = tf.cast(base_loss, tf.float32)
         probe_losses = []
         for scale in self.options.lr_scales:
             loss, *_ = self._stateless_loss(_moved(w0, deltas, scale), nt0, metrics0, x0, y0)
