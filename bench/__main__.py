@@ -84,7 +84,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
         )
     served = results["service"]
     lat = served["latency"]
-    for phase in [*lat["cold"], *(p for p in lat["warm"] if p not in lat["cold"])]:
+    phases = [*lat["cold"], *(p for p in lat["warm"] if p not in lat["cold"])]
+    for phase in sorted(phases, key=lambda p: p == "total"):  # stable: total last
         cold, warm = lat["cold"].get(phase), lat["warm"].get(phase)
         out.append(
             (
