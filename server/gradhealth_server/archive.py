@@ -60,8 +60,16 @@ def inspect_archive(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMIT
                 if "metadata.json" in archive.namelist()
                 else {}
             )
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        NotImplementedError,
+        RuntimeError,
+        OSError,
+    ) as exc:
         # RuntimeError/NotImplementedError: encrypted or unknown compression methods.
+        # OSError: offsets pointing before the start of the file (EINVAL on seek).
         raise InvalidCheckpoint(f"checkpoint zip is corrupt or truncated: {exc}") from exc
     if not isinstance(config, dict) or "class_name" not in config:
         raise InvalidCheckpoint("config.json does not describe a Keras model (no class_name)")

@@ -91,7 +91,7 @@ def _check_members(archive: zipfile.ZipFile, limits: Limits) -> None:
                 if version not in readers:
                     raise ValueError(f"unsupported .npy format version {version}")
                 shape, _, dtype = readers[version](member)
-            except ValueError as exc:
+            except (ValueError, SyntaxError) as exc:  # numpy parses the header as a literal
                 raise InvalidBatch(
                     f"batch member {info.filename!r} is not a numpy array (.npy): {exc}"
                 ) from exc
@@ -136,7 +136,7 @@ def make_batch(
                 f"{limit} entries (valid ids 0..{limit - 1})"
             )
         raw_x[name] = arr
-        x[name] = arr.astype(dtype, copy=False) if dtype else arr
+        x[name] = _cast(arr, dtype, key) if dtype else arr
     y = _check_labels(y, facts)
     return Batch(x=x, y=y, raw_x=raw_x)
 
@@ -164,6 +164,17 @@ def _numeric(arr: np.ndarray, key: str) -> np.ndarray:
     return arr
 
 
+def _cast(arr: np.ndarray, dtype: str, key: str) -> np.ndarray:
+    """The array in the model's dtype; a value the cast would turn into inf or
+    garbage (1e39 to float32, NaN to int32) is refused, not silently changed."""
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return arr.astype(dtype, copy=False)
+    except FloatingPointError as exc:
+        span = f"[{arr.min():g}, {arr.max():g}]" if arr.size else "no values"
+        raise InvalidBatch(f"{key} holds values {span} that {dtype} cannot represent") from exc
+
+
 def _check_shape(key: str, got: tuple[int, ...], want: tuple[int | None, ...]) -> None:
     if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got[1:], want[1:])):
         expected = "(batch, " + ", ".join("?" if w is None else str(w) for w in want[1:]) + ")"
@@ -173,6 +184,8 @@ def _check_shape(key: str, got: tuple[int, ...], want: tuple[int | None, ...]) -
 def _check_labels(y: np.ndarray, facts: Any) -> np.ndarray:
     """Labels that the loss cannot take (on GPU some give NaN silently)."""
     problem, units = facts.problem, facts.output_units
+    if y.size == 0:
+        raise InvalidBatch(f"labels y have shape {y.shape}: no label in them")
     yf = y.astype(np.float64, copy=False)
     if not np.all(np.isfinite(yf)):
         raise InvalidBatch("labels y contain NaN or infinity")
@@ -190,6 +203,12 @@ def _check_labels(y: np.ndarray, facts: Any) -> np.ndarray:
                 f"labels y range over [{yf.min():g}, {yf.max():g}] but the model has {units} "
                 f"output classes (valid ids 0..{units - 1})"
             )
+        if yf.min() < 0 or yf.max() > np.iinfo(np.int32).max:
+            # Output width unknown: still no id that the int32 cast below would garble.
+            raise InvalidBatch(
+                f"labels y range over [{yf.min():g}, {yf.max():g}]; class ids are 0 or more "
+                "and fit in int32"
+            )
         return y.astype(np.int32)
     if problem == "categorical" and units and (y.ndim < 2 or y.shape[-1] != units):
         raise InvalidBatch(
@@ -202,4 +221,4 @@ def _check_labels(y: np.ndarray, facts: Any) -> np.ndarray:
             f"binary crossentropy needs labels in [0, 1]; y ranges over "
             f"[{yf.min():g}, {yf.max():g}]"
         )
-    return y.astype(np.float32) if y.dtype.kind == "f" else y
+    return _cast(y, "float32", "y") if y.dtype.kind == "f" else y

@@ -22,6 +22,9 @@ class Limits:
     max_archive_members: int = 64
     max_config_bytes: int = 16 * MiB
     max_parameters: int = 500_000_000
+    # Values in the largest layer output for one example (1 GiB of float32): a
+    # RepeatVector or UpSampling declaring more cannot be probed even on 2 rows.
+    max_activation_elements: int = 1 << 28
     # The sample batch.
     max_batch_bytes: int = 256 * MiB
     max_batch_rows: int = 4096
