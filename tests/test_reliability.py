@@ -277,3 +277,25 @@ def test_worker_processes_exit_with_their_server(tmp_path):
     while any(alive(pid) for pid in workers):
         assert time.monotonic() < deadline, "workers outlived their server"
         time.sleep(0.2)
+
+
+def test_a_worker_memory_cap_refuses_a_model_too_big_for_it_and_keeps_serving(tmp_path, flat_batch):
+    """--worker-memory-mb: a 33M-parameter model does not fit in 3000 MB of address
+    space next to TensorFlow (1.6 GB); its call fails, the worker lives on."""
+    from tests.service import mlp_checkpoint
+
+    big = mlp_checkpoint(tmp_path / "big.keras", width=4096, depth=3)
+    small = mlp_checkpoint(tmp_path / "small.keras", width=32, depth=2)
+    server = ServerProcess(tmp_path / "server", "--worker-memory-mb", "3000").start()
+    try:
+        workers = server.worker_pids()
+        with GradientHealthClient(server.target, retry=ONE_TRY) as client:
+            assert client.diagnose(small, batch=flat_batch, run_id="capped").status
+            with pytest.raises(grpc.RpcError) as caught:
+                client.diagnose(big, batch=flat_batch, run_id="capped")
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "memory" in caught.value.details()
+            assert client.diagnose(small, batch=flat_batch, run_id="capped").status
+        assert server.worker_pids() == workers  # refused, not crashed
+    finally:
+        assert server.stop() == 0, server.log()

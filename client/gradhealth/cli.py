@@ -116,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         "--upload-idle-timeout", type=float, default=30.0, help="longest wait (s) for a chunk"
     )
     serve.add_argument("--cache-size", type=int, default=8, help="architectures kept loaded")
+    serve.add_argument(
+        "--worker-memory-mb",
+        type=int,
+        help="address-space cap of each worker process (CPU workers; GPU: use the "
+        "container's memory limit)",
+    )
     serve.add_argument("--no-xla", action="store_true", help="never try XLA compilation")
     serve.add_argument("--rules-config", type=Path, help="JSON of threshold overrides")
     serve.add_argument(
@@ -475,6 +481,7 @@ def _serve(args: argparse.Namespace) -> int:
             rules_config=rules_config,
             cache_capacity=args.cache_size,
             disable_xla=args.no_xla,
+            memory_limit_bytes=args.worker_memory_mb * MiB if args.worker_memory_mb else None,
         ),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

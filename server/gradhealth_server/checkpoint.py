@@ -4,6 +4,11 @@ A training job sends checkpoint after checkpoint of one architecture. The first
 is loaded with `keras.saving.load_model(safe_mode=True)`; later ones with the
 same fingerprint only have their weights (and optimizer state) loaded into the
 cached model, so the compiled probe is reused with no retrace and no rebuild.
+
+Before Keras touches a checkpoint, each part is screened by the module that
+knows it: the zip (archive), the objects config.json names (config_screen), the
+HDF5 weights file (weights_file), and the size of the model the config declares,
+counted without allocating it (model_size) against what the weights file holds.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -20,29 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from gradhealth_server.archive import ArchiveInfo, inspect_archive
+from gradhealth_server.config_screen import screen_config
 from gradhealth_server.errors import InvalidCheckpoint, LimitExceeded
 from gradhealth_server.limits import DEFAULT_LIMITS, Limits
+from gradhealth_server.model_size import declared_size
+from gradhealth_server.weights_file import WeightsSummary, screen_weights
 
 log = logging.getLogger(__name__)
 
-# Layers that run arbitrary code or foreign runtimes: never loaded.
-FORBIDDEN_CLASSES = frozenset(
-    {"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "__lambda__"}
-)
-# Keras's own serialization markers for plain values.
-VALUE_MARKERS = frozenset(
-    {
-        "__tuple__",
-        "__numpy__",
-        "__tensor__",
-        "__bytes__",
-        "__ellipsis__",
-        "__slice__",
-        "__typespec__",
-    }
-)
-# Keys that change how Keras deserializes; a checkpoint has no business setting them.
-FORBIDDEN_KEYS = frozenset({"safe_mode", "custom_objects", "__passive_serialization__"})
 # Config keys that differ between checkpoints of one architecture.
 VOLATILE_KEYS = frozenset({"shared_object_id"})
 
@@ -56,35 +47,6 @@ class LoadedModel:
     structure: Any = None  # engine.structure.ModelStructure, filled by the engine
     probes: dict[Any, Any] = field(default_factory=dict)  # (batch signature, options) -> Probe
     reloads: int = 0  # checkpoints after the first whose weights were loaded in place
-
-
-def screen_config(config: Any, limits: Limits = DEFAULT_LIMITS) -> None:
-    """Refuse any object outside Keras's own, before deserialization runs."""
-    for node, where in _walk(config, "config"):
-        for key in FORBIDDEN_KEYS & node.keys():
-            raise InvalidCheckpoint(f"config sets {key!r} at {where}; refusing the checkpoint")
-        class_name = node.get("class_name")
-        if not isinstance(class_name, str):
-            continue
-        name = _object_name(node)
-        if class_name in FORBIDDEN_CLASSES:
-            raise InvalidCheckpoint(
-                f"layer {name!r} is a {class_name}, which runs code from the checkpoint; "
-                "gradhealth does not load Lambda, TFSMLayer, TorchModuleWrapper or JAX layers"
-            )
-        if class_name in VALUE_MARKERS:
-            continue
-        module = node.get("module")
-        registered = node.get("registered_name")
-        qualified = f"{module}.{class_name}" if module else class_name
-        allowed = qualified in limits.allowed_classes or (
-            isinstance(registered, str) and registered in limits.allowed_classes
-        )
-        if module is not None and not _is_keras_module(module) and not allowed:
-            raise InvalidCheckpoint(
-                f"{name!r} uses class {qualified!r}, which is not part of Keras; "
-                "an operator can allow-list it (--allow-class)"
-            )
 
 
 def fingerprint(config: dict[str, Any]) -> str:
@@ -131,12 +93,14 @@ class ModelCache:
             key = fingerprint(info.config)
         except RecursionError as exc:
             raise InvalidCheckpoint("config.json nests too deeply to be a Keras model") from exc
+        weights = screen_weights(info.path)
         entry = self._models.get(key)
         if entry is not None:
             self._reload_weights(entry, info.path)
             self._models.move_to_end(key)
             self.hits += 1
             return entry, info, True
+        check_declared_size(info.config, weights, self.limits)
         model = _load_model(info.path, self.limits)
         entry = LoadedModel(fingerprint=key, model=model)
         self._models[key] = entry
@@ -148,7 +112,7 @@ class ModelCache:
 
     def _reload_weights(self, entry: LoadedModel, path: Path) -> None:
         try:
-            with _unbuilt_optimizer_quiet():
+            with _unbuilt_optimizer_quiet(), _temporary_files_in(path.parent):
                 entry.model.load_weights(str(path))
         except Exception as exc:  # Keras raises many types for bad weight files
             # The cached model may now hold a mix of old and new weights.
@@ -159,14 +123,57 @@ class ModelCache:
         entry.reloads += 1
 
 
+def check_declared_size(
+    config: dict[str, Any], weights: WeightsSummary, limits: Limits = DEFAULT_LIMITS
+) -> None:
+    """Refuse a model too big to build, before Keras allocates any of it.
+
+    The two statuses say whose problem it is. A config that needs more values
+    than model.weights.h5 holds contradicts its own checkpoint: no `model.save()`
+    writes that, whatever this server's limits, so it is InvalidCheckpoint
+    (INVALID_ARGUMENT). That is what a hostile `Dense(2_000_000_000)` gets. A
+    model whose weights are really there but exceed the operator's caps is
+    LimitExceeded (RESOURCE_EXHAUSTED): a server with larger limits could take it.
+    """
+    try:
+        size = declared_size(config)
+    except RecursionError as exc:
+        raise InvalidCheckpoint("config.json nests too deeply to be a Keras model") from exc
+    except Exception as exc:  # Keras raises many types for configs it cannot build
+        raise InvalidCheckpoint(
+            f"Keras could not build the model config.json describes: {_short(exc)}"
+        ) from exc
+    if size.parameters > weights.elements:
+        raise InvalidCheckpoint(
+            f"config.json declares a model of {size.parameters:,} parameters "
+            f"({size.largest_variable}) but model.weights.h5 holds only {weights.elements:,} "
+            "values: the config and the weights do not belong together"
+        )
+    if size.parameters > limits.max_parameters:
+        raise LimitExceeded(
+            f"model has {size.parameters:,} parameters, over the limit of {limits.max_parameters:,}"
+        )
+    if size.largest_activation > limits.max_activation_elements:
+        raise LimitExceeded(
+            f"one example makes {size.largest_activation:,} values in a single activation "
+            f"({size.largest_output}), over the limit of {limits.max_activation_elements:,}"
+        )
+
+
 def _load_model(path: Path, limits: Limits):
     import keras
+    from tensorflow.errors import ResourceExhaustedError as ResourceExhausted
 
     try:
-        with _unbuilt_optimizer_quiet():
+        with _unbuilt_optimizer_quiet(), _temporary_files_in(path.parent):
             model = keras.saving.load_model(str(path), compile=True, safe_mode=True)
     except InvalidCheckpoint:
         raise
+    except (MemoryError, ResourceExhausted) as exc:  # an honest model, too big for us
+        raise LimitExceeded(
+            "the model does not fit in this worker's memory (--worker-memory-mb, or the "
+            f"device's): {_short(exc, 200)}"
+        ) from exc
     except Exception as exc:
         raise InvalidCheckpoint(f"Keras could not load the checkpoint: {_short(exc)}") from exc
     if not isinstance(model, keras.Model):
@@ -198,6 +205,19 @@ def _load_model(path: Path, limits: Limits):
 
 
 @contextlib.contextmanager
+def _temporary_files_in(directory: Path) -> Iterator[None]:
+    """Keras unpacks an archive with assets into `tempfile.mkdtemp()`, every member
+    weights included: keep that next to the checkpoint (the call's spool, removed
+    with it), not in the machine's temp directory. The worker is single-threaded."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(directory)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
+@contextlib.contextmanager
 def _unbuilt_optimizer_quiet() -> Iterator[None]:
     """A checkpoint saved before the first step holds no optimizer slots; Keras
     warns on every load. We build the optimizer instead (below): not news."""
@@ -206,29 +226,6 @@ def _unbuilt_optimizer_quiet() -> Iterator[None]:
             "ignore", message="Skipping variable loading for optimizer", category=UserWarning
         )
         yield
-
-
-def _walk(node: Any, where: str) -> Iterator[tuple[dict[str, Any], str]]:
-    if isinstance(node, dict):
-        yield node, where
-        for key, value in node.items():
-            yield from _walk(value, f"{where}.{key}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _walk(value, f"{where}[{i}]")
-
-
-def _object_name(node: dict[str, Any]) -> str:
-    cfg = node.get("config")
-    if isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
-        return cfg["name"]
-    if isinstance(cfg, str):
-        return cfg
-    return str(node.get("class_name"))
-
-
-def _is_keras_module(module: Any) -> bool:
-    return isinstance(module, str) and (module == "keras" or module.startswith("keras."))
 
 
 def _strip(node: Any) -> Any:

@@ -41,6 +41,11 @@ class WorkerConfig:
     rules_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache_capacity: int = 8
     disable_xla: bool = False
+    # Address-space cap of the worker process (RLIMIT_AS), or None. On CPU a
+    # model too big for it fails its call with an out-of-memory error instead of
+    # taking the machine's memory; CUDA maps far more address space than it uses,
+    # so GPU workers are bounded by their container's memory limit instead.
+    memory_limit_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,10 @@ def _worker_main(conn: Connection, cancel: Any, config: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if config.memory_limit_bytes:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (config.memory_limit_bytes,) * 2)
     from gradhealth_server.device import native_stderr_silenced
 
     with native_stderr_silenced():
