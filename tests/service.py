@@ -125,9 +125,22 @@ class ServerProcess:
         """Children started by multiprocessing's spawn (not its resource tracker)."""
         assert self.process is not None
         pids = []
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            for pid in (task / "children").read_text().split():
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        # Threads and processes come and go while we look (asyncio.to_thread,
+        # restarts): one that ended meanwhile is simply not counted.
+        try:
+            tasks = list(Path(f"/proc/{self.process.pid}/task").iterdir())
+        except (FileNotFoundError, ProcessLookupError):  # the server is gone
+            return []
+        for task in tasks:
+            try:
+                children = (task / "children").read_text().split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            for pid in children:
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except (FileNotFoundError, ProcessLookupError):
+                    continue
                 if b"spawn_main" in cmdline:
                     pids.append(int(pid))
         return pids
