@@ -101,7 +101,8 @@ class ModelCache:
             self.hits += 1
             return entry, info, True
         check_declared_size(info.config, weights, self.limits)
-        model = _load_model(info.path, self.limits)
+        # The parameter cap was checked on the exact count, before anything was built.
+        model = _load_model(info.path)
         entry = LoadedModel(fingerprint=key, model=model)
         self._models[key] = entry
         self.misses += 1
@@ -160,7 +161,7 @@ def check_declared_size(
         )
 
 
-def _load_model(path: Path, limits: Limits):
+def _load_model(path: Path):
     import keras
     from tensorflow.errors import ResourceExhaustedError as ResourceExhausted
 
@@ -184,11 +185,6 @@ def _load_model(path: Path, limits: Limits):
         raise InvalidCheckpoint(
             "the model has no trainable weights (every layer frozen): nothing can learn; "
             "set layer.trainable = True on the layers to train"
-        )
-    params = int(model.count_params())
-    if params > limits.max_parameters:
-        raise LimitExceeded(
-            f"model has {params} parameters, over the limit of {limits.max_parameters}"
         )
     if getattr(model, "optimizer", None) is None or getattr(model, "loss", None) is None:
         raise InvalidCheckpoint(
