@@ -451,8 +451,15 @@ def _serve(args: argparse.Namespace) -> int:
     for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
         if path and not path.is_file():
             return _fail(f"TLS file {str(path)!r} does not exist")
-    if min(args.max_batch_rows, args.max_parameters, args.run_metrics_max) < 1:
-        return _fail("--max-batch-rows, --max-parameters and --run-metrics-max must be positive")
+    positive = {
+        "--max-batch-rows": args.max_batch_rows,
+        "--max-parameters": args.max_parameters,
+        "--run-metrics-max": args.run_metrics_max,
+        "--run-metrics-window": args.run_metrics_window,
+        "--worker-memory-mb": 1 if args.worker_memory_mb is None else args.worker_memory_mb,
+    }
+    if bad := [flag for flag, value in positive.items() if value <= 0]:
+        return _fail(f"{', '.join(bad)} must be positive")
     limits = Limits(
         max_checkpoint_bytes=int(args.max_checkpoint_mb * MiB),
         max_batch_bytes=int(args.max_batch_mb * MiB),

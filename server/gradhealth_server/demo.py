@@ -29,6 +29,7 @@ from gradhealth.verdicts import Finding, Verdict, run_to_dict
 
 SAMPLE_ROWS = 256
 START_TIMEOUT_S = 180.0
+CONNECT_TIMEOUT_S = 15.0  # --server: an existing service answers at once or not at all
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ def run_demo(
 def _service(server: str | None, console: Console) -> Iterator[str]:
     """The given server, or one started here on loopback with a throwaway store."""
     if server:
+        with console.status(f"checking the service at {server}"):
+            _wait_serving(server, lambda: True, timeout=CONNECT_TIMEOUT_S)
         yield server
         return
     from gradhealth_server.serve import ServeConfig, serving_in_background
@@ -256,11 +259,11 @@ def _new_learning_rate(finding: Finding, setup: Setup) -> tuple[Setup, str]:
     )
 
 
-def _wait_serving(target: str, alive: Callable[[], bool]) -> None:
+def _wait_serving(target: str, alive: Callable[[], bool], timeout: float = START_TIMEOUT_S) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
@@ -271,7 +274,7 @@ def _wait_serving(target: str, alive: Callable[[], bool]) -> None:
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             time.sleep(0.2)
-    raise TimeoutError(f"the service was not serving after {START_TIMEOUT_S:.0f} s")
+    raise TimeoutError(f"no gradhealth service serving at {target} after {timeout:.0f} s")
 
 
 def _free_port() -> int:
