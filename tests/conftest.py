@@ -10,12 +10,57 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests import models
+from tests import models, processes
+
+# Inherited by every process the session starts: the leak check at its end finds them.
+SESSION = uuid.uuid4().hex
+os.environ[processes.SESSION_VARIABLE] = SESSION
+
+
+# --- system tools and leaked processes (tests/processes.py) ----------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need PostgreSQL by their fixtures and parameters, so
+    `-m "not postgresql"` deselects them like the explicitly marked ones."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "postgres" in item.fixturenames or "postgresql" in params.values():
+            item.add_marker("postgresql")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A missing system package stops the run here, in one line, not 20 minutes in."""
+    markers = {mark.name for item in session.items for mark in item.iter_markers()}
+    if problem := processes.missing_tools(markers):
+        pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_left_running():
+    """A test that fails between starting a server and stopping it still stops it."""
+    before = len(processes.STARTED)
+    yield
+    processes.stop_all(processes.STARTED[before:])
+    del processes.STARTED[before:]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Every fixture has stopped what it started by now: anything of this session
+    still alive is a leak, killed and failing the run."""
+    processes.stop_all(processes.STARTED)
+    if leaks := processes.leaked(SESSION):
+        processes.kill(leaks)
+        lines = "\n".join(f"  pid {leak.pid}: {leak.command[:200]}" for leak in leaks)
+        print(f"\nprocesses that outlived the test session (killed now):\n{lines}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
@@ -86,5 +131,9 @@ def postgres():
     from tests.postgres import ThrowawayPostgres
 
     server = ThrowawayPostgres().start()
-    yield server
-    server.stop()
+    # Tests request it mid-test (getfixturevalue): it is this fixture's to stop, not theirs.
+    processes.STARTED.remove(server)
+    try:
+        yield server
+    finally:
+        server.stop()

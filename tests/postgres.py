@@ -8,7 +8,6 @@ off, TCP on loopback, trust auth; it is removed on stop.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
@@ -17,13 +16,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from tests import processes
+from tests.processes import find_command
 from tests.service import free_port
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name) or next(
-        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
-    )
+    found = find_command(name)
     if not found:
         raise RuntimeError(f"{name} not found: install Debian's postgresql package")
     return found
@@ -45,9 +44,14 @@ class ThrowawayPostgres:
             raise RuntimeError(f"{command[0]} failed: {done.stdout}{done.stderr}")
 
     def start(self) -> ThrowawayPostgres:
-        self._run(_binary("initdb"), "-D", str(self.data), "-U", "gradhealth",
-                  "--auth=trust", "-E", "UTF8")  # fmt: skip
-        self.resume()
+        processes.started(self)
+        try:
+            self._run(_binary("initdb"), "-D", str(self.data), "-U", "gradhealth",
+                      "--auth=trust", "-E", "UTF8")  # fmt: skip
+            self.resume()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def pause(self) -> None:

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests import processes
 from tests.service import free_port
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "rules.yml"
@@ -21,7 +22,7 @@ START_TIMEOUT_S = 60.0
 class ThrowawayPrometheus:
     def __init__(self, workdir: Path, targets: list[str], rule_files: tuple[Path, ...] = (RULES,)):
         binary = shutil.which("prometheus")
-        if binary is None:
+        if binary is None:  # conftest stops the session before this with one line
             raise RuntimeError("Prometheus is not installed: apt-get install prometheus")
         self.binary = binary
         self.workdir = workdir
@@ -50,6 +51,15 @@ class ThrowawayPrometheus:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        processes.started(self)
+        try:
+            return self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> ThrowawayPrometheus:
+        assert self.process is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -65,7 +75,11 @@ class ThrowawayPrometheus:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(30)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
     def api(self, path: str, **params: str) -> Any:
         url = self._url(f"/api/v1/{path}") + (

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from gradhealth.v1 import service_pb2, service_pb2_grpc
+from tests import processes
 
 TOKEN = "test-token-3f9a"
 START_TIMEOUT_S = 180.0
@@ -73,8 +74,13 @@ class ServerProcess:
         ]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        processes.started(self)
         if wait:
-            self.wait_serving()
+            try:
+                self.wait_serving()
+            except BaseException:
+                self.stop(signal.SIGKILL, timeout=10)
+                raise
         return self
 
     def wait_serving(self, timeout: float = START_TIMEOUT_S, credentials=None) -> None:

@@ -17,6 +17,8 @@ from gradhealth.v1 import service_pb2
 from tests.prometheus import RULES, ThrowawayPrometheus
 from tests.service import ServerProcess, raw_diagnose
 
+pytestmark = pytest.mark.prometheus
+
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy/grafana/dashboards/gradhealth.json"
 RUNBOOK = Path(__file__).resolve().parents[1] / "docs/runbook.md"
 STUCK, HEALTHY = "obs-stuck", "obs-healthy"

@@ -209,6 +209,7 @@ def test_sigkill_mid_write_then_restart_loses_and_duplicates_nothing(
 SECRET_PASSWORD = "pw-" + uuid.uuid4().hex
 
 
+@pytest.mark.postgresql
 def test_a_database_outage_gives_unavailable_then_recovers_by_itself(tmp_path, checkpoints, batch):
     database = ThrowawayPostgres().start()
     try:

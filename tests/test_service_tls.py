@@ -12,6 +12,8 @@ from grpc_health.v1 import health_pb2
 from gradhealth.client import GradientHealthClient, Retry, Tls
 from tests.service import ServerProcess
 
+pytestmark = pytest.mark.openssl
+
 
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)

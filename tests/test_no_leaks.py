@@ -1,0 +1,85 @@
+"""No process outlives the test session: a failing test or a fixture that fails
+half-way still stops what it started, and a leak nobody stopped fails the run.
+
+The check runs a small pytest session of its own (with this suite's conftest)
+and reads /proc afterwards, as scripts/test's user would find the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests import processes
+
+pytestmark = pytest.mark.postgresql
+
+REPO = Path(__file__).resolve().parents[1]
+INNER = """
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.postgres import ThrowawayPostgres
+from tests.service import ServerProcess
+
+
+def test_a_failing_test_still_stops_its_server_and_database(tmp_path):
+    ServerProcess(tmp_path).start()
+    ThrowawayPostgres().start()
+    raise AssertionError("fails after starting both")
+
+
+@pytest.fixture(scope="module")
+def two_services(tmp_path_factory):
+    server = ServerProcess(Path(tmp_path_factory.mktemp("s"))).start()
+    try:
+        ThrowawayPostgres().start()
+        raise RuntimeError("the second service failed to come up")
+    finally:
+        server.stop()
+
+
+def test_setup_fails_half_way(two_services):
+    pass
+
+
+@pytest.fixture
+def forgotten():
+    subprocess.Popen(["sleep", "597"])  # started behind the registry's back, never stopped
+
+
+def test_a_leak_is_caught(forgotten):
+    pass
+"""
+
+
+def test_no_process_outlives_a_failing_session(tmp_path):
+    (tmp_path / "conftest.py").write_text("from tests.conftest import *  # noqa: F403\n")
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent(INNER))
+    tag = uuid.uuid4().hex  # inherited by everything the inner session starts
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LEAK_CHECK_TAG": tag}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, output
+    assert "1 failed, 1 passed, 1 error" in output, output
+    # Only the process started behind the registry's back reached the final check ...
+    report = output.split("processes that outlived the test session", 1)[1]
+    assert "sleep 597" in report, output
+    assert "gradhealth.cli serve" not in report and "postgres" not in report, output
+    # ... and nothing of the inner session is alive now.
+    assert processes.leaked(tag, variable="LEAK_CHECK_TAG") == []
