@@ -9,6 +9,7 @@ import numpy as np
 
 from gradhealth.callback import GradientHealthCallback
 from gradhealth.client import GradientHealthClient
+from gradhealth.v1 import service_pb2, verdict_pb2
 from gradhealth_server.examples import digits, digits_cnn
 from tests.service import TOKEN, free_port
 
@@ -42,7 +43,17 @@ def test_fit_with_the_callback_gets_verdicts_from_the_server(server):
     assert verdict.proto.training_metrics.HasField("accuracy")
     with GradientHealthClient(server.target, token=TOKEN) as client:
         stored = list(client.list_verdicts("callback-run"))
+        run = _run(client, "callback-run")
     assert {v.verdict_id for v in stored} == {v.verdict_id for v in callback.verdicts}
+    # The end of fit closed the run: its alerts resolve.
+    assert callback.closed_as == "finished"
+    assert run.state == service_pb2.RUN_STATE_FINISHED and run.HasField("end_time")
+    assert run.end_reason == "fit ended after step 87"
+    assert run.end_time.ToDatetime() >= run.last_diagnosis_time.ToDatetime()
+
+
+def _run(client: GradientHealthClient, run_id: str):
+    return next(r for r in client.list_runs() if r.run_id == run_id)
 
 
 def test_training_finishes_when_the_server_is_down():
@@ -86,6 +97,14 @@ def test_stop_on_critical_stops_a_hopeless_run(server):
     callback.wait(60)
     assert callback.verdicts and callback.verdicts[0].status == "critical"
     assert len(history.epoch) < 200
+    # Closed as stopped, with the cause of the verdict that stopped it.
+    assert callback.closed_as == "stopped"
+    with GradientHealthClient(server.target, token=TOKEN) as client:
+        run = _run(client, "hopeless")
+    assert run.state == service_pb2.RUN_STATE_STOPPED
+    cause = callback.verdicts[0].primary_cause
+    assert run.stop_cause == verdict_pb2.Cause.Value(f"CAUSE_{cause.upper()}")
+    assert run.end_reason.startswith("stop_on=critical: critical verdict at step")
 
 
 def test_the_callback_leaves_every_batch_end_hook_at_its_default():

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.prometheus
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy/grafana/dashboards/gradhealth.json"
 RUNBOOK = Path(__file__).resolve().parents[1] / "docs/runbook.md"
-STUCK, HEALTHY = "obs-stuck", "obs-healthy"
+STUCK, HEALTHY, FINISHED = "obs-stuck", "obs-healthy", "obs-finished"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,11 @@ def observed(tmp_path_factory, stuck_run, healthy_run, flat_batch):
             for i, (stuck, healthy) in enumerate(zip(stuck_run, healthy_run)):
                 client.diagnose(stuck, batch=flat_batch, run_id=STUCK, step=100 * (i + 1))
                 client.diagnose(healthy, batch=flat_batch, run_id=HEALTHY, step=100 * (i + 1))
+                # The same stall, in a run whose job then ends normally ...
+                client.diagnose(stuck, batch=flat_batch, run_id=FINISHED, step=100 * (i + 1))
+            client.close_run(FINISHED, "finished", reason="fit ended")
+            # ... and an ad-hoc diagnosis of a stalled checkpoint: stored, never exported.
+            client.diagnose(stuck_run[-1], batch=flat_batch)
         with pytest.raises(Exception, match="INVALID_ARGUMENT"):  # one rejection, by reason
             raw_diagnose(server, [service_pb2.DiagnoseRequest(checkpoint_chunk=b"x")], token="")
         # Two scrapes after the last call: every counter has moved inside the windows.
@@ -65,6 +70,23 @@ def test_the_stalled_run_alert_fires_for_the_stalled_run_only(observed):
     # The healthy run is exported too, and alerts on nothing.
     assert prometheus.query(f'gradhealth_run_status{{run_id="{HEALTHY}"}} == 0')
     assert not prometheus.query(f'ALERTS{{run_id="{HEALTHY}"}}')
+
+
+def test_a_finished_run_is_exported_but_never_alerts_and_ad_hoc_runs_are_not_exported(observed):
+    _, prometheus = observed
+    prometheus.wait_for('ALERTS{alertname="GradhealthRunStalled"}')  # rules have evaluated
+    # The finished run is as stalled as the stuck one, and says it is finished ...
+    assert prometheus.query(f'gradhealth_run_stalled{{run_id="{FINISHED}"}} == 1')
+    (end,) = prometheus.query(f'gradhealth_run_end_timestamp_seconds{{run_id="{FINISHED}"}}')
+    assert end["metric"]["state"] == "finished"
+    assert abs(float(end["value"][1]) - time.time()) < 600
+    # ... so no alert expression selects it, and Prometheus raised none for it.
+    for name, rule in alert_rules().items():
+        series = prometheus.query(rule["expr"])
+        assert FINISHED not in {s["metric"].get("run_id") for s in series}, name
+    assert not prometheus.query(f'ALERTS{{run_id="{FINISHED}"}}')
+    # The ad-hoc run has no per-run series at all.
+    assert not prometheus.query('{__name__=~"gradhealth_run_.+", run_id=~"adhoc-.+"}')
 
 
 def test_every_rule_evaluates_cleanly_against_the_real_metrics(observed):
@@ -116,9 +138,17 @@ def test_the_dashboard_shows_what_happened(observed):
         (series,) = prometheus.query(expr)
         return float(series["value"][1])
 
-    assert value("count(max by (run_id) (gradhealth_run_status) == 2) or vector(0)") == 1
-    assert value("count(max by (run_id) (gradhealth_run_status) == 0) or vector(0)") == 1
-    assert value("count(max by (run_id) (gradhealth_run_stalled) == 1) or vector(0)") == 1
+    # The fleet panels count running runs: the stuck and the healthy one, not the finished.
+    running = {expr for title, expr in panel_queries() if title.endswith("running runs")}
+    running |= {expr for title, expr in panel_queries() if "Running runs" in title}
+    for series, status, expected in (("status", 2, 1), ("status", 0, 1), ("stalled", 1, 1)):
+        expr = (
+            f"count(max by (run_id) (gradhealth_run_{series}) == {status} "
+            "unless on (run_id) gradhealth_run_end_timestamp_seconds) or vector(0)"
+        )
+        assert expr in running, expr
+        assert value(expr) == expected, expr
+    assert value("count(max by (run_id) (gradhealth_run_stalled) == 1)") == 2  # with FINISHED
     assert value(f'max(gradhealth_run_step{{run_id="{STUCK}"}})') == 500
     assert value(f'max(gradhealth_run_accuracy{{run_id="{HEALTHY}",source="batch"}})') > 0.5
     assert value(f'max(gradhealth_run_gradient_norm{{run_id="{STUCK}"}})') > 0

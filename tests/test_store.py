@@ -10,7 +10,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from gradhealth.v1 import verdict_pb2
+from gradhealth.v1 import service_pb2, verdict_pb2
 from gradhealth_server.store import BadPageToken, VerdictQuery, VerdictStore
 
 
@@ -75,7 +75,7 @@ def test_verdicts_survive_reopening_the_store(url):
     assert again.get(made[1].verdict_id) == made[1]
     assert [v.step for v in again.list_verdicts(VerdictQuery(run_id="run"), 10, "")[0]] == [2, 1, 0]
     with again.engine.connect() as db:
-        assert db.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0002"
+        assert db.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0003"
 
 
 def test_a_store_of_an_older_schema_is_upgraded_in_place_with_its_verdicts(url):
@@ -278,3 +278,42 @@ def test_bad_tokens_and_times_are_bad_arguments(url):
     far.seconds = 2**62
     with pytest.raises(BadPageToken):
         store.list_verdicts(VerdictQuery(start_time=far), 10, "")
+
+
+def test_a_run_closes_reopens_on_a_later_checkpoint_and_ad_hoc_runs_are_not_exported(url):
+    store = VerdictStore(url)
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    store.add(verdict("done", 10))
+    store.add(verdict("halted", 10, verdict_pb2.STATUS_CRITICAL, (verdict_pb2.CAUSE_NON_FINITE,)))
+    store.add(verdict("adhoc-1", 0), ad_hoc=True)
+    assert store.close_run("nobody", service_pb2.RUN_STATE_FINISHED) is None
+    with pytest.raises(ValueError, match="finished or stopped"):
+        store.close_run("done", service_pb2.RUN_STATE_ACTIVE)
+
+    finished = store.close_run("done", service_pb2.RUN_STATE_FINISHED, reason="fit ended")
+    assert (finished.state, finished.end_reason) == (service_pb2.RUN_STATE_FINISHED, "fit ended")
+    again = store.close_run("done", service_pb2.RUN_STATE_FINISHED)  # a retried call
+    assert again.end_time == finished.end_time
+    stopped = store.close_run(
+        "halted", service_pb2.RUN_STATE_STOPPED, verdict_pb2.CAUSE_NON_FINITE, "stop_on"
+    )
+    assert (stopped.state, stopped.stop_cause) == (
+        service_pb2.RUN_STATE_STOPPED,
+        verdict_pb2.CAUSE_NON_FINITE,
+    )
+    exported = {r.run_id: r for r in store.active_runs(since, 10)}
+    assert set(exported) == {"done", "halted"}  # never the ad-hoc run
+    assert exported["done"].state == service_pb2.RUN_STATE_FINISHED
+    assert exported["done"].end_time is not None
+    runs = {r.run_id: r for r in store.list_runs(10, "")[0]}
+    assert runs["adhoc-1"].ad_hoc and runs["adhoc-1"].state == service_pb2.RUN_STATE_ACTIVE
+
+    # A late retry of an earlier checkpoint leaves the run closed ...
+    store.add(verdict("done", 9))
+    assert store.get_run("done").state == service_pb2.RUN_STATE_FINISHED
+    # ... a checkpoint past the last one (training resumed) reopens it.
+    store.add(verdict("done", 11))
+    reopened = store.get_run("done")
+    assert reopened.state == service_pb2.RUN_STATE_ACTIVE
+    assert not reopened.HasField("end_time") and reopened.end_reason == ""
+    assert store.get_run("done").verdict_count == 3

@@ -7,6 +7,11 @@ it as `.keras` and sends it with the fixed sample batch. The hand-off is a slot
 of one: while an upload is in flight, later snapshots are skipped and counted.
 A service that is down or slow is logged once and never stops training.
 
+A run has an end: when `fit` returns, the callback waits (a bounded time) for
+the upload in flight and closes the run on the service, as finished, or as
+stopped with the cause when `stop_on` ended it, so its alerts resolve instead of
+paging "silent" for a day.
+
 Steps are counted in `on_train_batch_begin`, which Keras 3 runs synchronously
 between steps without giving up its asynchronous batch-end dispatch (that is
 only turned off by callbacks overriding the `*_batch_end` hooks).
@@ -49,11 +54,15 @@ class GradientHealthCallback(keras.callbacks.Callback):
         stop_on: str | None = None,
         timeout_s: float = 300.0,
         mode: str = "full",
+        close_run: bool = True,
+        end_wait_s: float = 60.0,
     ) -> None:
         """Send a checkpoint every `every_n_steps` steps or at every epoch end (the
         default), at most once per `min_interval_s` seconds. `sample` is (x, y): a
         fixed batch, as the input pipeline feeds the model. `stop_on="critical"` (or
-        "warning") stops training when a verdict is that bad."""
+        "warning") stops training when a verdict is that bad. With `close_run`, the
+        end of `fit` closes the run after waiting at most `end_wait_s` for the
+        upload in flight."""
         super().__init__()
         if stop_on not in (None, "warning", "critical"):
             raise ValueError('stop_on must be None, "warning" or "critical"')
@@ -64,6 +73,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self.on_verdict = on_verdict
         self.stop_on = stop_on
         self.mode = mode
+        self.close_run = close_run
+        self.end_wait_s = end_wait_s
         self._batch = payload.batch_part(*sample)  # encoded once, sent every time
         self._client = GradientHealthClient(
             target, token=token, tls=tls, timeout=timeout_s, retry=Retry(attempts=2)
@@ -80,11 +91,14 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self._thread: threading.Thread | None = None
         self._shadow: Any = None
         self._stop_requested = False
+        self._stopped_by: Verdict | None = None  # the verdict that stopped training
+        self.closed_as: str | None = None  # "finished" or "stopped", once closed
 
     # --- Keras hooks (training thread) ---------------------------------------------
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._stop_requested = False
+        self._stopped_by = None
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if self._stop_requested:
@@ -100,7 +114,37 @@ class GradientHealthCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        """Training is over; an upload in flight finishes in the background."""
+        """Training is over: close the run once the upload in flight has landed
+        (a later fit on the same run reopens it with its next checkpoint)."""
+        if not self.close_run:
+            return
+        if not self.wait(self.end_wait_s):
+            log.warning(
+                "gradhealth: the last upload is still in flight after %.0f s; closing run %s",
+                self.end_wait_s,
+                self.run_id,
+            )
+        stopped = self._stopped_by
+        state = "stopped" if stopped is not None else "finished"
+        reason = (
+            f"stop_on={self.stop_on}: {stopped.status} verdict at step {stopped.step}"
+            if stopped is not None
+            else f"fit ended after step {self._step}"
+        )
+        try:
+            self._client.close_run(
+                self.run_id,
+                state,
+                stop_cause=stopped.primary_cause if stopped is not None else None,
+                reason=reason,
+                timeout=10.0,
+            )
+        except grpc.RpcError as error:
+            self._failure(f"could not close the run: {error.code().name}: {error.details()}")
+        except Exception as exc:  # never break the training script
+            self._failure(f"could not close the run: {type(exc).__name__}: {exc}")
+        else:
+            self.closed_as = state
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the upload in flight (if any); True when none is left."""
@@ -173,6 +217,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
                 verdict.primary_cause,
             )
             self._stop_requested = True
+            self._stopped_by = verdict
         if self.on_verdict is not None:
             try:
                 self.on_verdict(verdict)

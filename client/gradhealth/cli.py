@@ -62,7 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     remote = diag.add_argument_group("server mode")
     remote.add_argument("--server", metavar="HOST:PORT", help="diagnose on a gradhealth service")
-    remote.add_argument("--run", default="cli", help="run id the verdict is stored under")
+    remote.add_argument(
+        "--run",
+        default="",
+        help="run id the verdict is stored under (default: an ad-hoc run of its own, "
+        "named in the output, that never alerts)",
+    )
     remote.add_argument("--step", type=int, default=0, help="training step of the checkpoint")
     _connection_arguments(remote)
     diag.set_defaults(handler=_diagnose)
@@ -136,9 +141,24 @@ def _parser() -> argparse.ArgumentParser:
     _environment_defaults(serve)
     serve.set_defaults(handler=_serve)
 
-    runs = sub.add_parser("runs", help="list the runs a server knows, with their latest status")
+    runs = sub.add_parser(
+        "runs",
+        help="list the runs a server knows, with their latest status; "
+        "`runs close RUN` marks one over",
+    )
     _server_arguments(runs)
     runs.set_defaults(handler=_runs)
+    close = runs.add_subparsers(dest="runs_command").add_parser(
+        "close", help="mark a run finished (or --stopped): its alerts resolve"
+    )
+    close.add_argument("run", help="run id")
+    close.add_argument(
+        "--stopped", action="store_true", help="stopped early (by a verdict or by hand)"
+    )
+    close.add_argument("--cause", help="with --stopped: the cause that stopped it")
+    close.add_argument("--reason", default="", help="why, in a few words (kept with the run)")
+    _server_arguments(close)
+    close.set_defaults(handler=_close_run)
 
     verdicts = sub.add_parser("verdicts", help="list a run's verdicts, newest first")
     verdicts.add_argument("run", help="run id")
@@ -328,6 +348,8 @@ def _diagnose_on_server(args: argparse.Namespace) -> int:
         return _fail(f"{error.code().name}: {error.details()}")
     except OSError as exc:
         return _fail(str(exc))
+    if not args.run and not args.json:
+        print(f"stored under the ad-hoc run {verdict.run_id} (ad-hoc runs never alert)")
     return _print(verdict.to_dict(), args.json)
 
 
@@ -368,6 +390,32 @@ def _runs(args: argparse.Namespace) -> int:
                 print(json.dumps(run))
         else:
             render_runs(runs)
+
+    return _query(args, work)
+
+
+def _close_run(args: argparse.Namespace) -> int:
+    from gradhealth.render import render_runs
+    from gradhealth.v1 import verdict_pb2
+    from gradhealth.verdicts import run_to_dict
+
+    if args.cause and not args.stopped:
+        return _fail("--cause goes with --stopped")
+    causes = verdict_pb2.Cause.DESCRIPTOR.values_by_name
+    if args.cause and f"CAUSE_{args.cause.upper()}" not in causes:
+        return _fail(f"no cause named {args.cause!r}")
+
+    def work(client) -> None:
+        run = client.close_run(
+            args.run,
+            "stopped" if args.stopped else "finished",
+            stop_cause=args.cause,
+            reason=args.reason,
+        )
+        if args.json:
+            print(json.dumps(run_to_dict(run)))
+        else:
+            render_runs([run_to_dict(run)])
 
     return _query(args, work)
 

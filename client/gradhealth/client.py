@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from gradhealth import payload
-from gradhealth.v1 import service_pb2, service_pb2_grpc
+from gradhealth.v1 import service_pb2, service_pb2_grpc, verdict_pb2
 from gradhealth.verdicts import Verdict
 
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024  # a verdict with all its measurements
@@ -112,7 +112,8 @@ class GradientHealthClient:
         y: Any = None,
         *,
         batch: str | Path | payload.Part | None = None,
-        run_id: str,
+        run_id: str = "",
+        ad_hoc: bool = False,
         step: int = 0,
         training_metrics: Mapping[str, float] | None = None,
         mode: str = "full",
@@ -121,7 +122,9 @@ class GradientHealthClient:
     ) -> Verdict:
         """Diagnose a checkpoint (a `.keras` path, its bytes, or a Keras model) on a
         sample batch: x and y arrays ({input name: array} for several inputs), or
-        the path of an `.npz` holding them."""
+        the path of an `.npz` holding them. Without a run id (or with ad_hoc=True)
+        the diagnosis is ad hoc: stored under a run of its own (the verdict's run_id)
+        that never alerts."""
         if isinstance(batch, payload.Part):  # already encoded (the callback's fixed sample)
             batch_part = batch
         elif batch is not None:
@@ -133,6 +136,7 @@ class GradientHealthClient:
         checkpoint = payload.checkpoint_part(model_or_path)
         header = service_pb2.DiagnoseHeader(
             run_id=run_id,
+            ad_hoc=ad_hoc,
             step=step,
             training_metrics=payload.training_metrics(training_metrics),
             options=service_pb2.ProbeOptions(mode=MODES[mode], disable_xla=disable_xla),
@@ -184,6 +188,25 @@ class GradientHealthClient:
             token = response.next_page_token
             if not token:
                 return runs
+
+    def close_run(
+        self,
+        run_id: str,
+        state: str = "finished",
+        stop_cause: str | None = None,
+        reason: str = "",
+        timeout: float | None = None,
+    ) -> service_pb2.Run:
+        """Mark a run over: "finished" (training ended) or "stopped" (by a verdict,
+        `stop_cause` naming its cause, or by hand). Its alerts resolve."""
+        request = service_pb2.CloseRunRequest(
+            run_id=run_id,
+            state=service_pb2.RunState.Value(f"RUN_STATE_{state.upper()}"),
+            stop_cause=verdict_pb2.Cause.Value(f"CAUSE_{stop_cause.upper()}") if stop_cause else 0,
+            reason=reason,
+        )
+        response = self._call(lambda t: self._unary("CloseRun", request, t), timeout)
+        return response.run
 
     def watch_verdicts(self, run_id: str = "", unhealthy_only: bool = False) -> Iterator[Verdict]:
         """New verdicts as they are stored; cancel by closing the iterator."""

@@ -102,10 +102,13 @@ def render_runs(runs: list[dict[str, Any]], console: Console | None = None) -> N
     table.add_column("run", overflow="fold", min_width=12)
     table.add_column("status", no_wrap=True)
     table.add_column("primary cause", overflow="fold", min_width=10)
-    for column in ("step", "n", "stalled", "last (UTC)"):  # n: verdicts stored
+    for column in ("step", "n", "stalled", "state", "last (UTC)"):  # n: verdicts stored
         table.add_column(column, no_wrap=True)
     for run in runs:
         status = run["latest_status"]
+        state = run.get("state") or "active"
+        if run.get("ad_hoc"):
+            state += " (ad hoc)"
         table.add_row(
             run["run_id"],
             f"[{STATUS_STYLE.get(status, 'bold')}]{status}[/]",
@@ -113,6 +116,7 @@ def render_runs(runs: list[dict[str, Any]], console: Console | None = None) -> N
             str(run["latest_step"]),
             str(run["verdict_count"]),
             "[bold red]yes[/]" if run["stalled"] else "no",
+            state,
             run["last_diagnosis_time"][5:16].replace("T", " "),  # MM-DD HH:MM, UTC
         )
     (console or Console()).print(table)

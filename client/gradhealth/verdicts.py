@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from gradhealth.v1 import verdict_pb2
+from gradhealth.v1 import service_pb2, verdict_pb2
 
 
 def enum_name(enum: Any, value: int, prefix: str) -> str | None:
@@ -122,4 +122,9 @@ def run_to_dict(run: Any) -> dict[str, Any]:
         "last_diagnosis_time": run.last_diagnosis_time.ToJsonString(),
         "verdict_count": run.verdict_count,
         "stalled": run.stalled,
+        "state": enum_name(service_pb2.RunState, run.state, "RUN_STATE_") or "active",
+        "end_time": run.end_time.ToJsonString() if run.HasField("end_time") else None,
+        "stop_cause": enum_name(verdict_pb2.Cause, run.stop_cause, "CAUSE_"),
+        "end_reason": run.end_reason,
+        "ad_hoc": run.ad_hoc,
     }

@@ -33,6 +33,7 @@ from gradhealth_server.upload import (
     RpcFailure,
     Spool,
     UploadLimits,
+    check_close,
     check_header,
     invalid,
     receive_parts,
@@ -58,6 +59,15 @@ MODES = {
     service_pb2.PROBE_MODE_FULL: "full",
     service_pb2.PROBE_MODE_NORMS: "norms",
 }
+
+
+def _settle_run_id(header: service_pb2.DiagnoseHeader) -> bool:
+    """Give an ad-hoc diagnosis (no run id) a run of its own; True when ad hoc.
+    Its id comes from the request id, so every retry of one call lands in one run."""
+    if not header.run_id:
+        header.run_id = f"adhoc-{header.request_id or uuid.uuid4()}"
+        return True
+    return header.ad_hoc
 
 
 def store_unavailable() -> RpcFailure:
@@ -150,6 +160,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
             raise invalid("the first message of a Diagnose stream must be its header")
         header = first.header
         check_header(header, self.limits)
+        ad_hoc = _settle_run_id(header)
         if header.request_id:
             stored = await asyncio.to_thread(
                 self.store.find_request, header.run_id, header.request_id
@@ -191,7 +202,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         stored = time.perf_counter()
         # Committed before the reply: an answered verdict is never lost. The feed
         # learns of it from the store, as it learns of other replicas' verdicts.
-        verdict = await asyncio.to_thread(self.store.add, verdict, header.request_id)
+        verdict = await asyncio.to_thread(self.store.add, verdict, header.request_id, ad_hoc)
         self.metrics.duration.labels("store").observe(time.perf_counter() - stored)
         self._count(verdict, time.perf_counter() - started)
         return verdict
@@ -278,6 +289,31 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         except BadPageToken as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return service_pb2.ListRunsResponse(runs=runs, next_page_token=token)
+
+    @_store_unavailable
+    async def CloseRun(
+        self, request: service_pb2.CloseRunRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.CloseRunResponse:
+        try:
+            check_close(request)
+        except RpcFailure as failure:
+            await context.abort(failure.code, failure.message)
+        run = await asyncio.to_thread(
+            self.store.close_run,
+            request.run_id,
+            request.state,
+            request.stop_cause,
+            request.reason,
+        )
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id[:80]!r}")
+        log.info(
+            "run %s closed: %s%s",
+            run.run_id,
+            enum_name(service_pb2.RunState, run.state, "RUN_STATE_"),
+            f" ({run.end_reason})" if run.end_reason else "",
+        )
+        return service_pb2.CloseRunResponse(run=run)
 
     async def WatchVerdicts(
         self, request: service_pb2.WatchVerdictsRequest, context: grpc.aio.ServicerContext

@@ -5,6 +5,9 @@ exports every run (dashboards and alerts aggregate with `max by (run_id)`) and
 a restarted server exports what it had before. The number of series is
 bounded: at most `max_runs` runs, those diagnosed within the last
 `active_seconds`; a run that goes quiet longer drops out of the exposition.
+Ad-hoc runs are never exported. A closed run (finished or stopped) keeps its
+gauges for the dashboards and adds its end time, which the alert rules read to
+leave it alone (docs/runbook.md, "Runs have an end").
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
-from gradhealth.v1 import verdict_pb2
+from gradhealth.v1 import service_pb2, verdict_pb2
 from gradhealth.verdicts import enum_name
 from gradhealth_server.store import ActiveRun, VerdictStore, store_error
 
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # Ordered, so alerts and panels compare numbers: `gradhealth_run_status == 2`.
 STATUS_VALUE = {"healthy": 0, "warning": 1, "critical": 2}
+CLOSED = {service_pb2.RUN_STATE_FINISHED: "finished", service_pb2.RUN_STATE_STOPPED: "stopped"}
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,12 @@ def _families() -> dict[str, GaugeMetricFamily]:
             "Unix time of the run's latest diagnosis.",
             run,
         ),
+        "end": gauge(
+            "run_end_timestamp_seconds",
+            "Unix time the run was closed; only closed runs have it. state: finished "
+            "(training ended) or stopped (by a verdict or by hand).",
+            ("run_id", "state"),
+        ),
     }
 
 
@@ -121,3 +131,5 @@ def _add_run(families: dict[str, GaugeMetricFamily], run: ActiveRun) -> None:
             families[family].add_metric([run.run_id, source], value)
     if run.grad_norm is not None:
         families["gradient_norm"].add_metric([run.run_id], run.grad_norm)
+    if run.state in CLOSED and run.end_time is not None:
+        families["end"].add_metric([run.run_id, CLOSED[run.state]], run.end_time.timestamp())

@@ -45,6 +45,12 @@ runs = sa.Table(
     sa.Column("latest_primary_cause", sa.SmallInteger, nullable=False),
     sa.Column("verdict_count", sa.Integer, nullable=False),
     sa.Column("stalled", sa.Boolean, nullable=False),
+    # The run's lifecycle (migration 0003): a RunState, and when and why it ended.
+    sa.Column("state", sa.SmallInteger, nullable=False, server_default="1"),
+    sa.Column("end_time", sa.DateTime(timezone=True)),
+    sa.Column("stop_cause", sa.SmallInteger, nullable=False, server_default="0"),
+    sa.Column("end_reason", sa.String(500), nullable=False, server_default=""),
+    sa.Column("ad_hoc", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_runs_last_time", "last_time"),
 )
 verdicts = sa.Table(
@@ -82,6 +88,9 @@ verdict_causes = sa.Table(
 )
 ALARMING = (verdict_pb2.SEVERITY_WARNING, verdict_pb2.SEVERITY_CRITICAL)
 MAX_TOKEN = 2**63 - 1
+ACTIVE = service_pb2.RUN_STATE_ACTIVE
+CLOSED_STATES = (service_pb2.RUN_STATE_FINISHED, service_pb2.RUN_STATE_STOPPED)
+MAX_END_REASON = 500
 
 
 class BadPageToken(ValueError):
@@ -90,9 +99,11 @@ class BadPageToken(ValueError):
 
 @dataclass(frozen=True)
 class ActiveRun:
-    """A run's latest verdict, as the per-run Prometheus gauges show it."""
+    """A run's latest verdict and its state, as the per-run Prometheus gauges show it."""
 
     run_id: str
+    state: int
+    end_time: dt.datetime | None
     status: int
     primary_cause: int
     step: int
@@ -141,16 +152,19 @@ class VerdictStore:
 
     # --- writes ---------------------------------------------------------------------
 
-    def add(self, verdict: verdict_pb2.Verdict, request_id: str = "") -> verdict_pb2.Verdict:
+    def add(
+        self, verdict: verdict_pb2.Verdict, request_id: str = "", ad_hoc: bool = False
+    ) -> verdict_pb2.Verdict:
         """Commit a verdict and update its run; returns the stored verdict, which
-        is an earlier one when this request id was already answered."""
+        is an earlier one when this request id was already answered. An ad-hoc
+        run is stored like any other but never exported as per-run metrics."""
         row = _row(verdict, request_id)
         created = row["create_time"]
         alarming = [f for f in verdict.findings if f.severity in ALARMING]
         stalled = any(f.cause == verdict_pb2.CAUSE_STALLED for f in alarming)
         try:
             with self.engine.begin() as db:
-                self._upsert_run(db, verdict, created, stalled)
+                self._upsert_run(db, verdict, created, stalled, ad_hoc)
                 pk = db.execute(sa.insert(verdicts).values(**row)).inserted_primary_key[0]
                 causes = {f.cause for f in alarming}
                 if causes:
@@ -164,7 +178,9 @@ class VerdictStore:
             raise
         return verdict
 
-    def _upsert_run(self, db: Any, v: verdict_pb2.Verdict, created: dt.datetime, stalled: bool):
+    def _upsert_run(
+        self, db: Any, v: verdict_pb2.Verdict, created: dt.datetime, stalled: bool, ad_hoc: bool
+    ) -> None:
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         values = {
             "run_id": v.run_id,
@@ -176,6 +192,8 @@ class VerdictStore:
             "latest_primary_cause": v.primary_cause,
             "verdict_count": 1,
             "stalled": stalled,
+            "state": ACTIVE,
+            "ad_hoc": ad_hoc,
         }
         statement = insert(runs).values(**values)
         # The latest checkpoint is the highest step (a late retry of an old step, or
@@ -196,11 +214,22 @@ class VerdictStore:
                 "stalled",
             )
         }
+        # A closed run reopens on a checkpoint past its last one (training resumed);
+        # a late arrival of an earlier checkpoint leaves it closed.
+        reopen = sa.and_(runs.c.state != ACTIVE, new.latest_step > runs.c.latest_step)
+        lifecycle = {
+            "state": sa.case((reopen, ACTIVE), else_=runs.c.state),
+            "end_time": sa.case((reopen, sa.null()), else_=runs.c.end_time),
+            "stop_cause": sa.case((reopen, 0), else_=runs.c.stop_cause),
+            "end_reason": sa.case((reopen, ""), else_=runs.c.end_reason),
+            "ad_hoc": sa.or_(runs.c.ad_hoc, new.ad_hoc),
+        }
         db.execute(
             statement.on_conflict_do_update(
                 index_elements=[runs.c.run_id],
                 set_={
                     **latest,
+                    **lifecycle,
                     "verdict_count": runs.c.verdict_count + 1,
                     "first_time": sa.case(
                         (new.first_time < runs.c.first_time, new.first_time),
@@ -209,6 +238,30 @@ class VerdictStore:
                 },
             )
         )
+
+    def close_run(
+        self, run_id: str, state: int, stop_cause: int = 0, reason: str = ""
+    ) -> service_pb2.Run | None:
+        """Mark a run finished or stopped; None when there is no such run. Closing
+        it again in the same state changes nothing (a retried call)."""
+        if state not in CLOSED_STATES:
+            raise ValueError(f"a run is closed as finished or stopped, not state {state}")
+        with self.engine.begin() as db:
+            db.execute(
+                sa.update(runs)
+                .where(
+                    runs.c.run_id == run_id,
+                    sa.or_(runs.c.state != state, runs.c.end_time.is_(None)),
+                )
+                .values(
+                    state=state,
+                    end_time=dt.datetime.now(dt.UTC),
+                    stop_cause=stop_cause,
+                    end_reason=reason[:MAX_END_REASON],
+                )
+            )
+            row = db.execute(sa.select(runs).where(runs.c.run_id == run_id)).one_or_none()
+        return _run_message(row) if row is not None else None
 
     # --- reads ----------------------------------------------------------------------
 
@@ -260,29 +313,26 @@ class VerdictStore:
             select = select.where(runs.c.run_id > page_token)
         with self.engine.connect() as db:
             rows = db.execute(select.limit(size + 1)).all()
-        out = []
-        for r in rows[:size]:
-            run = service_pb2.Run(
-                run_id=r.run_id,
-                latest_status=r.latest_status,
-                latest_primary_cause=r.latest_primary_cause,
-                latest_step=r.latest_step,
-                verdict_count=r.verdict_count,
-                stalled=r.stalled,
-            )
-            run.last_diagnosis_time.FromDatetime(_aware(r.last_time))
-            out.append(run)
+        out = [_run_message(r) for r in rows[:size]]
         return out, (rows[size - 1].run_id if len(rows) > size else "")
 
+    def get_run(self, run_id: str) -> service_pb2.Run | None:
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(runs).where(runs.c.run_id == run_id)).one_or_none()
+        return _run_message(row) if row is not None else None
+
     def active_runs(self, since: dt.datetime, limit: int) -> list[ActiveRun]:
-        """Runs diagnosed since `since`, most recent first, at most `limit`."""
+        """Runs diagnosed since `since`, most recent first, at most `limit`; ad-hoc
+        runs are never among them."""
         latest = verdicts.alias("latest")
         select = (
             sa.select(
                 runs.c.run_id,
-                runs.c.latest_status,
-                runs.c.latest_primary_cause,
-                runs.c.latest_step,
+                runs.c.state,
+                runs.c.end_time,
+                runs.c.latest_status.label("status"),
+                runs.c.latest_primary_cause.label("primary_cause"),
+                runs.c.latest_step.label("step"),
                 runs.c.stalled,
                 runs.c.last_time,
                 latest.c.reported_accuracy,
@@ -292,13 +342,22 @@ class VerdictStore:
                 latest.c.grad_norm,
             )
             .join(latest, latest.c.verdict_id == runs.c.latest_verdict_id)
-            .where(runs.c.last_time >= since)
+            .where(runs.c.last_time >= since, runs.c.ad_hoc.is_(False))
             .order_by(runs.c.last_time.desc())
             .limit(limit)
         )
         with self.engine.connect() as db:
             rows = db.execute(select).all()
-        return [ActiveRun(*row[:5], _aware(row.last_time), *row[6:]) for row in rows]
+        return [
+            ActiveRun(
+                **{
+                    **row._mapping,
+                    "last_time": _aware(row.last_time),
+                    "end_time": _aware(row.end_time) if row.end_time else None,
+                }
+            )
+            for row in rows
+        ]
 
     def history(self, run_id: str, limit: int) -> tuple[CheckpointSummary, ...]:
         """The run's last `limit` checkpoints, oldest first."""
@@ -370,6 +429,25 @@ def _engine(url: str) -> sa.Engine:
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True, pool_size=10)
+
+
+def _run_message(r: Any) -> service_pb2.Run:
+    run = service_pb2.Run(
+        run_id=r.run_id,
+        latest_status=r.latest_status,
+        latest_primary_cause=r.latest_primary_cause,
+        latest_step=r.latest_step,
+        verdict_count=r.verdict_count,
+        stalled=r.stalled,
+        state=r.state,
+        stop_cause=r.stop_cause,
+        end_reason=r.end_reason,
+        ad_hoc=r.ad_hoc,
+    )
+    run.last_diagnosis_time.FromDatetime(_aware(r.last_time))
+    if r.end_time is not None:
+        run.end_time.FromDatetime(_aware(r.end_time))
+    return run
 
 
 def _row(v: verdict_pb2.Verdict, request_id: str) -> dict[str, Any]:

@@ -46,13 +46,19 @@ def too_large(message: str) -> RpcFailure:
     return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large", message)
 
 
-def check_header(header: service_pb2.DiagnoseHeader, limits: Limits) -> None:
-    """Refuse a bad header before a single byte of the upload is accepted."""
-    if not RUN_ID.fullmatch(header.run_id):
+def check_run_id(run_id: str) -> None:
+    if not RUN_ID.fullmatch(run_id):
         raise invalid(
-            f"run_id {header.run_id[:60]!r} is not valid: 1-200 characters of letters, "
+            f"run_id {run_id[:60]!r} is not valid: 1-200 characters of letters, "
             "digits and ._:/@+=- starting with a letter or digit"
         )
+
+
+def check_header(header: service_pb2.DiagnoseHeader, limits: Limits) -> None:
+    """Refuse a bad header before a single byte of the upload is accepted. An
+    empty run id is an ad-hoc diagnosis (the server names its run)."""
+    if header.run_id:
+        check_run_id(header.run_id)
     if header.step < 0:
         raise invalid(f"step must be >= 0, got {header.step}")
     if header.request_id and not REQUEST_ID.fullmatch(header.request_id):
@@ -70,6 +76,17 @@ def check_header(header: service_pb2.DiagnoseHeader, limits: Limits) -> None:
             )
         if not SHA256.fullmatch(info.sha256):
             raise invalid(f"header.{what}.sha256 must be 64 lower-case hex digits")
+
+
+def check_close(request: service_pb2.CloseRunRequest) -> None:
+    check_run_id(request.run_id)
+    closed = (service_pb2.RUN_STATE_FINISHED, service_pb2.RUN_STATE_STOPPED)
+    if request.state not in closed:
+        raise invalid("state must be RUN_STATE_FINISHED or RUN_STATE_STOPPED")
+    if request.stop_cause and request.state != service_pb2.RUN_STATE_STOPPED:
+        raise invalid("stop_cause is for stopped runs only")
+    if len(request.reason) > 500:
+        raise invalid(f"reason is {len(request.reason)} characters; at most 500")
 
 
 class Part:

@@ -26,43 +26,49 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from gradhealth.v1 import verdict_pb2 as gradhealth_dot_v1_dot_verdict__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgradhealth/v1/service.proto\x12\rgradhealth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bgradhealth/v1/verdict.proto\"K\n\x0cProbeOptions\x12&\n\x04mode\x18\x01 \x01(\x0e\x32\x18.gradhealth.v1.ProbeMode\x12\x13\n\x0b\x64isable_xla\x18\x02 \x01(\x08\"0\n\nUploadInfo\x12\x12\n\nsize_bytes\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xb2\x02\n\x0e\x44iagnoseHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12-\n\twall_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x10training_metrics\x18\x04 \x01(\x0b\x32\x1e.gradhealth.v1.TrainingMetrics\x12,\n\x07options\x18\x05 \x01(\x0b\x32\x1b.gradhealth.v1.ProbeOptions\x12-\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x19.gradhealth.v1.UploadInfo\x12(\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x19.gradhealth.v1.UploadInfo\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"}\n\x0f\x44iagnoseRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.gradhealth.v1.DiagnoseHeaderH\x00\x12\x1a\n\x10\x63heckpoint_chunk\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x62\x61tch_chunk\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\";\n\x10\x44iagnoseResponse\x12\'\n\x07verdict\x18\x01 \x01(\x0b\x32\x16.gradhealth.v1.Verdict\"\'\n\x11GetVerdictRequest\x12\x12\n\nverdict_id\x18\x01 \x01(\t\"=\n\x12GetVerdictResponse\x12\'\n\x07verdict\x18\x01 \x01(\x0b\x32\x16.gradhealth.v1.Verdict\"\xf6\x01\n\x13ListVerdictsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.gradhealth.v1.Status\x12#\n\x05\x63\x61use\x18\x05 \x01(\x0e\x32\x14.gradhealth.v1.Cause\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x14ListVerdictsResponse\x12(\n\x08verdicts\x18\x01 \x03(\x0b\x32\x16.gradhealth.v1.Verdict\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xed\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12,\n\rlatest_status\x18\x02 \x01(\x0e\x32\x15.gradhealth.v1.Status\x12\x32\n\x14latest_primary_cause\x18\x03 \x01(\x0e\x32\x14.gradhealth.v1.Cause\x12\x13\n\x0blatest_step\x18\x04 \x01(\x03\x12\x37\n\x13last_diagnosis_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rverdict_count\x18\x06 \x01(\x03\x12\x0f\n\x07stalled\x18\x07 \x01(\x08\"8\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x10ListRunsResponse\x12 \n\x04runs\x18\x01 \x03(\x0b\x32\x12.gradhealth.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x14WatchVerdictsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0eunhealthy_only\x18\x02 \x01(\x08\"@\n\x15WatchVerdictsResponse\x12\'\n\x07verdict\x18\x01 \x01(\x0b\x32\x16.gradhealth.v1.Verdict*R\n\tProbeMode\x12\x1a\n\x16PROBE_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPROBE_MODE_FULL\x10\x01\x12\x14\n\x10PROBE_MODE_NORMS\x10\x02\x32\xbd\x03\n\x15GradientHealthService\x12M\n\x08\x44iagnose\x12\x1e.gradhealth.v1.DiagnoseRequest\x1a\x1f.gradhealth.v1.DiagnoseResponse(\x01\x12Q\n\nGetVerdict\x12 .gradhealth.v1.GetVerdictRequest\x1a!.gradhealth.v1.GetVerdictResponse\x12W\n\x0cListVerdicts\x12\".gradhealth.v1.ListVerdictsRequest\x1a#.gradhealth.v1.ListVerdictsResponse\x12K\n\x08ListRuns\x12\x1e.gradhealth.v1.ListRunsRequest\x1a\x1f.gradhealth.v1.ListRunsResponse\x12\\\n\rWatchVerdicts\x12#.gradhealth.v1.WatchVerdictsRequest\x1a$.gradhealth.v1.WatchVerdictsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgradhealth/v1/service.proto\x12\rgradhealth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bgradhealth/v1/verdict.proto\"K\n\x0cProbeOptions\x12&\n\x04mode\x18\x01 \x01(\x0e\x32\x18.gradhealth.v1.ProbeMode\x12\x13\n\x0b\x64isable_xla\x18\x02 \x01(\x08\"0\n\nUploadInfo\x12\x12\n\nsize_bytes\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xc2\x02\n\x0e\x44iagnoseHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12-\n\twall_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x10training_metrics\x18\x04 \x01(\x0b\x32\x1e.gradhealth.v1.TrainingMetrics\x12,\n\x07options\x18\x05 \x01(\x0b\x32\x1b.gradhealth.v1.ProbeOptions\x12-\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x19.gradhealth.v1.UploadInfo\x12(\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x19.gradhealth.v1.UploadInfo\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0e\n\x06\x61\x64_hoc\x18\t \x01(\x08\"}\n\x0f\x44iagnoseRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.gradhealth.v1.DiagnoseHeaderH\x00\x12\x1a\n\x10\x63heckpoint_chunk\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x62\x61tch_chunk\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\";\n\x10\x44iagnoseResponse\x12\'\n\x07verdict\x18\x01 \x01(\x0b\x32\x16.gradhealth.v1.Verdict\"\'\n\x11GetVerdictRequest\x12\x12\n\nverdict_id\x18\x01 \x01(\t\"=\n\x12GetVerdictResponse\x12\'\n\x07verdict\x18\x01 \x01(\x0b\x32\x16.gradhealth.v1.Verdict\"\xf6\x01\n\x13ListVerdictsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.gradhealth.v1.Status\x12#\n\x05\x63\x61use\x18\x05 \x01(\x0e\x32\x14.gradhealth.v1.Cause\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x14ListVerdictsResponse\x12(\n\x08verdicts\x18\x01 \x03(\x0b\x32\x16.gradhealth.v1.Verdict\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x91\x03\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12,\n\rlatest_status\x18\x02 \x01(\x0e\x32\x15.gradhealth.v1.Status\x12\x32\n\x14latest_primary_cause\x18\x03 \x01(\x0e\x32\x14.gradhealth.v1.Cause\x12\x13\n\x0blatest_step\x18\x04 \x01(\x03\x12\x37\n\x13last_diagnosis_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rverdict_count\x18\x06 \x01(\x03\x12\x0f\n\x07stalled\x18\x07 \x01(\x08\x12&\n\x05state\x18\x08 \x01(\x0e\x32\x17.gradhealth.v1.RunState\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\nstop_cause\x18\n \x01(\x0e\x32\x14.gradhealth.v1.Cause\x12\x12\n\nend_reason\x18\x0b \x01(\t\x12\x0e\n\x06\x61\x64_hoc\x18\x0c \x01(\x08\"\x83\x01\n\x0f\x43loseRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.gradhealth.v1.RunState\x12(\n\nstop_cause\x18\x03 \x01(\x0e\x32\x14.gradhealth.v1.Cause\x12\x0e\n\x06reason\x18\x04 \x01(\t\"3\n\x10\x43loseRunResponse\x12\x1f\n\x03run\x18\x01 \x01(\x0b\x32\x12.gradhealth.v1.Run\"8\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x10ListRunsResponse\x12 \n\x04runs\x18\x01 \x03(\x0b\x32\x12.gradhealth.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x14WatchVerdictsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0eunhealthy_only\x18\x02 \x01(\x08\"@\n\x15WatchVerdictsResponse\x12\'\n\x07verdict\x18\x01 \x01(\x0b\x32\x16.gradhealth.v1.Verdict*R\n\tProbeMode\x12\x1a\n\x16PROBE_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPROBE_MODE_FULL\x10\x01\x12\x14\n\x10PROBE_MODE_NORMS\x10\x02*j\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_ACTIVE\x10\x01\x12\x16\n\x12RUN_STATE_FINISHED\x10\x02\x12\x15\n\x11RUN_STATE_STOPPED\x10\x03\x32\x8a\x04\n\x15GradientHealthService\x12M\n\x08\x44iagnose\x12\x1e.gradhealth.v1.DiagnoseRequest\x1a\x1f.gradhealth.v1.DiagnoseResponse(\x01\x12Q\n\nGetVerdict\x12 .gradhealth.v1.GetVerdictRequest\x1a!.gradhealth.v1.GetVerdictResponse\x12W\n\x0cListVerdicts\x12\".gradhealth.v1.ListVerdictsRequest\x1a#.gradhealth.v1.ListVerdictsResponse\x12K\n\x08ListRuns\x12\x1e.gradhealth.v1.ListRunsRequest\x1a\x1f.gradhealth.v1.ListRunsResponse\x12K\n\x08\x43loseRun\x12\x1e.gradhealth.v1.CloseRunRequest\x1a\x1f.gradhealth.v1.CloseRunResponse\x12\\\n\rWatchVerdicts\x12#.gradhealth.v1.WatchVerdictsRequest\x1a$.gradhealth.v1.WatchVerdictsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gradhealth.v1.service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROBEMODE']._serialized_start=1683
-  _globals['_PROBEMODE']._serialized_end=1765
+  _globals['_PROBEMODE']._serialized_start=2050
+  _globals['_PROBEMODE']._serialized_end=2132
+  _globals['_RUNSTATE']._serialized_start=2134
+  _globals['_RUNSTATE']._serialized_end=2240
   _globals['_PROBEOPTIONS']._serialized_start=108
   _globals['_PROBEOPTIONS']._serialized_end=183
   _globals['_UPLOADINFO']._serialized_start=185
   _globals['_UPLOADINFO']._serialized_end=233
   _globals['_DIAGNOSEHEADER']._serialized_start=236
-  _globals['_DIAGNOSEHEADER']._serialized_end=542
-  _globals['_DIAGNOSEREQUEST']._serialized_start=544
-  _globals['_DIAGNOSEREQUEST']._serialized_end=669
-  _globals['_DIAGNOSERESPONSE']._serialized_start=671
-  _globals['_DIAGNOSERESPONSE']._serialized_end=730
-  _globals['_GETVERDICTREQUEST']._serialized_start=732
-  _globals['_GETVERDICTREQUEST']._serialized_end=771
-  _globals['_GETVERDICTRESPONSE']._serialized_start=773
-  _globals['_GETVERDICTRESPONSE']._serialized_end=834
-  _globals['_LISTVERDICTSREQUEST']._serialized_start=837
-  _globals['_LISTVERDICTSREQUEST']._serialized_end=1083
-  _globals['_LISTVERDICTSRESPONSE']._serialized_start=1085
-  _globals['_LISTVERDICTSRESPONSE']._serialized_end=1174
-  _globals['_RUN']._serialized_start=1177
-  _globals['_RUN']._serialized_end=1414
-  _globals['_LISTRUNSREQUEST']._serialized_start=1416
-  _globals['_LISTRUNSREQUEST']._serialized_end=1472
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1474
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1551
-  _globals['_WATCHVERDICTSREQUEST']._serialized_start=1553
-  _globals['_WATCHVERDICTSREQUEST']._serialized_end=1615
-  _globals['_WATCHVERDICTSRESPONSE']._serialized_start=1617
-  _globals['_WATCHVERDICTSRESPONSE']._serialized_end=1681
-  _globals['_GRADIENTHEALTHSERVICE']._serialized_start=1768
-  _globals['_GRADIENTHEALTHSERVICE']._serialized_end=2213
+  _globals['_DIAGNOSEHEADER']._serialized_end=558
+  _globals['_DIAGNOSEREQUEST']._serialized_start=560
+  _globals['_DIAGNOSEREQUEST']._serialized_end=685
+  _globals['_DIAGNOSERESPONSE']._serialized_start=687
+  _globals['_DIAGNOSERESPONSE']._serialized_end=746
+  _globals['_GETVERDICTREQUEST']._serialized_start=748
+  _globals['_GETVERDICTREQUEST']._serialized_end=787
+  _globals['_GETVERDICTRESPONSE']._serialized_start=789
+  _globals['_GETVERDICTRESPONSE']._serialized_end=850
+  _globals['_LISTVERDICTSREQUEST']._serialized_start=853
+  _globals['_LISTVERDICTSREQUEST']._serialized_end=1099
+  _globals['_LISTVERDICTSRESPONSE']._serialized_start=1101
+  _globals['_LISTVERDICTSRESPONSE']._serialized_end=1190
+  _globals['_RUN']._serialized_start=1193
+  _globals['_RUN']._serialized_end=1594
+  _globals['_CLOSERUNREQUEST']._serialized_start=1597
+  _globals['_CLOSERUNREQUEST']._serialized_end=1728
+  _globals['_CLOSERUNRESPONSE']._serialized_start=1730
+  _globals['_CLOSERUNRESPONSE']._serialized_end=1781
+  _globals['_LISTRUNSREQUEST']._serialized_start=1783
+  _globals['_LISTRUNSREQUEST']._serialized_end=1839
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1841
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1918
+  _globals['_WATCHVERDICTSREQUEST']._serialized_start=1920
+  _globals['_WATCHVERDICTSREQUEST']._serialized_end=1982
+  _globals['_WATCHVERDICTSRESPONSE']._serialized_start=1984
+  _globals['_WATCHVERDICTSRESPONSE']._serialized_end=2048
+  _globals['_GRADIENTHEALTHSERVICE']._serialized_start=2243
+  _globals['_GRADIENTHEALTHSERVICE']._serialized_end=2765
 # @@protoc_insertion_point(module_scope)

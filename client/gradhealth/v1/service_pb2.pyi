@@ -16,9 +16,20 @@ class ProbeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROBE_MODE_UNSPECIFIED: _ClassVar[ProbeMode]
     PROBE_MODE_FULL: _ClassVar[ProbeMode]
     PROBE_MODE_NORMS: _ClassVar[ProbeMode]
+
+class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
+    RUN_STATE_ACTIVE: _ClassVar[RunState]
+    RUN_STATE_FINISHED: _ClassVar[RunState]
+    RUN_STATE_STOPPED: _ClassVar[RunState]
 PROBE_MODE_UNSPECIFIED: ProbeMode
 PROBE_MODE_FULL: ProbeMode
 PROBE_MODE_NORMS: ProbeMode
+RUN_STATE_UNSPECIFIED: RunState
+RUN_STATE_ACTIVE: RunState
+RUN_STATE_FINISHED: RunState
+RUN_STATE_STOPPED: RunState
 
 class ProbeOptions(_message.Message):
     __slots__ = ("mode", "disable_xla")
@@ -37,7 +48,7 @@ class UploadInfo(_message.Message):
     def __init__(self, size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class DiagnoseHeader(_message.Message):
-    __slots__ = ("run_id", "step", "wall_time", "training_metrics", "options", "checkpoint", "batch", "request_id")
+    __slots__ = ("run_id", "step", "wall_time", "training_metrics", "options", "checkpoint", "batch", "request_id", "ad_hoc")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     WALL_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +57,7 @@ class DiagnoseHeader(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    AD_HOC_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     step: int
     wall_time: _timestamp_pb2.Timestamp
@@ -54,7 +66,8 @@ class DiagnoseHeader(_message.Message):
     checkpoint: UploadInfo
     batch: UploadInfo
     request_id: str
-    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., wall_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., training_metrics: _Optional[_Union[_verdict_pb2.TrainingMetrics, _Mapping]] = ..., options: _Optional[_Union[ProbeOptions, _Mapping]] = ..., checkpoint: _Optional[_Union[UploadInfo, _Mapping]] = ..., batch: _Optional[_Union[UploadInfo, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    ad_hoc: bool
+    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., wall_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., training_metrics: _Optional[_Union[_verdict_pb2.TrainingMetrics, _Mapping]] = ..., options: _Optional[_Union[ProbeOptions, _Mapping]] = ..., checkpoint: _Optional[_Union[UploadInfo, _Mapping]] = ..., batch: _Optional[_Union[UploadInfo, _Mapping]] = ..., request_id: _Optional[str] = ..., ad_hoc: _Optional[bool] = ...) -> None: ...
 
 class DiagnoseRequest(_message.Message):
     __slots__ = ("header", "checkpoint_chunk", "batch_chunk")
@@ -111,7 +124,7 @@ class ListVerdictsResponse(_message.Message):
     def __init__(self, verdicts: _Optional[_Iterable[_Union[_verdict_pb2.Verdict, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "latest_status", "latest_primary_cause", "latest_step", "last_diagnosis_time", "verdict_count", "stalled")
+    __slots__ = ("run_id", "latest_status", "latest_primary_cause", "latest_step", "last_diagnosis_time", "verdict_count", "stalled", "state", "end_time", "stop_cause", "end_reason", "ad_hoc")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     LATEST_STATUS_FIELD_NUMBER: _ClassVar[int]
     LATEST_PRIMARY_CAUSE_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +132,11 @@ class Run(_message.Message):
     LAST_DIAGNOSIS_TIME_FIELD_NUMBER: _ClassVar[int]
     VERDICT_COUNT_FIELD_NUMBER: _ClassVar[int]
     STALLED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    STOP_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    AD_HOC_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     latest_status: _verdict_pb2.Status
     latest_primary_cause: _verdict_pb2.Cause
@@ -126,7 +144,30 @@ class Run(_message.Message):
     last_diagnosis_time: _timestamp_pb2.Timestamp
     verdict_count: int
     stalled: bool
-    def __init__(self, run_id: _Optional[str] = ..., latest_status: _Optional[_Union[_verdict_pb2.Status, str]] = ..., latest_primary_cause: _Optional[_Union[_verdict_pb2.Cause, str]] = ..., latest_step: _Optional[int] = ..., last_diagnosis_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verdict_count: _Optional[int] = ..., stalled: _Optional[bool] = ...) -> None: ...
+    state: RunState
+    end_time: _timestamp_pb2.Timestamp
+    stop_cause: _verdict_pb2.Cause
+    end_reason: str
+    ad_hoc: bool
+    def __init__(self, run_id: _Optional[str] = ..., latest_status: _Optional[_Union[_verdict_pb2.Status, str]] = ..., latest_primary_cause: _Optional[_Union[_verdict_pb2.Cause, str]] = ..., latest_step: _Optional[int] = ..., last_diagnosis_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verdict_count: _Optional[int] = ..., stalled: _Optional[bool] = ..., state: _Optional[_Union[RunState, str]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stop_cause: _Optional[_Union[_verdict_pb2.Cause, str]] = ..., end_reason: _Optional[str] = ..., ad_hoc: _Optional[bool] = ...) -> None: ...
+
+class CloseRunRequest(_message.Message):
+    __slots__ = ("run_id", "state", "stop_cause", "reason")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STOP_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    state: RunState
+    stop_cause: _verdict_pb2.Cause
+    reason: str
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., stop_cause: _Optional[_Union[_verdict_pb2.Cause, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CloseRunResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

@@ -56,6 +56,11 @@ class GradientHealthServiceStub:
                 request_serializer=gradhealth_dot_v1_dot_service__pb2.ListRunsRequest.SerializeToString,
                 response_deserializer=gradhealth_dot_v1_dot_service__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
+        self.CloseRun = channel.unary_unary(
+                '/gradhealth.v1.GradientHealthService/CloseRun',
+                request_serializer=gradhealth_dot_v1_dot_service__pb2.CloseRunRequest.SerializeToString,
+                response_deserializer=gradhealth_dot_v1_dot_service__pb2.CloseRunResponse.FromString,
+                _registered_method=True)
         self.WatchVerdicts = channel.unary_stream(
                 '/gradhealth.v1.GradientHealthService/WatchVerdicts',
                 request_serializer=gradhealth_dot_v1_dot_service__pb2.WatchVerdictsRequest.SerializeToString,
@@ -94,6 +99,14 @@ class GradientHealthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CloseRun(self, request, context):
+        """Mark a run over: finished normally, or stopped (by the callback's stop_on or
+        by hand). Its alerts resolve; its verdicts stay queryable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchVerdicts(self, request, context):
         """New verdicts as they are stored, by any replica.
         """
@@ -123,6 +136,11 @@ def add_GradientHealthServiceServicer_to_server(servicer, server):
                     servicer.ListRuns,
                     request_deserializer=gradhealth_dot_v1_dot_service__pb2.ListRunsRequest.FromString,
                     response_serializer=gradhealth_dot_v1_dot_service__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'CloseRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseRun,
+                    request_deserializer=gradhealth_dot_v1_dot_service__pb2.CloseRunRequest.FromString,
+                    response_serializer=gradhealth_dot_v1_dot_service__pb2.CloseRunResponse.SerializeToString,
             ),
             'WatchVerdicts': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchVerdicts,
@@ -240,6 +258,33 @@ class GradientHealthService:
             '/gradhealth.v1.GradientHealthService/ListRuns',
             gradhealth_dot_v1_dot_service__pb2.ListRunsRequest.SerializeToString,
             gradhealth_dot_v1_dot_service__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradhealth.v1.GradientHealthService/CloseRun',
+            gradhealth_dot_v1_dot_service__pb2.CloseRunRequest.SerializeToString,
+            gradhealth_dot_v1_dot_service__pb2.CloseRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
