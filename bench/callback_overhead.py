@@ -29,7 +29,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
     from gradhealth.callback import GradientHealthCallback
     from gradhealth.client import GradientHealthClient
-    from gradhealth_server.examples import digits, digits_cnn
+    from gradhealth_server.commands.examples import digits, digits_cnn
     from tests.service import ServerProcess
 
     class TimedCallback(GradientHealthCallback):

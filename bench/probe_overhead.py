@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from bench.timing import side_by_side
-from gradhealth_server.device import configure_device
-from gradhealth_server.examples import digits, digits_cnn
+from gradhealth_server.commands.examples import digits, digits_cnn
+from gradhealth_server.engine.device import configure_device
 
 TARGETS = {"full": 1.5, "norms": 1.05}
 

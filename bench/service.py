@@ -42,7 +42,7 @@ PHASES = ("upload", "queue", "load", "batch", "compile_and_probe", "probe", "tri
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from gradhealth_server.device import configure_device
+    from gradhealth_server.engine.device import configure_device
 
     configure_device()
     with tempfile.TemporaryDirectory(prefix="gradhealth-bench-") as tmp:
@@ -207,7 +207,7 @@ def _wide_mlp(work: Path) -> tuple[Path, Path]:
     """About 100 MB of float32 weights: 26M parameters, SGD (no slots)."""
     import keras
 
-    from gradhealth_server.examples import digits
+    from gradhealth_server.commands.examples import digits
 
     x, y = digits()
     x = x.reshape(len(x), -1)[:128]
@@ -234,7 +234,7 @@ def _cnn_pair(work: Path) -> tuple[Path, Path, Path]:
     """Two checkpoints of one CNN run, an epoch apart."""
     import keras
 
-    from gradhealth_server.examples import digits, digits_cnn
+    from gradhealth_server.commands.examples import digits, digits_cnn
 
     x, y = digits()
     keras.utils.set_random_seed(0)

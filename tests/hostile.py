@@ -695,7 +695,7 @@ def measure(paths: list[str]) -> dict[str, dict[str, Any]]:
     Keras already imported (as in a warm worker)."""
     import keras  # noqa: F401
 
-    from gradhealth_server.checkpoint import ModelCache
+    from gradhealth_server.intake.checkpoint import ModelCache
 
     results: dict[str, dict[str, Any]] = {}
     for path in paths:
@@ -719,7 +719,7 @@ def measure(paths: list[str]) -> dict[str, dict[str, Any]]:
 if __name__ == "__main__":
     if sys.argv[1:2] != ["measure"]:
         raise SystemExit("usage: python -m tests.hostile measure CHECKPOINT...")
-    from gradhealth_server.device import quiet_tensorflow
+    from gradhealth_server.engine.device import quiet_tensorflow
 
     quiet_tensorflow()
     print(json.dumps(measure(sys.argv[2:])))

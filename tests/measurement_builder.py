@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from gradhealth_server.engine.facts import StaticFacts
 from gradhealth_server.engine.measurements import (
     ActivationMeasurement,
     LabelStats,
@@ -90,6 +91,7 @@ def healthy(**changes: Any) -> Measurements:
         "input_names": ["x"],
     }
     static.update(changes.pop("static", {}))
+    facts = StaticFacts(**{k: tuple(v) if isinstance(v, list) else v for k, v in static.items()})
     m = Measurements(
         loss=0.3,
         accuracy=0.92,
@@ -119,7 +121,7 @@ def healthy(**changes: Any) -> Measurements:
         optimizer=OptimizerStep(
             "Adam", 1e-3, 1e-3, 9e-3, 0.3, [0.1, 1.0, 10.0], [0.299, 0.295, 0.31], iterations=500
         ),
-        static=static,
+        static=facts,
         unavailable=[],
     )
     trial = changes.pop("trial", None)

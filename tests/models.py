@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradhealth_server.device import quiet_tensorflow
+from gradhealth_server.engine.device import quiet_tensorflow
 
 quiet_tensorflow()
 
@@ -15,13 +15,13 @@ import keras  # noqa: E402
 
 
 def digits(scale: float = 1.0 / 16.0) -> tuple[np.ndarray, np.ndarray]:
-    from gradhealth_server.examples import digits as load
+    from gradhealth_server.commands.examples import digits as load
 
     return load(scale)
 
 
 def cnn() -> keras.Model:
-    from gradhealth_server.examples import digits_cnn
+    from gradhealth_server.commands.examples import digits_cnn
 
     return digits_cnn()
 

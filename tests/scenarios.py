@@ -255,7 +255,7 @@ def tabular_mlp_sgd(
 
 
 def digits_cnn() -> keras.Model:
-    from gradhealth_server.examples import digits_cnn as build
+    from gradhealth_server.commands.examples import digits_cnn as build
 
     return build()
 

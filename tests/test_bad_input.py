@@ -10,9 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from gradhealth_server.archive import inspect_archive
 from gradhealth_server.errors import InvalidBatch, InvalidCheckpoint, LimitExceeded
-from gradhealth_server.limits import Limits
+from gradhealth_server.intake.archive import inspect_archive
+from gradhealth_server.intake.limits import Limits
 from tests import models
 
 ROWS = 64
@@ -281,7 +281,7 @@ def test_unbuilt_and_frozen_models(tmp_path, diagnoser, good_batch):
 
 
 def test_config_nested_just_below_the_json_limit(tmp_path, checkpoints):
-    from gradhealth_server.checkpoint import ModelCache
+    from gradhealth_server.intake.checkpoint import ModelCache
 
     members = _members(checkpoints.path("cnn"))
     members["config.json"] = (

@@ -10,7 +10,7 @@ import numpy as np
 from gradhealth.callback import GradientHealthCallback
 from gradhealth.client import GradientHealthClient
 from gradhealth.v1 import service_pb2, verdict_pb2
-from gradhealth_server.examples import digits, digits_cnn
+from gradhealth_server.commands.examples import digits, digits_cnn
 from tests.service import TOKEN, free_port
 
 

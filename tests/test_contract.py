@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from gradhealth.v1 import service_pb2, verdict_pb2
-from gradhealth_server.verdict import Cause, Severity
+from gradhealth_server.verdict.findings import Cause, Severity
 
 
 def test_every_cause_and_severity_is_on_the_wire():
@@ -56,7 +56,7 @@ def test_a_verdict_crosses_the_wire_unchanged(checkpoints, diagnoser, tmp_path):
     import numpy as np
 
     from gradhealth.verdicts import verdict_to_dict
-    from gradhealth_server.wire import to_verdict
+    from gradhealth_server.verdict.wire import to_verdict
     from tests import models
 
     x, y = models.digits(scale=255 / 16)

@@ -140,7 +140,7 @@ def serve_actions() -> list:
 
     outer = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("GRADHEALTH_")}
     try:
-        parser = _parser()
+        parser, _ = _parser()
     finally:
         os.environ.update(outer)
     serve = next(a for a in parser._actions if a.dest == "command").choices["serve"]
@@ -148,14 +148,15 @@ def serve_actions() -> list:
 
 
 def parse_serve(monkeypatch, environment: dict[str, str], *argv: str):
-    from gradhealth.cli import BadEnvironmentValue, _parser
+    from gradhealth.cli import _parser
+    from gradhealth.cli.options import BadEnvironmentValue
 
     for key in [k for k in os.environ if k.startswith("GRADHEALTH_")]:
         monkeypatch.delenv(key)
     for key, value in environment.items():
         monkeypatch.setenv(key, value)
     try:
-        return _parser().parse_args(["serve", *argv])
+        return _parser()[0].parse_args(["serve", *argv])
     except BadEnvironmentValue as exc:
         return exc
 

@@ -39,25 +39,25 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.extra import numpy as hnp
 
+from gradhealth.contract import MIN_CHUNK_BYTES
 from gradhealth.v1 import service_pb2
-from gradhealth_server.archive import inspect_archive
-from gradhealth_server.batch import Batch, make_batch, read_npz
-from gradhealth_server.config_screen import screen_config
-from gradhealth_server.engine.structure import StaticFacts
+from gradhealth_server.engine.facts import StaticFacts
 from gradhealth_server.errors import InvalidBatch, InvalidCheckpoint, LimitExceeded
-from gradhealth_server.limits import Limits
-from gradhealth_server.upload import (
-    MIN_CHUNK_BYTES,
+from gradhealth_server.intake.archive import inspect_archive
+from gradhealth_server.intake.batch import Batch, make_batch, read_npz
+from gradhealth_server.intake.config_screen import screen_config
+from gradhealth_server.intake.limits import Limits
+from gradhealth_server.intake.weights_file import screen_weights
+from gradhealth_server.service.status import RpcFailure
+from gradhealth_server.service.upload import (
     REQUEST_ID,
     RUN_ID,
     SHA256,
-    RpcFailure,
     Spool,
     UploadLimits,
     check_header,
     receive_parts,
 )
-from gradhealth_server.weights_file import screen_weights
 from tests import hostile
 
 EXAMPLES = int(os.environ.get("GRADHEALTH_FUZZ_EXAMPLES", "200"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from gradhealth_server.history import CheckpointSummary, RunHistory
 from gradhealth_server.rules import judge
+from gradhealth_server.rules.history import CheckpointSummary, RunHistory
 from tests.measurement_builder import healthy, stuck
 
 DIGESTS = {"dense": "a1", "dense_1": "b1", "dense_2": "c1"}

@@ -24,10 +24,10 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from gradhealth.v1 import service_pb2
-from gradhealth_server.checkpoint import ModelCache, check_declared_size
-from gradhealth_server.config_screen import screen_config
-from gradhealth_server.model_size import declared_size
-from gradhealth_server.weights_file import screen_weights
+from gradhealth_server.intake.checkpoint import ModelCache, check_declared_size
+from gradhealth_server.intake.config_screen import screen_config
+from gradhealth_server.intake.model_size import declared_size
+from gradhealth_server.intake.weights_file import screen_weights
 from tests import hostile, models
 from tests.hostile import CASES, EXHAUSTED, Base, Case
 from tests.service import TOKEN, raw_diagnose

@@ -83,7 +83,7 @@ def test_loss_scale_optimizer_step_is_the_real_step(tmp_path):
     model.save(path)
     d = Diagnoser().diagnose(path, npz(x=x[:ROWS], y=y[:ROWS]))
     m = d.measurements
-    assert m.static["optimizer"] == "SGD" and m.static["learning_rate"] == pytest.approx(lr)
+    assert m.static.optimizer == "SGD" and m.static.learning_rate == pytest.approx(lr)
     # Plain SGD moves each weight by lr * g: the update norm is lr * |g|.
     for layer in m.layers:
         assert layer.update_norm == pytest.approx(lr * layer.grad_norm, rel=1e-3)
@@ -161,5 +161,5 @@ def test_learning_rate_is_read_from_each_checkpoint(tmp_path):
     first = diagnoser.diagnose(tmp_path / "a.keras", batch)
     second = diagnoser.diagnose(tmp_path / "b.keras", batch)
     assert second.cache_hit and second.fingerprint == first.fingerprint
-    assert first.measurements.static["learning_rate"] == pytest.approx(1e-3)
-    assert second.measurements.static["learning_rate"] == pytest.approx(0.5)
+    assert first.measurements.static.learning_rate == pytest.approx(1e-3)
+    assert second.measurements.static.learning_rate == pytest.approx(0.5)

@@ -182,14 +182,14 @@ def test_per_run_series_are_bounded_and_expire(tmp_path):
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from gradhealth_server.run_metrics import RunMetrics, RunMetricsConfig
-    from gradhealth_server.store import VerdictStore
-    from tests.test_store import verdict
+    from gradhealth_server.metrics.runs import RunMetrics, RunMetricsConfig
+    from gradhealth_server.store.verdict_store import VerdictStore
+    from tests.test_store import add, verdict
 
     store = VerdictStore(f"sqlite:///{tmp_path / 'v.db'}")
     now = dt.datetime.now(dt.UTC)
     for i, hours in enumerate((48, 3, 2, 1)):
-        store.add(verdict(run=f"run-{i}", step=i, when=now - dt.timedelta(hours=hours)))
+        add(store, verdict(run=f"run-{i}", step=i, when=now - dt.timedelta(hours=hours)))
     registry = CollectorRegistry()
     registry.register(RunMetrics(store, RunMetricsConfig(active_seconds=24 * 3600, max_runs=2)))
     text = generate_latest(registry).decode()

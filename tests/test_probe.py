@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gradhealth_server.checkpoint import ModelCache
-from gradhealth_server.engine.measurements import build_measurements
+from gradhealth_server.engine.measure import build_measurements
 from gradhealth_server.engine.probe import Probe, ProbeOptions
 from gradhealth_server.engine.structure import read_structure
-from gradhealth_server.limits import Limits
+from gradhealth_server.intake.checkpoint import ModelCache
+from gradhealth_server.intake.limits import Limits
 from tests import models
 
 ROWS = 256
@@ -56,7 +56,7 @@ def test_gradients_match_eager_tape(checkpoints, kind):
     _, result, m = run_probe(model, x, y)
     loss, grads = eager_loss_and_grads(model, x, y)
     expected_sq = np.array([np.sum(np.square(g.astype(np.float64))) for g in grads])
-    np.testing.assert_allclose(result.raw["grad_sq"], expected_sq, rtol=1e-4)
+    np.testing.assert_allclose(result.raw["variables"]["grad_sq"], expected_sq, rtol=1e-4)
     assert m.loss == pytest.approx(loss, rel=1e-5)
     # Per-layer norms are the root of the summed squares of that layer's variables.
     first = m.layers[0]
@@ -143,7 +143,7 @@ def test_norms_mode_measures_only_gradient_norms(checkpoints):
     _, grads = eager_loss_and_grads(model, x[:ROWS], y[:ROWS])
     expected = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads))
     assert m.grad_norm == pytest.approx(expected, rel=1e-4)
-    assert "step_sq" not in result.raw and m.optimizer is None
+    assert "optimizer" not in result.raw and m.optimizer is None
     assert {"activations", "optimizer_step", "lr_probe"} <= set(m.unavailable)
 
 
@@ -153,7 +153,8 @@ def test_xla_and_plain_graph_agree(checkpoints):
     _, with_xla, a = run_probe(model, x[:ROWS], y[:ROWS])
     _, without, b = run_probe(model, x[:ROWS], y[:ROWS], jit_compile=False)
     assert with_xla.xla is True and without.xla is False
-    np.testing.assert_allclose(with_xla.raw["grad_sq"], without.raw["grad_sq"], rtol=1e-4)
+    grads = [r.raw["variables"]["grad_sq"] for r in (with_xla, without)]
+    np.testing.assert_allclose(*grads, rtol=1e-4)
     assert a.loss == pytest.approx(b.loss, rel=1e-5)
 
 
@@ -163,8 +164,8 @@ def test_batchnorm_model_uses_one_micro_batch(checkpoints):
     _, _, m = run_probe(model, x[:ROWS], y[:ROWS])
     assert m.micro_batch_rows == [ROWS]
     assert "noise_scale" in m.unavailable
-    assert m.static["batch_coupled"] is True
-    assert "BatchNormalization" in m.static["normalization_layers"]
+    assert m.static.batch_coupled is True
+    assert "BatchNormalization" in m.static.normalization_layers
 
 
 def test_multi_input_model(checkpoints):
@@ -174,8 +175,8 @@ def test_multi_input_model(checkpoints):
     _, result, m = run_probe(model, batch, y[:ROWS])
     _, grads = eager_loss_and_grads(model, [batch["image"], batch["stats"]], y[:ROWS])
     expected = np.array([np.sum(np.square(g.astype(np.float64))) for g in grads])
-    np.testing.assert_allclose(result.raw["grad_sq"], expected, rtol=1e-4)
-    assert m.static["input_names"] == ["image", "stats"]
+    np.testing.assert_allclose(result.raw["variables"]["grad_sq"], expected, rtol=1e-4)
+    assert m.static.input_names == ("image", "stats")
     # One first weight layer per branch: the conv sees pixels, the dense sees stats.
     seen = sorted(round(t.max, 4) for t in m.first_layer_inputs)
     expected_max = sorted(round(float(v.max()), 4) for v in batch.values())
@@ -191,7 +192,7 @@ def test_subclassed_model_gets_gradients_and_says_what_is_missing(checkpoints):
     _, result, m = run_probe(model, x[:ROWS], y[:ROWS])
     _, grads = eager_loss_and_grads(model, x[:ROWS], y[:ROWS])
     expected = np.array([np.sum(np.square(g.astype(np.float64))) for g in grads])
-    np.testing.assert_allclose(result.raw["grad_sq"], expected, rtol=1e-4)
+    np.testing.assert_allclose(result.raw["variables"]["grad_sq"], expected, rtol=1e-4)
     assert "activations" in m.unavailable and m.activations == []
     assert m.optimizer is not None and m.optimizer.update_ratio > 0
     assert len(m.layers) == 2

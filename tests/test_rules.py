@@ -8,7 +8,7 @@ import pytest
 
 from gradhealth_server.engine.measurements import NonFinite, OptimizerStep
 from gradhealth_server.rules import ConfigError, build_rules, judge
-from gradhealth_server.verdict import Cause, Severity
+from gradhealth_server.verdict.findings import Cause, Severity
 from tests.measurement_builder import BYTE, activation, healthy, layer, stats, stuck
 
 

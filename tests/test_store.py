@@ -11,7 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from gradhealth.v1 import service_pb2, verdict_pb2
-from gradhealth_server.store import BadPageToken, VerdictQuery, VerdictStore
+from gradhealth_server.rules.history import CheckpointColumns
+from gradhealth_server.store.rows import BadPageToken
+from gradhealth_server.store.verdict_store import VerdictQuery, VerdictStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -41,7 +43,7 @@ def test_the_tables_match_the_migrations(url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from gradhealth_server.store import metadata
+    from gradhealth_server.store.schema import metadata
 
     store = VerdictStore(url)
     with store.engine.connect() as db:
@@ -49,7 +51,23 @@ def test_the_tables_match_the_migrations(url):
     assert differences == []
 
 
-def verdict(run="run", step=1, status=verdict_pb2.STATUS_HEALTHY, causes=(), when=None, acc=0.5):
+# The typed columns each test verdict is stored with, as the worker would give them.
+COLUMNS: dict[str, CheckpointColumns] = {}
+
+
+def add(store: VerdictStore, v: verdict_pb2.Verdict, **kw):
+    return store.add(v, columns=COLUMNS.get(v.verdict_id), **kw)
+
+
+def verdict(
+    run="run",
+    step=1,
+    status=verdict_pb2.STATUS_HEALTHY,
+    causes=(),
+    when=None,
+    acc=0.5,
+    grad_norm=None,
+):
     v = verdict_pb2.Verdict(
         verdict_id=str(uuid.uuid4()),
         run_id=run,
@@ -64,12 +82,13 @@ def verdict(run="run", step=1, status=verdict_pb2.STATUS_HEALTHY, causes=(), whe
         v.findings.add(cause=cause, severity=verdict_pb2.SEVERITY_CRITICAL)
     v.measurements.update({"accuracy": acc, "loss": "nan", "weight_digests": {"dense": str(step)}})
     v.training_metrics.accuracy = acc
+    COLUMNS[v.verdict_id] = CheckpointColumns(acc, None, grad_norm, {"dense": str(step)})
     return v
 
 
 def test_verdicts_survive_reopening_the_store(url):
     store = VerdictStore(url)
-    made = [store.add(verdict(step=s)) for s in range(3)]
+    made = [add(store, verdict(step=s)) for s in range(3)]
     store.close()
     again = VerdictStore(url)  # migrations already applied: a no-op
     assert again.get(made[1].verdict_id) == made[1]
@@ -85,13 +104,13 @@ def test_a_store_of_an_older_schema_is_upgraded_in_place_with_its_verdicts(url):
     from alembic import command
     from alembic.config import Config
 
-    from gradhealth_server import store as store_module
+    from gradhealth_server.store import rows as store_module
 
     old = verdict(run="old-run", step=7)
-    row = store_module._row(old, "")
+    row = store_module.verdict_row(old, "", COLUMNS[old.verdict_id])
     del row["grad_norm"]  # revision 0001 has no such column
     config = Config()
-    config.set_main_option("script_location", str(files("gradhealth_server") / "migrations"))
+    config.set_main_option("script_location", str(files("gradhealth_server.store") / "migrations"))
     engine = sa.create_engine(url)
     with engine.begin() as db:
         config.attributes["connection"] = db
@@ -116,7 +135,7 @@ def test_a_store_of_an_older_schema_is_upgraded_in_place_with_its_verdicts(url):
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     (run,) = upgraded.active_runs(since, 10)
     assert (run.run_id, run.step, run.grad_norm) == ("old-run", 7, None)
-    upgraded.add(verdict(run="old-run", step=8))
+    add(upgraded, verdict(run="old-run", step=8))
     assert upgraded.active_runs(since, 10)[0].step == 8
 
 
@@ -124,9 +143,10 @@ def test_active_runs_are_the_recent_ones_newest_first_and_bounded(url):
     store = VerdictStore(url)
     now = dt.datetime.now(dt.UTC)
     for i, age_hours in enumerate((30, 5, 1, 0)):
-        v = verdict(run=f"run-{i}", step=10, when=now - dt.timedelta(hours=age_hours))
-        v.measurements.update({"grad_norm": 0.5 + i})
-        store.add(v)
+        v = verdict(
+            run=f"run-{i}", step=10, when=now - dt.timedelta(hours=age_hours), grad_norm=0.5 + i
+        )
+        add(store, v)
     active = store.active_runs(now - dt.timedelta(hours=24), limit=10)
     assert [r.run_id for r in active] == ["run-3", "run-2", "run-1"]  # run-0 went quiet
     assert [r.grad_norm for r in active] == [3.5, 2.5, 1.5]
@@ -140,10 +160,10 @@ def test_active_runs_are_the_recent_ones_newest_first_and_bounded(url):
 def test_paging_is_newest_first_and_stable_under_inserts(url):
     store = VerdictStore(url)
     for step in range(7):
-        store.add(verdict(step=step))
+        add(store, verdict(step=step))
     page, token = store.list_verdicts(VerdictQuery(), 3, "")
     assert [v.step for v in page] == [6, 5, 4]
-    store.add(verdict(step=99))  # a new verdict while the reader pages
+    add(store, verdict(step=99))  # a new verdict while the reader pages
     page, token = store.list_verdicts(VerdictQuery(), 3, token)
     assert [v.step for v in page] == [3, 2, 1]
     page, token = store.list_verdicts(VerdictQuery(), 3, token)
@@ -155,24 +175,26 @@ def test_paging_is_newest_first_and_stable_under_inserts(url):
 def test_filters_by_run_status_cause_and_time(url):
     store = VerdictStore(url)
     t0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-    store.add(verdict("a", 1, when=t0))
-    store.add(
+    add(store, verdict("a", 1, when=t0))
+    add(
+        store,
         verdict(
             "a",
             2,
             verdict_pb2.STATUS_CRITICAL,
             (verdict_pb2.CAUSE_DEAD_RELU,),
             t0 + dt.timedelta(hours=1),
-        )
+        ),
     )
-    store.add(
+    add(
+        store,
         verdict(
             "b",
             1,
             verdict_pb2.STATUS_WARNING,
             (verdict_pb2.CAUSE_STALLED, verdict_pb2.CAUSE_DEAD_RELU),
             t0 + dt.timedelta(hours=2),
-        )
+        ),
     )
 
     def steps(**query):
@@ -192,7 +214,7 @@ def test_filters_by_run_status_cause_and_time(url):
 def test_runs_carry_their_latest_verdict(url):
     store = VerdictStore(url)
     t0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-    store.add(verdict("a", 5, when=t0 + dt.timedelta(hours=1)))
+    add(store, verdict("a", 5, when=t0 + dt.timedelta(hours=1)))
     stalled = verdict(
         "a",
         9,
@@ -200,9 +222,9 @@ def test_runs_carry_their_latest_verdict(url):
         (verdict_pb2.CAUSE_STALLED,),
         t0 + dt.timedelta(hours=2),
     )
-    store.add(stalled)
-    store.add(verdict("a", 1, when=t0))  # late, older: not the latest
-    store.add(verdict("b", 1))
+    add(store, stalled)
+    add(store, verdict("a", 1, when=t0))  # late, older: not the latest
+    add(store, verdict("b", 1))
     runs, token = store.list_runs(1, "")
     assert [r.run_id for r in runs] == ["a"] and token
     a = runs[0]
@@ -214,7 +236,7 @@ def test_runs_carry_their_latest_verdict(url):
 def test_history_is_oldest_first_with_the_columns_the_rules_read(url):
     store = VerdictStore(url)
     for step in range(6):
-        store.add(verdict(step=step, acc=step / 10))
+        add(store, verdict(step=step, acc=step / 10))
     history = store.history("run", 3)
     assert [c.step for c in history] == [3, 4, 5]
     assert history[-1].batch_accuracy == 0.5 and history[-1].reported_accuracy == 0.5
@@ -224,8 +246,8 @@ def test_history_is_oldest_first_with_the_columns_the_rules_read(url):
 
 def test_a_request_id_stores_one_verdict(url):
     store = VerdictStore(url)
-    first = store.add(verdict(), request_id="req-1")
-    second = store.add(verdict(), request_id="req-1")  # a retry that raced past the lookup
+    first = add(store, verdict(), request_id="req-1")
+    second = add(store, verdict(), request_id="req-1")  # a retry that raced past the lookup
     assert second == first
     assert store.find_request("run", "req-1") == first
     assert len(store.list_verdicts(VerdictQuery(), 10, "")[0]) == 1
@@ -237,7 +259,7 @@ def test_concurrent_writers_lose_no_verdict(url):
 
     def write(w: int) -> None:
         for i in range(each):
-            store.add(verdict(run=f"run-{w % 3}", step=i))
+            add(store, verdict(run=f"run-{w % 3}", step=i))
 
     threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
     for t in threads:
@@ -255,7 +277,7 @@ def test_only_alarming_findings_mark_a_run_stalled_or_match_a_cause(url):
     store = VerdictStore(url)
     plateau = verdict("p", 1, causes=(verdict_pb2.CAUSE_STALLED,))
     plateau.findings[0].severity = verdict_pb2.SEVERITY_INFO
-    store.add(plateau)
+    add(store, plateau)
     (run,) = store.list_runs(10, "")[0]
     assert not run.stalled
     assert store.list_verdicts(VerdictQuery(cause=verdict_pb2.CAUSE_STALLED), 10, "")[0] == []
@@ -264,8 +286,8 @@ def test_only_alarming_findings_mark_a_run_stalled_or_match_a_cause(url):
 def test_the_latest_checkpoint_is_the_highest_step(url):
     store = VerdictStore(url)
     now = dt.datetime.now(dt.UTC)
-    store.add(verdict("r", 9, when=now))
-    store.add(verdict("r", 3, when=now + dt.timedelta(seconds=5)))  # a late retry of step 3
+    add(store, verdict("r", 9, when=now))
+    add(store, verdict("r", 3, when=now + dt.timedelta(seconds=5)))  # a late retry of step 3
     (run,) = store.list_runs(10, "")[0]
     assert run.latest_step == 9
 
@@ -283,9 +305,9 @@ def test_bad_tokens_and_times_are_bad_arguments(url):
 def test_a_run_closes_reopens_on_a_later_checkpoint_and_ad_hoc_runs_are_not_exported(url):
     store = VerdictStore(url)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    store.add(verdict("done", 10))
-    store.add(verdict("halted", 10, verdict_pb2.STATUS_CRITICAL, (verdict_pb2.CAUSE_NON_FINITE,)))
-    store.add(verdict("adhoc-1", 0), ad_hoc=True)
+    add(store, verdict("done", 10))
+    add(store, verdict("halted", 10, verdict_pb2.STATUS_CRITICAL, (verdict_pb2.CAUSE_NON_FINITE,)))
+    add(store, verdict("adhoc-1", 0), ad_hoc=True)
     assert store.close_run("nobody", service_pb2.RUN_STATE_FINISHED) is None
     with pytest.raises(ValueError, match="finished or stopped"):
         store.close_run("done", service_pb2.RUN_STATE_ACTIVE)
@@ -309,10 +331,10 @@ def test_a_run_closes_reopens_on_a_later_checkpoint_and_ad_hoc_runs_are_not_expo
     assert runs["adhoc-1"].ad_hoc and runs["adhoc-1"].state == service_pb2.RUN_STATE_ACTIVE
 
     # A late retry of an earlier checkpoint leaves the run closed ...
-    store.add(verdict("done", 9))
+    add(store, verdict("done", 9))
     assert store.get_run("done").state == service_pb2.RUN_STATE_FINISHED
     # ... a checkpoint past the last one (training resumed) reopens it.
-    store.add(verdict("done", 11))
+    add(store, verdict("done", 11))
     reopened = store.get_run("done")
     assert reopened.state == service_pb2.RUN_STATE_ACTIVE
     assert not reopened.HasField("end_time") and reopened.end_reason == ""

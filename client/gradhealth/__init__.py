@@ -1,4 +1,4 @@
-"""gradhealth client side: CLI, (later) the gRPC client and the Keras callback.
+"""gradhealth client side: the gRPC client, the Keras callback and the CLI.
 
 Nothing here imports TensorFlow at import time: the client installs without the
 server's extras.

@@ -32,11 +32,10 @@ import keras
 
 from gradhealth import payload
 from gradhealth.client import GradientHealthClient, Retry, Tls
+from gradhealth.contract import STATUS_ORDER
 from gradhealth.verdicts import Verdict
 
 log = logging.getLogger(__name__)
-
-SEVERITY_ORDER = {"healthy": 0, "warning": 1, "critical": 2}
 
 
 class GradientHealthCallback(keras.callbacks.Callback):
@@ -208,7 +207,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
             self._slot.release()
         self.sent += 1
         self.verdicts.append(verdict)
-        bad_enough = self.stop_on and SEVERITY_ORDER[verdict.status] >= SEVERITY_ORDER[self.stop_on]
+        bad_enough = self.stop_on and STATUS_ORDER[verdict.status] >= STATUS_ORDER[self.stop_on]
         if bad_enough and not self._stop_requested:
             log.warning(
                 "gradhealth: %s verdict at step %d (%s): stopping training",

@@ -23,12 +23,9 @@ from typing import Any
 import grpc
 
 from gradhealth import payload
+from gradhealth.contract import MAX_REPLY_BYTES, MAX_REQUEST_BYTES, PROBE_MODES
 from gradhealth.v1 import service_pb2, service_pb2_grpc, verdict_pb2
 from gradhealth.verdicts import Verdict
-
-MAX_RECEIVE_BYTES = 64 * 1024 * 1024  # a verdict with all its measurements
-MAX_SEND_BYTES = 2 * 1024 * 1024  # chunks are 1 MiB
-MODES = {"full": service_pb2.PROBE_MODE_FULL, "norms": service_pb2.PROBE_MODE_NORMS}
 
 
 @dataclass(frozen=True)
@@ -80,8 +77,8 @@ class GradientHealthClient:
     ) -> None:
         """`tls=True` uses the system's trust store; a `Tls` names the files."""
         channel_options = [
-            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-            ("grpc.max_send_message_length", MAX_SEND_BYTES),
+            ("grpc.max_receive_message_length", MAX_REPLY_BYTES),
+            ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
             *options,
         ]
         if tls:
@@ -139,7 +136,7 @@ class GradientHealthClient:
             ad_hoc=ad_hoc,
             step=step,
             training_metrics=payload.training_metrics(training_metrics),
-            options=service_pb2.ProbeOptions(mode=MODES[mode], disable_xla=disable_xla),
+            options=service_pb2.ProbeOptions(mode=PROBE_MODES[mode], disable_xla=disable_xla),
             checkpoint=checkpoint.info(),
             batch=batch_part.info(),
         )

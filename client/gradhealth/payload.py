@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from gradhealth.contract import MAX_CHUNK_BYTES
 from gradhealth.v1 import service_pb2, verdict_pb2
 
-CHUNK_BYTES = 1024 * 1024  # the contract allows 64 KiB to 1 MiB
+CHUNK_BYTES = MAX_CHUNK_BYTES  # the contract allows 64 KiB to 1 MiB
 
 
 @dataclass(frozen=True)

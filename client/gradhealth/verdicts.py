@@ -8,18 +8,8 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from gradhealth.contract import enum_name
 from gradhealth.v1 import service_pb2, verdict_pb2
-
-
-def enum_name(enum: Any, value: int, prefix: str) -> str | None:
-    """CAUSE_DEAD_RELU -> "dead_relu"; None for UNSPECIFIED or a value this code
-    does not know (written by a newer peer)."""
-    if value == 0:
-        return None
-    try:
-        return enum.Name(value).removeprefix(prefix).lower()
-    except ValueError:
-        return None
 
 
 def verdict_to_dict(verdict: verdict_pb2.Verdict) -> dict[str, Any]:

@@ -16,24 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from gradhealth_server.batch import Batch, make_batch, read_npz
-from gradhealth_server.checkpoint import LoadedModel, ModelCache
-from gradhealth_server.device import configure_device
-from gradhealth_server.engine.measurements import (
-    Measurements,
-    StepTrial,
-    build_measurements,
-    finite_json,
-)
+from gradhealth_server.engine.device import configure_device
+from gradhealth_server.engine.measure import build_measurements
+from gradhealth_server.engine.measurements import Measurements, StepTrial, finite_json
 from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
 from gradhealth_server.engine.structure import current_learning_rate, read_structure
 from gradhealth_server.engine.trials import input_remedy
 from gradhealth_server.engine.weights import weight_digests
 from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
-from gradhealth_server.history import NO_HISTORY, RunHistory
-from gradhealth_server.limits import DEFAULT_LIMITS, Limits
+from gradhealth_server.intake.batch import Batch, make_batch, read_npz
+from gradhealth_server.intake.checkpoint import LoadedModel, ModelCache
+from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
 from gradhealth_server.rules import build_rules, judge
-from gradhealth_server.verdict import Verdict
+from gradhealth_server.rules.history import NO_HISTORY, RunHistory
+from gradhealth_server.rules.unnormalized_input import UnnormalizedInputRule
+from gradhealth_server.verdict.findings import RuleVerdict
 
 # Each batch shape compiles its own probe; a client sending many shapes must not
 # fill memory with them.
@@ -42,7 +39,7 @@ MAX_PROBES_PER_MODEL = 4
 
 @dataclass
 class Diagnosis:
-    verdict: Verdict
+    verdict: RuleVerdict
     measurements: Measurements
     fingerprint: str
     checkpoint_sha256: str
@@ -79,6 +76,8 @@ class Diagnoser:
         self.cache = ModelCache(cache_capacity, limits)
         self.rules_config = rules_config or {}
         self.rules = build_rules(self.rules_config)  # fails fast on a bad config
+        # The input trial runs when this rule, as configured, finds the input off scale.
+        self._input_rule = next(r for r in self.rules if isinstance(r, UnnormalizedInputRule))
 
     def diagnose(
         self,
@@ -158,7 +157,7 @@ class Diagnoser:
 
     def _try_remedies(self, probe: Probe, data: Batch, m: Measurements) -> None:
         """Test the fixes the engine can test cheaply; results go into m.trials."""
-        remedy = input_remedy(data.raw_x, m)
+        remedy = input_remedy(data.raw_x, m, self._input_rule.off_scale)
         if remedy is None:
             return
         change, remedied = remedy

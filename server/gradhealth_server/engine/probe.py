@@ -14,14 +14,15 @@ it compiles. In one call it
    w + s·Δw for a few scales s on the first micro-batch (forward passes only),
    and finally restores every model, optimizer and metric variable.
 
-It returns plain numpy arrays; `measurements` gives them names and meaning.
+It returns each quantity family's numbers under the family's key (the families
+live in engine/quantities/, which own their statistics); `measure.py` gives them
+names and meaning.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,16 +30,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradhealth_server.engine.structure import SATURATING, ModelStructure
+from gradhealth_server.engine.quantities import (
+    activations,
+    first_inputs,
+    noise,
+    optimizer,
+    outputs,
+    variables,
+)
+from gradhealth_server.engine.structure import ModelStructure
 from gradhealth_server.errors import InvalidBatch
 
 log = logging.getLogger(__name__)
 
-# A sigmoid/tanh output this close to its bounds passes back < ~2 % of the gradient.
-SIGMOID_SATURATION = 0.01
-TANH_SATURATION = 0.99
-
-Batch = dict[str, np.ndarray]
+# The batch's inputs by name, as the model takes them.
+Inputs = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -60,13 +66,14 @@ class ProbeOptions:
 
 @dataclass
 class ProbeResult:
-    raw: dict[str, np.ndarray]
+    raw: dict[str, Any]  # "loss", then each quantity family's numbers under its KEY
     xla: bool
     seconds: float
     micro_batch_rows: tuple[int, ...]
+    lr_scales: tuple[float, ...] = ()
 
 
-def batch_signature(x: Batch, y: np.ndarray) -> tuple:
+def batch_signature(x: Inputs, y: np.ndarray) -> tuple:
     """Hashable shapes and dtypes: one compiled probe per signature."""
     return (
         tuple((k, v.shape, str(v.dtype)) for k, v in sorted(x.items())),
@@ -81,7 +88,7 @@ class Probe:
         self,
         model: keras.Model,
         structure: ModelStructure,
-        x: Batch,
+        x: Inputs,
         y: np.ndarray,
         options: ProbeOptions | None = None,
     ) -> None:
@@ -111,7 +118,7 @@ class Probe:
         self._trial_fn = None
 
     # -- public -----------------------------------------------------------
-    def run(self, x: Batch, y: np.ndarray) -> ProbeResult:
+    def run(self, x: Inputs, y: np.ndarray) -> ProbeResult:
         xs = [x[name] for name in self.input_order]
         start = time.perf_counter()
         try:
@@ -132,10 +139,14 @@ class Probe:
                 str(exc).splitlines()[0][:200],
             )
             self.xla, self._fn = False, plain
-        raw = {k: v.numpy() for k, v in out.items()}
-        if "lr_probe_losses" in raw:
-            raw["lr_scales"] = np.asarray(self.options.lr_scales, dtype=np.float64)
-        return ProbeResult(raw, self.xla, time.perf_counter() - start, tuple(self.splits))
+        raw = tf.nest.map_structure(lambda t: t.numpy(), out)
+        return ProbeResult(
+            raw,
+            self.xla,
+            time.perf_counter() - start,
+            tuple(self.splits),
+            tuple(self.options.lr_scales),
+        )
 
     # -- construction -----------------------------------------------------
     def _compile(self, xla: bool):
@@ -166,7 +177,7 @@ class Probe:
         return forward
 
     # -- the compiled body --------------------------------------------------
-    def _probe(self, xs: list[tf.Tensor], y: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _probe(self, xs: list[tf.Tensor], y: tf.Tensor) -> dict[str, Any]:
         self.trace_count += 1  # runs at trace time only: counts retraces
         full = self.options.mode == "full"
         # Snapshots: tensors read now, immune to the assignments that follow.
@@ -176,12 +187,11 @@ class Probe:
         weights = [n / self.rows for n in self.splits]
 
         micro_grads: list[list[tf.Tensor]] = []
-        micro_sq: list[tf.Tensor] = []
         losses: list[tf.Tensor] = []
-        taps_acc: list[dict[str, tf.Tensor]] = []
-        first_acc: list[dict[str, tf.Tensor]] = []
-        out_acc: dict[str, tf.Tensor] = {}
-        preds: list[tf.Tensor] = []
+        taps: list[dict[str, tf.Tensor]] = []
+        firsts: list[dict[str, tf.Tensor]] = []
+        output: dict[str, tf.Tensor] = {}
+        predicted: list[tf.Tensor] = []
         nt = nt0
         start = 0
         for i, rows in enumerate(self.splits):
@@ -190,7 +200,9 @@ class Probe:
             start += rows
             with tf.GradientTape() as tape:
                 tape.watch(w0)
-                loss, taps, firsts, y_pred, nt = self._stateless_loss(w0, nt, metrics0, xi, yi)
+                loss, tap_values, first_values, y_pred, nt = self._stateless_loss(
+                    w0, nt, metrics0, xi, yi
+                )
             g = tape.gradient(loss, w0, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             # Embedding gradients come as IndexedSlices: densify to add and reduce them.
             g = [tf.cast(tf.convert_to_tensor(gi), tf.float32) for gi in g]
@@ -198,14 +210,13 @@ class Probe:
             losses.append(tf.cast(loss, tf.float32))
             if not full:
                 continue
-            micro_sq.append(tf.add_n([tf.reduce_sum(tf.square(gi)) for gi in g]))
-            stats = [_activation_stats(t, tap.activation) for t, tap in zip(taps, self._taps)]
-            taps_acc = stats if i == 0 else [_merge(a, b) for a, b in zip(taps_acc, stats)]
-            fstats = [_input_stats(t) for t in firsts]
-            first_acc = fstats if i == 0 else [_merge(a, b) for a, b in zip(first_acc, fstats)]
-            ostats, pred = _output_stats(y_pred, self.structure.facts)
-            out_acc = ostats if i == 0 else _merge(out_acc, ostats)
-            preds.append(pred)
+            stats = [activations.graph(t, tap.activation) for t, tap in zip(tap_values, self._taps)]
+            taps = stats if i == 0 else list(map(activations.MERGE, taps, stats))
+            fstats = [first_inputs.graph(t) for t in first_values]
+            firsts = fstats if i == 0 else list(map(first_inputs.MERGE, firsts, fstats))
+            ostats, pred = outputs.graph(y_pred, self.structure.facts)
+            output = ostats if i == 0 else outputs.MERGE(output, ostats)
+            predicted.append(pred)
 
         # Mean-reduced loss, micro-batches of n_i rows: G = sum_i (n_i / n) g_i.
         grads = [
@@ -214,22 +225,18 @@ class Probe:
             else micro_grads[0][j]
             for j in range(len(w0))
         ]
-        result: dict[str, tf.Tensor] = {
-            "loss": tf.add_n([w * loss for w, loss in zip(weights, losses)]),
-            "grad_sq": tf.stack([tf.reduce_sum(tf.square(g)) for g in grads]),
-        }
+        result: dict[str, Any] = {"loss": tf.add_n([w * loss for w, loss in zip(weights, losses)])}
         if not full:
+            result[variables.KEY] = variables.graph_norms(grads)
             return result
-        result["micro_losses"] = tf.stack(losses)
-        result["micro_grad_sq"] = tf.stack(micro_sq)
-        result.update(_variable_stats(grads, w0))
-        for j, st in enumerate(taps_acc):
-            result.update({f"tap{j}/{k}": v for k, v in st.items()})
-        for j, st in enumerate(first_acc):
-            result.update({f"first{j}/{k}": v for k, v in st.items()})
-        result.update({f"output/{k}": v for k, v in out_acc.items()})
-        result["output/predicted"] = tf.concat(preds, axis=0)
-        result.update(self._optimizer_step(grads, w0, nt0, metrics0, xs, y, losses[0]))
+        result[variables.KEY] = variables.graph(grads, w0)
+        result[noise.KEY] = noise.graph(losses, micro_grads)
+        result[activations.KEY] = taps
+        result[first_inputs.KEY] = firsts
+        result[outputs.KEY] = {**output, outputs.PREDICTED: tf.concat(predicted, axis=0)}
+        step = self._optimizer_step(grads, w0, nt0, metrics0, xs, y, losses[0])
+        if step:
+            result[optimizer.KEY] = step
         return result
 
     def _stateless_loss(self, trainable, non_trainable, metric_values, xs, y):
@@ -253,12 +260,7 @@ class Probe:
         if self.model.optimizer is None:
             return {}
         deltas = self._step_and_restore(grads, w0)
-        step_sq = [tf.reduce_sum(tf.square(d)) for d in deltas]
-        out = {
-            "step_sq": tf.stack(step_sq),
-            "step_nonfinite": tf.stack([_nonfinite_if(s, d) for s, d in zip(step_sq, deltas)]),
-            "iterations": tf.cast(_read(self.model.optimizer.iterations), tf.int64),
-        }
+        out = optimizer.graph_step(deltas, _read(self.model.optimizer.iterations))
         # Loss on the first rows at w0 + s·Δw: the same rows and the same dropout
         # masks (same starting state) as the forward that gave base_loss. With one
         # micro-batch (batch-coupled models) that would be the whole batch, three
@@ -274,8 +276,7 @@ class Probe:
             loss, *_ = self._stateless_loss(_moved(w0, deltas, scale), nt0, metrics0, x0, y0)
             probe_losses.append(tf.cast(loss, tf.float32))
         if probe_losses:
-            out["lr_probe_losses"] = tf.stack(probe_losses)
-            out["lr_probe_base_loss"] = base_loss
+            out.update(optimizer.graph_lr_probe(base_loss, probe_losses))
         return out
 
     def _step_and_restore(self, grads, w0) -> list[tf.Tensor]:
@@ -285,12 +286,12 @@ class Probe:
         applied for real and every weight and optimizer variable (iterations
         included) is restored before the function returns.
         """
-        optimizer = self.model.optimizer
+        model_optimizer = self.model.optimizer
         slots0 = [_read(v) for v in self._optimizer_vars]
         # apply() unscales gradients by the loss scale (LossScaleOptimizer, or
         # loss_scale_factor): hand it gradients of the loss as fit() scales it.
-        scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
-        optimizer.apply(
+        scale = tf.cast(model_optimizer.scale_loss(tf.constant(1.0)), tf.float32)
+        model_optimizer.apply(
             [tf.cast(g * scale, v.dtype) for g, v in zip(grads, self._trainable)],
             self._trainable,
         )
@@ -305,7 +306,7 @@ class Probe:
         return deltas
 
     # -- remedy trials ------------------------------------------------------
-    def step_trial(self, x: Batch, y: np.ndarray) -> tuple[float, float]:
+    def step_trial(self, x: Inputs, y: np.ndarray) -> tuple[float, float]:
         """Loss on this batch before and after one optimizer step taken on it.
 
         Run on the batch as sent and on a remedied copy (e.g. standardized), it
@@ -373,117 +374,3 @@ def _read(variable: Any) -> tf.Tensor:
 
 def _pack(xs: list[Any]) -> Any:
     return xs[0] if len(xs) == 1 else list(xs)
-
-
-def _nonfinite(t: tf.Tensor) -> tf.Tensor:
-    if not t.dtype.is_floating:
-        return tf.constant(0.0)
-    return tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(t)), tf.float32))
-
-
-def _nonfinite_if(total: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
-    """Count NaN/Inf in t only when its (finite-if-clean) sum says there are any.
-
-    Saves a pass over every parameter on healthy models.
-    """
-    return tf.cond(tf.math.is_finite(total), lambda: tf.constant(0.0), lambda: _nonfinite(t))
-
-
-def _variable_stats(grads: list[tf.Tensor], weights: list[tf.Tensor]) -> dict[str, tf.Tensor]:
-    grad_sq = [tf.reduce_sum(tf.square(g)) for g in grads]
-    weight_sq = [tf.reduce_sum(tf.square(tf.cast(w, tf.float32))) for w in weights]
-    return {
-        "weight_sq": tf.stack(weight_sq),
-        "grad_abs_sum": tf.stack([tf.reduce_sum(tf.abs(g)) for g in grads]),
-        "grad_zero": tf.stack(
-            [tf.reduce_sum(tf.cast(tf.equal(g, 0.0), tf.float32)) for g in grads]
-        ),
-        "grad_nonfinite": tf.stack([_nonfinite_if(s, g) for s, g in zip(grad_sq, grads)]),
-        "weight_nonfinite": tf.stack(
-            [_nonfinite_if(s, tf.cast(w, tf.float32)) for s, w in zip(weight_sq, weights)]
-        ),
-    }
-
-
-def _activation_stats(t: tf.Tensor, activation: str) -> dict[str, tf.Tensor]:
-    t = tf.cast(t, tf.float32)
-    axes = list(range(t.shape.rank - 1)) if t.shape.rank and t.shape.rank > 1 else None
-    stats = {
-        "sum": tf.reduce_sum(t),
-        "sum_sq": tf.reduce_sum(tf.square(t)),
-        "count": tf.cast(tf.size(t), tf.float32),
-        "nonfinite": _nonfinite(t),
-        # Per unit (last axis): did it ever fire / leave the flat region?
-        "unit_max": tf.reduce_max(t, axis=axes),
-    }
-    if activation in SATURATING:
-        if activation == "tanh":
-            sat = tf.abs(t) > TANH_SATURATION
-        else:
-            sat = tf.logical_or(t < SIGMOID_SATURATION, t > 1.0 - SIGMOID_SATURATION)
-        satf = tf.cast(sat, tf.float32)
-        stats["saturated"] = tf.reduce_sum(satf)
-        stats["unit_all_saturated"] = tf.reduce_min(satf, axis=axes)
-    return stats
-
-
-def _input_stats(t: tf.Tensor) -> dict[str, tf.Tensor]:
-    t = tf.cast(t, tf.float32)
-    axes = list(range(t.shape.rank - 1)) if t.shape.rank and t.shape.rank > 1 else None
-    return {
-        "sum": tf.reduce_sum(t),
-        "sum_sq": tf.reduce_sum(tf.square(t)),
-        "count": tf.cast(tf.size(t), tf.float32),
-        "min": tf.reduce_min(t),
-        "max": tf.reduce_max(t),
-        "nonfinite": _nonfinite(t),
-        "feature_sum": tf.reduce_sum(t, axis=axes),
-        "feature_sum_sq": tf.reduce_sum(tf.square(t), axis=axes),
-        "feature_count": tf.cast(tf.size(t) // tf.maximum(tf.shape(t)[-1], 1), tf.float32),
-    }
-
-
-_MERGE_MAX = {"unit_max", "max"}
-_MERGE_MIN = {"unit_all_saturated", "min", "row_sum_min"}
-
-
-def _merge(a: dict[str, tf.Tensor], b: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Combine per-micro-batch statistics into whole-batch statistics."""
-    out = {}
-    for k in a:
-        if k in _MERGE_MAX or k == "row_sum_max":
-            out[k] = tf.maximum(a[k], b[k])
-        elif k in _MERGE_MIN:
-            out[k] = tf.minimum(a[k], b[k])
-        else:
-            out[k] = a[k] + b[k]
-    return out
-
-
-def _output_stats(y_pred: Any, facts) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    """Predicted classes, entropy and row sums of the first output."""
-    if isinstance(y_pred, Mapping):
-        y_pred = next(iter(y_pred.values()))
-    elif isinstance(y_pred, (list, tuple)):
-        y_pred = y_pred[0]
-    p = tf.cast(y_pred, tf.float32)
-    units = p.shape[-1] if p.shape.rank else 1
-    stats: dict[str, tf.Tensor] = {"nonfinite": _nonfinite(p)}
-    if p.shape.rank and p.shape.rank > 1 and units and units > 1:
-        flat = tf.reshape(p, [-1, units])
-        rows = tf.reduce_sum(flat, axis=-1)
-        stats["row_sum_total"] = tf.reduce_sum(rows)
-        stats["row_sum_min"] = tf.reduce_min(rows)
-        stats["row_sum_max"] = tf.reduce_max(rows)
-        stats["rows"] = tf.cast(tf.shape(flat)[0], tf.float32)
-        probs = tf.nn.softmax(flat) if facts.from_logits else tf.clip_by_value(flat, 1e-12, 1.0)
-        if not facts.from_logits:
-            probs = probs / tf.reduce_sum(probs, axis=-1, keepdims=True)
-        stats["entropy_total"] = -tf.reduce_sum(probs * tf.math.log(probs))
-        pred = tf.cast(tf.argmax(flat, axis=-1), tf.int32)
-    else:
-        flat = tf.reshape(p, [-1])
-        threshold = 0.0 if facts.from_logits else 0.5
-        stats["rows"] = tf.cast(tf.shape(flat)[0], tf.float32)
-        pred = tf.cast(flat > threshold, tf.int32)
-    return stats, pred

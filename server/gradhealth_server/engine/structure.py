@@ -7,59 +7,23 @@ connections, normalization and the loss/activation pairing.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 
-# Units of these output exactly 0 below the threshold and pass back no gradient:
-# they can die. (Leaky ReLU, ELU and PReLU keep a gradient for negative inputs.)
-CAN_DIE = frozenset({"relu", "relu6"})
-# Layers that take token ids, not a scale: their input is not "unnormalized".
-ID_INPUT_LAYERS = frozenset({"Embedding"})
-SATURATING = frozenset({"sigmoid", "tanh", "hard_sigmoid"})
-NORMALIZATION_LAYERS = frozenset(
-    {
-        "BatchNormalization",
-        "LayerNormalization",
-        "GroupNormalization",
-        "UnitNormalization",
-        "RMSNormalization",
-        "SpectralNormalization",
-    }
+from gradhealth_server.engine.facts import (
+    ACTIVATION_LAYERS,
+    BATCH_COUPLED_LAYERS,
+    ID_INPUT_LAYERS,
+    LOSS_ALIASES,
+    NORMALIZATION_LAYERS,
+    PREPROCESSING_LAYERS,
+    StaticFacts,
+    problem_of,
+    snake_case,
 )
-# Layers whose output for one example depends on the other examples in the batch.
-BATCH_COUPLED_LAYERS = frozenset({"BatchNormalization"})
-# Layers that rescale the raw input before the first weights see it.
-PREPROCESSING_LAYERS = frozenset({"Rescaling", "Normalization"})
-ACTIVATION_LAYERS = {
-    "ReLU": "relu",
-    "LeakyReLU": "leaky_relu",
-    "ELU": "elu",
-    "PReLU": "prelu",
-    "Softmax": "softmax",
-}
-
-LOSS_PROBLEMS = {
-    "sparse_categorical_crossentropy": "sparse_categorical",
-    "categorical_crossentropy": "categorical",
-    "categorical_focal_crossentropy": "categorical",
-    "kl_divergence": "categorical",
-    "binary_crossentropy": "binary",
-    "binary_focal_crossentropy": "binary",
-    "hinge": "binary",
-    "squared_hinge": "binary",
-    "categorical_hinge": "categorical",
-}
-LOSS_ALIASES = {
-    "kld": "kl_divergence",
-    "kullback_leibler_divergence": "kl_divergence",
-    "mse": "mean_squared_error",
-    "mae": "mean_absolute_error",
-    "mape": "mean_absolute_percentage_error",
-    "msle": "mean_squared_logarithmic_error",
-}
 
 
 @dataclass(frozen=True)
@@ -81,42 +45,6 @@ class Tap:
     activation: str
     tensor: Any  # a KerasTensor of the functional graph
     is_output: bool = False  # the model's own output (a confident head saturates)
-
-
-@dataclass(frozen=True)
-class StaticFacts:
-    """What the architecture and compile config say, before any data flows."""
-
-    model_class: str
-    functional: bool
-    depth: int  # weight layers on the longest input-to-output path
-    weight_layers: int
-    parameters: int
-    skip_connections: int
-    normalization_layers: tuple[str, ...]
-    activations: tuple[str, ...]
-    batch_coupled: bool
-    output_activation: str | None  # the last nonlinearity before the output
-    output_activations: tuple[str, ...]  # output backwards to the last weight layer
-    output_units: int | None
-    loss: str | None
-    from_logits: bool
-    label_smoothing: float
-    problem: str  # sparse_categorical | categorical | binary | regression | unknown
-    optimizer: str | None
-    learning_rate: float | None
-    clipnorm: float | None
-    global_clipnorm: float | None
-    clipvalue: float | None
-    loss_reduction: str | None
-    input_names: tuple[str, ...]
-    # Inputs read by an Embedding straight away: valid ids are 0 .. limit - 1.
-    id_input_limits: dict[str, int]
-    preprocessing_layers: tuple[str, ...]
-    unavailable: tuple[str, ...] = field(default_factory=tuple)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -172,7 +100,7 @@ def read_structure(model: keras.Model) -> ModelStructure:
         loss=loss_name,
         from_logits=from_logits,
         label_smoothing=smoothing,
-        problem=_problem(loss_name),
+        problem=problem_of(loss_name),
         optimizer=type(optimizer).__name__ if optimizer is not None else None,
         learning_rate=_learning_rate(optimizer),
         clipnorm=getattr(optimizer, "clipnorm", None),
@@ -370,7 +298,7 @@ def _loss_facts(model: keras.Model) -> tuple[str | None, bool, float, str | None
     if isinstance(loss, keras.losses.Loss):
         cfg = loss.get_config()
         fn = getattr(loss, "fn", None)
-        name = getattr(fn, "__name__", None) or _snake(type(loss).__name__)
+        name = getattr(fn, "__name__", None) or snake_case(type(loss).__name__)
         return (
             LOSS_ALIASES.get(name, name),
             bool(cfg.get("from_logits", False)),
@@ -379,21 +307,6 @@ def _loss_facts(model: keras.Model) -> tuple[str | None, bool, float, str | None
         )
     name = getattr(loss, "__name__", type(loss).__name__)
     return LOSS_ALIASES.get(name, name), False, 0.0, "sum_over_batch_size"
-
-
-def _snake(name: str) -> str:
-    out = []
-    for i, ch in enumerate(name):
-        if ch.isupper() and i and not name[i - 1].isupper():
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)
-
-
-def _problem(loss: str | None) -> str:
-    if loss is None:
-        return "unknown"
-    return LOSS_PROBLEMS.get(loss, "regression")
 
 
 # Layers that pass the output through unchanged in kind (walked over backwards).

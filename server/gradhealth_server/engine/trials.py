@@ -1,33 +1,33 @@
 """Remedies the engine can try cheaply, chosen from what the probe measured.
 
 The only one so far: when the first weight layer sees inputs far from unit
-scale, take one optimizer step on the batch as sent and on a rescaled copy
-(`x / 255` for 0-255 pixels, per-feature standardization otherwise) and report
-both losses, so the finding can say what the fix does on this very model.
+scale (as the unnormalized_input rule judges it: the diagnosis passes the rule's
+own test in), take one optimizer step on the batch as sent and on a rescaled
+copy (`x / 255` for 0-255 pixels, per-feature standardization otherwise) and
+report both losses, so the finding can say what the fix does on this very model.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
 from gradhealth_server.engine.measurements import Measurements, TensorStats
 
-OFF_SCALE = frozenset({"byte", "wide"})
-
 
 def what_the_weights_see(m: Measurements) -> list[TensorStats]:
     """First-layer inputs of a functional model; raw float inputs otherwise."""
-    if m.static.get("functional"):
+    if m.static.functional:
         return m.first_layer_inputs
     return [s for s in m.inputs if s.dtype is None or s.dtype.startswith(("float", "bfloat"))]
 
 
 def input_remedy(
-    raw_x: dict[str, np.ndarray], m: Measurements
+    raw_x: dict[str, np.ndarray], m: Measurements, off_scale: Callable[[TensorStats], bool]
 ) -> tuple[str, dict[str, np.ndarray]] | None:
     """The rescaled batch to try, with the code change it stands for; None if not needed."""
-    seen = what_the_weights_see(m)
-    if not any(s.range_class in OFF_SCALE for s in seen) or m.nonfinite.weights:
+    if not any(off_scale(s) for s in what_the_weights_see(m)) or m.nonfinite.weights:
         return None
     changes: list[str] = []
     remedied: dict[str, np.ndarray] = {}

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradhealth_server.engine.measurements import Measurements
-from gradhealth_server.history import NO_HISTORY, RunHistory
 from gradhealth_server.rules.base import ConfigError, Rule
 from gradhealth_server.rules.context import build_context, context_thresholds
 from gradhealth_server.rules.dead_relu import DeadReluRule
 from gradhealth_server.rules.exploding_gradients import ExplodingGradientsRule
+from gradhealth_server.rules.history import NO_HISTORY, RunHistory
 from gradhealth_server.rules.learning_rate_too_high import LearningRateTooHighRule
 from gradhealth_server.rules.learning_rate_too_low import LearningRateTooLowRule
 from gradhealth_server.rules.loss_mismatch import LossMismatchRule
@@ -31,7 +31,7 @@ from gradhealth_server.rules.stalled import StalledRule
 from gradhealth_server.rules.unchanged_weights import UnchangedWeightsRule
 from gradhealth_server.rules.unnormalized_input import UnnormalizedInputRule
 from gradhealth_server.rules.vanishing_gradients import VanishingGradientsRule
-from gradhealth_server.verdict import Cause, Finding, Severity, Verdict
+from gradhealth_server.verdict.findings import Cause, RuleFinding, RuleVerdict, Severity
 
 RULE_TYPES: tuple[type[Rule], ...] = (
     NonFiniteRule,
@@ -99,20 +99,20 @@ def judge(
     rules: tuple[Rule, ...] | None = None,
     config: Mapping[str, Mapping[str, Any]] | None = None,
     history: RunHistory = NO_HISTORY,
-) -> Verdict:
+) -> RuleVerdict:
     rules = rules or build_rules(config)
     thresholds = context_thresholds(dict((config or {}).get("context", {})))
     ctx = build_context(m, thresholds, history)
-    findings: list[Finding] = []
+    findings: list[RuleFinding] = []
     for rule in rules:
         findings.extend(rule.check(m, ctx))
     explained = _mark_explained(findings)
-    verdict = Verdict.from_findings(findings, explained)
+    verdict = RuleVerdict.from_findings(findings, explained)
     _name_the_stall(verdict)
     return verdict
 
 
-def _name_the_stall(verdict: Verdict) -> None:
+def _name_the_stall(verdict: RuleVerdict) -> None:
     """A stall explained by a root cause says so: "stalled: learning_rate_too_low"."""
     root = verdict.primary_cause
     for finding in verdict.findings:
@@ -121,7 +121,7 @@ def _name_the_stall(verdict: Verdict) -> None:
             finding.evidence["root_cause"] = str(root)
 
 
-def _mark_explained(findings: list[Finding]) -> set[int]:
+def _mark_explained(findings: list[RuleFinding]) -> set[int]:
     """Indices of findings accounted for by another alarming finding."""
     alarming = [f for f in findings if f.severity is not Severity.INFO]
     explained: set[int] = set()

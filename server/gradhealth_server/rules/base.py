@@ -7,33 +7,14 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from gradhealth_server.engine.measurements import Measurements
-from gradhealth_server.errors import GradhealthError
+from gradhealth_server.rules.config import ConfigError, checked
 from gradhealth_server.rules.context import Context
-from gradhealth_server.verdict import Cause, Finding
-
-
-class ConfigError(GradhealthError):
-    """A rule threshold override names no threshold or has the wrong type."""
+from gradhealth_server.verdict.findings import Cause, RuleFinding
 
 
 @dataclasses.dataclass(frozen=True)
 class NoThresholds:
     pass
-
-
-def checked(thresholds: type, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Overrides with the type of each default (ints may stand for floats)."""
-    defaults = thresholds()
-    out = {}
-    for name, value in overrides.items():
-        default = getattr(defaults, name)
-        ok = isinstance(value, type(default)) or (
-            isinstance(default, float) and isinstance(value, int)
-        )
-        if not ok or isinstance(value, bool):
-            raise ConfigError(f"threshold {name} must be a {type(default).__name__}, got {value!r}")
-        out[name] = float(value) if isinstance(default, float) else value
-    return out
 
 
 class Rule(ABC):
@@ -57,5 +38,5 @@ class Rule(ABC):
         self.t = dataclasses.replace(self.Thresholds(), **checked(self.Thresholds, overrides))
 
     @abstractmethod
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         """Findings for this rule's cause; an empty list when it does not apply."""

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 
 from gradhealth_server.engine.measurements import Measurements
-from gradhealth_server.history import NO_HISTORY, RunHistory
+from gradhealth_server.rules.config import ConfigError, checked
+from gradhealth_server.rules.history import NO_HISTORY, RunHistory
 
 CLASSIFICATION = frozenset({"sparse_categorical", "categorical", "binary"})
 
@@ -77,7 +78,7 @@ def build_context(
     m: Measurements, t: ContextThresholds | None = None, history: RunHistory = NO_HISTORY
 ) -> Context:
     t = t or ContextThresholds()
-    problem = m.static.get("problem")
+    problem = m.static.problem
     classification = problem in CLASSIFICATION
     chance = None
     if classification and m.labels and m.labels.histogram:
@@ -93,7 +94,7 @@ def build_context(
     loss_ok = math.isfinite(m.loss) and m.loss <= t.converged_loss
     converged = loss_ok or (accuracy is not None and accuracy >= t.converged_accuracy)
     iterations = m.optimizer.iterations if m.optimizer else None
-    name = m.static.get("optimizer")
+    name = m.static.optimizer
     return Context(
         classification=classification,
         chance=chance,
@@ -103,7 +104,7 @@ def build_context(
         early=iterations is not None and iterations < t.early_steps,
         iterations=iterations,
         optimizer=name,
-        learning_rate=m.static.get("learning_rate"),
+        learning_rate=m.static.learning_rate,
         lr_range=USUAL_LEARNING_RATES.get(name or ""),
         thresholds=t,
         history=history,
@@ -111,8 +112,6 @@ def build_context(
 
 
 def context_thresholds(overrides: dict) -> ContextThresholds:
-    from gradhealth_server.rules.base import ConfigError, checked
-
     names = {f.name for f in dataclasses.fields(ContextThresholds)}
     unknown = set(overrides) - names
     if unknown:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt
-from gradhealth_server.verdict import Cause, Finding, Severity
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
 class DeadReluRule(Rule):
@@ -24,7 +24,7 @@ class DeadReluRule(Rule):
         critical_fraction: float = 0.9
         min_units: int = 4  # below this a fraction is noise
 
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
         dead = [
             a
@@ -45,7 +45,7 @@ class DeadReluRule(Rule):
             severity = Severity.WARNING
         listing = ", ".join(f"{a.layer} {fmt(100 * (a.dead_fraction or 0))}%" for a in dead)
         return [
-            Finding(
+            RuleFinding(
                 cause=self.cause,
                 severity=severity,
                 summary=f"ReLU units that never fire on this batch: {listing}",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt, gradient_profile
-from gradhealth_server.verdict import Cause, Finding, Severity
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
 class ExplodingGradientsRule(Rule):
@@ -26,7 +26,7 @@ class ExplodingGradientsRule(Rule):
         grad_to_weight: float = 10.0  # ‖g‖/‖w‖ of one layer: a step would dwarf the weights
         min_weight_layers: int = 2
 
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
         layers = m.layers
         if len(layers) < t.min_weight_layers or m.nonfinite.weights or ctx.converged:
@@ -56,7 +56,7 @@ class ExplodingGradientsRule(Rule):
             " instead of a large-scale init"
         )
         return [
-            Finding(
+            RuleFinding(
                 cause=self.cause,
                 severity=Severity.WARNING if ctx.learning else Severity.CRITICAL,
                 summary=(

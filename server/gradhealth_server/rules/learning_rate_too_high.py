@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt, lr_probe
-from gradhealth_server.verdict import Cause, Finding, Severity
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
 class LearningRateTooHighRule(Rule):
@@ -29,7 +29,7 @@ class LearningRateTooHighRule(Rule):
         # RMS of a layer's weights; Glorot/He inits start around 0.01-0.2.
         weight_rms: float = 1.0
 
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
         if m.nonfinite.weights or ctx.learning_rate is None:
             return []
@@ -76,7 +76,7 @@ class LearningRateTooHighRule(Rule):
         if dead:
             parts.append(f"{len(dead)} layer(s) have >= 90 % dead ReLUs")
         return [
-            Finding(
+            RuleFinding(
                 cause=self.cause,
                 severity=Severity.CRITICAL if struggling else Severity.WARNING,
                 summary="; ".join(parts),

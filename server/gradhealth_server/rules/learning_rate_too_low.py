@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt, lr_probe
-from gradhealth_server.verdict import Cause, Finding, Severity
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
 class LearningRateTooLowRule(Rule):
@@ -30,7 +30,7 @@ class LearningRateTooLowRule(Rule):
         # ... and the drop must stand clear of float32 rounding (~6e-8 relative).
         min_relative_drop: float = 1e-6
 
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
         if ctx.converged or m.nonfinite.weights or m.optimizer is None:
             return []
@@ -52,7 +52,7 @@ class LearningRateTooLowRule(Rule):
         lr = ctx.learning_rate
         suggested = lr * best_scale if lr else None
         return [
-            Finding(
+            RuleFinding(
                 cause=self.cause,
                 severity=Severity.INFO if ctx.learning else Severity.WARNING,
                 summary=(

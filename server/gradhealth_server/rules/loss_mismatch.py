@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context
-from gradhealth_server.verdict import Cause, Finding, Severity
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 CROSSENTROPY = {
     "sparse_categorical_crossentropy": "sparse_categorical",
@@ -46,32 +46,32 @@ class _Mismatch:
 class LossMismatchRule(Rule):
     cause = Cause.LOSS_MISMATCH
 
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         s = m.static
-        if not s.get("functional") or s.get("output_activation") is None:
+        if not s.functional or s.output_activation is None:
             return []
         mismatch = self._mismatch(
-            loss=s.get("loss") or "",
-            from_logits=bool(s.get("from_logits")),
-            activation=s["output_activation"],
-            chain=list(s.get("output_activations") or []),
-            units=s.get("output_units"),
+            loss=s.loss or "",
+            from_logits=bool(s.from_logits),
+            activation=s.output_activation,
+            chain=list(s.output_activations or []),
+            units=s.output_units,
             labels=m.labels.format if m.labels else None,
         )
         if mismatch is None:
             return []
         return [
-            Finding(
+            RuleFinding(
                 cause=self.cause,
                 severity=mismatch.severity,
                 summary=mismatch.summary,
                 remedy=mismatch.remedy,
                 layers=[m.layers[-1].name] if m.layers else [],
                 evidence={
-                    "loss": s.get("loss"),
-                    "from_logits": s.get("from_logits"),
-                    "output_activations": s.get("output_activations"),
-                    "output_units": s.get("output_units"),
+                    "loss": s.loss,
+                    "from_logits": s.from_logits,
+                    "output_activations": list(s.output_activations),
+                    "output_units": s.output_units,
                     "label_format": m.labels.format if m.labels else None,
                 },
                 confidence=0.95 if mismatch.severity is not Severity.INFO else 0.3,

@@ -12,13 +12,13 @@ from __future__ import annotations
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt
-from gradhealth_server.verdict import Cause, Finding, Severity
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
 class NonFiniteRule(Rule):
     cause = Cause.NON_FINITE
 
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         nf = m.nonfinite
         counts = {
             "loss_nonfinite": nf.loss,
@@ -60,7 +60,7 @@ class NonFiniteRule(Rule):
         if hints:
             summary += "; likely trigger: " + "; ".join(hints)
         return [
-            Finding(
+            RuleFinding(
                 cause=self.cause,
                 severity=Severity.CRITICAL,
                 summary=summary,

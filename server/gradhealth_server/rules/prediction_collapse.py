@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt
-from gradhealth_server.verdict import Cause, Finding, Severity
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
 class PredictionCollapseRule(Rule):
@@ -24,7 +24,7 @@ class PredictionCollapseRule(Rule):
         majority_fraction: float = 0.9  # share of examples given the top class
         label_gap: float = 0.3  # ... at least this far above the labels' top-class share
 
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
         out = m.output
         if (
@@ -42,7 +42,7 @@ class PredictionCollapseRule(Rule):
         hist = out.predicted_histogram or []
         top = max(range(len(hist)), key=hist.__getitem__) if hist else None
         return [
-            Finding(
+            RuleFinding(
                 cause=self.cause,
                 severity=Severity.WARNING,
                 summary=(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt
-from gradhealth_server.verdict import Cause, Finding, Severity
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
 class SaturatedActivationRule(Rule):
@@ -24,7 +24,7 @@ class SaturatedActivationRule(Rule):
         saturated_fraction: float = 0.5  # SageMaker SaturatedActivation
         min_units: int = 4
 
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
         hits = [
             a
@@ -41,7 +41,7 @@ class SaturatedActivationRule(Rule):
             f"{a.layer} ({a.activation}) {fmt(100 * (a.saturated_fraction or 0))}%" for a in hits
         )
         return [
-            Finding(
+            RuleFinding(
                 cause=self.cause,
                 severity=Severity.INFO if ctx.learning else Severity.WARNING,
                 summary=f"saturated hidden activations on this batch: {listing}",

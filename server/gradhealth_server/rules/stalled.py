@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt
-from gradhealth_server.verdict import Cause, Finding, Severity
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
 class StalledRule(Rule):
@@ -29,7 +29,7 @@ class StalledRule(Rule):
         accuracy_delta: float = 0.02  # max - min accuracy across the window
         loss_relative_delta: float = 0.01  # (max - min) / mean loss, runs without accuracy
 
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
         past = list(ctx.history.past)[-(t.window - 1) :] if t.window > 1 else []
         if len(past) < t.window - 1 or ctx.converged or ctx.early:
@@ -55,7 +55,7 @@ class StalledRule(Rule):
         near_chance = source.endswith("accuracy") and ctx.classification and not ctx.learning
         severity = Severity.CRITICAL if near_chance else Severity.INFO
         return [
-            Finding(
+            RuleFinding(
                 cause=self.cause,
                 severity=severity,
                 summary=(

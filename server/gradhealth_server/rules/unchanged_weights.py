@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context
-from gradhealth_server.verdict import Cause, Finding, Severity
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
 class UnchangedWeightsRule(Rule):
@@ -22,7 +22,7 @@ class UnchangedWeightsRule(Rule):
     class Thresholds:
         pass
 
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         previous = ctx.history.previous
         now = m.weight_digests
         if previous is None or not now or not previous.weight_digests:
@@ -37,7 +37,7 @@ class UnchangedWeightsRule(Rule):
             return []
         everything = len(same) == len(now)
         return [
-            Finding(
+            RuleFinding(
                 cause=self.cause,
                 severity=Severity.CRITICAL if everything else Severity.WARNING,
                 summary=(

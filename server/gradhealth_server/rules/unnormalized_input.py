@@ -14,7 +14,7 @@ from gradhealth_server.engine.measurements import Measurements, TensorStats
 from gradhealth_server.engine.trials import what_the_weights_see
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt
-from gradhealth_server.verdict import Cause, Finding, Severity
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
 class UnnormalizedInputRule(Rule):
@@ -32,8 +32,8 @@ class UnnormalizedInputRule(Rule):
         # ...and as sent one step raises the loss by more than this fraction: critical.
         diverging_rise: float = 0.5
 
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
-        off = [s for s in what_the_weights_see(m) if self._off_scale(s)]
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
+        off = [s for s in what_the_weights_see(m) if self.off_scale(s)]
         if not off or m.nonfinite.inputs:
             return []
         worst = max(off, key=lambda s: max(abs(s.max), abs(s.min), s.std))
@@ -97,7 +97,7 @@ class UnnormalizedInputRule(Rule):
         if severity is Severity.INFO:
             summary += " (the run learns anyway; normalizing makes it robust to the optimizer)"
         return [
-            Finding(
+            RuleFinding(
                 cause=self.cause,
                 severity=severity,
                 summary=summary,
@@ -108,7 +108,8 @@ class UnnormalizedInputRule(Rule):
             )
         ]
 
-    def _off_scale(self, s: TensorStats) -> bool:
+    def off_scale(self, s: TensorStats) -> bool:
+        """Far from unit scale, by this rule's thresholds (the input trial reads it too)."""
         t = self.t
         if s.range_class == "byte" or s.std > t.max_std or abs(s.mean) > t.max_abs_mean:
             return True

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt, gradient_profile
-from gradhealth_server.verdict import Cause, Finding, Severity
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
 class VanishingGradientsRule(Rule):
@@ -27,7 +27,7 @@ class VanishingGradientsRule(Rule):
         mean_abs_grad: float = 1e-7  # SageMaker VanishingGradient
         min_weight_layers: int = 3  # a 2-layer model has no depth to vanish through
 
-    def check(self, m: Measurements, ctx: Context) -> list[Finding]:
+    def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
         layers = m.layers
         if ctx.converged or len(layers) < t.min_weight_layers or m.nonfinite.weights:
@@ -50,9 +50,9 @@ class VanishingGradientsRule(Rule):
             if reference == 0 or layer.grad_norm / reference < t.first_to_last_ratio
         ] or [layers[0].name]
         facts = m.static
-        depth, skips = facts.get("depth"), facts.get("skip_connections")
-        norms_used = facts.get("normalization_layers") or []
-        saturating = [a for a in facts.get("activations", []) if a in ("sigmoid", "tanh")]
+        depth, skips = facts.depth, facts.skip_connections
+        norms_used = list(facts.normalization_layers)
+        saturating = [a for a in facts.activations if a in ("sigmoid", "tanh")]
         fixes = []
         if saturating:
             fixes.append(
@@ -77,7 +77,7 @@ class VanishingGradientsRule(Rule):
             + (" and no normalization" if not norms_used else "")
         )
         return [
-            Finding(
+            RuleFinding(
                 cause=self.cause,
                 severity=Severity.WARNING if ctx.learning else Severity.CRITICAL,
                 summary=summary,

@@ -1,0 +1,5 @@
+"""`python -m gradhealth.cli`: the `gradhealth` command."""
+
+from gradhealth.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,287 @@
+"""The server-side commands of the `gradhealth` CLI: `serve`, `demo`, `example`
+and embedded `diagnose` (the engine in this process).
+
+The client package registers them through the `gradhealth.commands` entry point
+(pyproject.toml), so it never imports this package. Each handler imports what it
+needs when it runs: a client-only install (no TensorFlow) gets one line naming
+the extra to install instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+from gradhealth.cli.options import (
+    environment_defaults,
+    fail,
+    print_result,
+    read_rules_config,
+    read_token,
+)
+
+# Top-level modules of the server extra; missing, they mean "install it".
+SERVER_EXTRA = {
+    "tensorflow", "keras", "h5py", "grpc_health", "grpc_reflection", "prometheus_client",
+    "sqlalchemy", "alembic", "psycopg", "sklearn",
+}  # fmt: skip
+
+
+def needs_server_extra(command: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    def wrap(handler: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(handler)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return handler(args)
+            except ModuleNotFoundError as exc:
+                if (exc.name or "").split(".")[0] not in SERVER_EXTRA:
+                    raise
+                return fail(
+                    f"`gradhealth {command}` needs the server extra: install gradhealth[server] "
+                    f"(pip install '.[server]' from a clone; {exc.name} is missing)"
+                )
+
+        return run
+
+    return wrap
+
+
+def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Add the server-side commands; return the hooks of the client's own commands
+    (embedded `diagnose`)."""
+    serve = sub.add_parser("serve", help="run the gradhealth gRPC service")
+    serve.add_argument("--host", default="[::]", help="address to bind (default: all)")
+    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
+    serve.add_argument(
+        "--db",
+        default="sqlite:///gradhealth.db",
+        help="verdict store: a SQLAlchemy URL, sqlite:///FILE or "
+        "postgresql+psycopg://USER:PASSWORD@HOST/DB",
+    )
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU)")
+    serve.add_argument(
+        "--queue-size", type=int, default=8, help="calls that may wait; more get RESOURCE_EXHAUSTED"
+    )
+    serve.add_argument("--token-file", type=Path, help="require this bearer token (file)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the server")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of the server")
+    serve.add_argument("--tls-client-ca", type=Path, help="require client certs from this CA")
+    serve.add_argument("--max-checkpoint-mb", type=float, default=2048)
+    serve.add_argument("--max-batch-mb", type=float, default=256)
+    serve.add_argument(
+        "--max-batch-rows", type=int, default=4096, help="most rows a sample batch may have"
+    )
+    serve.add_argument(
+        "--max-parameters",
+        type=int,
+        default=500_000_000,
+        help="largest model accepted, in parameters (refused before it is built)",
+    )
+    serve.add_argument(
+        "--allow-class",
+        metavar="MODULE.CLASS[,...]",
+        help="layer classes outside Keras to trust (they must be importable by the server)",
+    )
+    serve.add_argument("--spool-dir", type=Path, help="where uploads are written (default: TMPDIR)")
+    serve.add_argument("--grace", type=float, default=60.0, help="seconds to drain on SIGTERM")
+    serve.add_argument(
+        "--job-timeout",
+        type=float,
+        default=900.0,
+        help="longest diagnosis (s); its worker is killed",
+    )
+    serve.add_argument(
+        "--upload-timeout", type=float, default=900.0, help="longest upload (s) of one call"
+    )
+    serve.add_argument(
+        "--upload-idle-timeout", type=float, default=30.0, help="longest wait (s) for a chunk"
+    )
+    serve.add_argument("--cache-size", type=int, default=8, help="architectures kept loaded")
+    serve.add_argument(
+        "--worker-memory-mb",
+        type=int,
+        help="address-space cap of each worker process (CPU workers; GPU: use the "
+        "container's memory limit)",
+    )
+    serve.add_argument("--no-xla", action="store_true", help="never try XLA compilation")
+    serve.add_argument("--rules-config", type=Path, help="JSON of threshold overrides")
+    serve.add_argument(
+        "--run-metrics-window",
+        type=float,
+        default=24 * 3600.0,
+        help="seconds a run stays in the per-run gauges after its last checkpoint",
+    )
+    serve.add_argument(
+        "--run-metrics-max", type=int, default=500, help="most runs in the per-run gauges"
+    )
+    environment_defaults(serve)
+    serve.set_defaults(handler=_serve)
+
+    demo = sub.add_parser(
+        "demo",
+        help="start the service, train a digits CNN with a classic bug, watch the verdicts, "
+        "apply the fix",
+    )
+    demo.add_argument(
+        "--bug",
+        choices=("pixels", "learning-rate"),
+        default="pixels",
+        help="pixels: 0-255 input never divided by 255; learning-rate: Adam at 1.0",
+    )
+    demo.add_argument("--epochs", type=int, default=12, help="epochs of each training run")
+    demo.add_argument(
+        "--server", metavar="HOST:PORT", help="use this service instead of starting one"
+    )
+    demo.set_defaults(handler=_demo)
+
+    example = sub.add_parser(
+        "example", help="write a small faulty digits checkpoint and batch to try diagnose on"
+    )
+    example.add_argument("directory", type=Path)
+    example.set_defaults(handler=_example)
+    return {"diagnose": _diagnose_embedded}
+
+
+@needs_server_extra("diagnose")
+def _diagnose_embedded(args: argparse.Namespace) -> int:
+    """The engine in this process: no server, no database."""
+    try:
+        rules_config = read_rules_config(args.rules_config)
+    except ValueError as exc:
+        return fail(str(exc))
+    from gradhealth_server.engine.device import native_stderr_silenced
+
+    with native_stderr_silenced():
+        from gradhealth_server.diagnosis import Diagnoser
+        from gradhealth_server.engine.probe import ProbeOptions
+        from gradhealth_server.errors import GradhealthError
+
+        options = ProbeOptions(mode=args.mode, jit_compile=False if args.no_xla else None)
+    try:
+        with native_stderr_silenced():
+            diagnoser = Diagnoser(options=options, rules_config=rules_config)
+        diagnosis = diagnoser.diagnose(args.checkpoint, args.batch)
+    except GradhealthError as exc:
+        return fail(str(exc))
+    except ModuleNotFoundError:
+        raise  # a missing server extra: needs_server_extra names it
+    except Exception as exc:  # a bug of ours: still one line, never a traceback
+        return fail(f"internal error ({type(exc).__name__}): {' '.join(str(exc).split())[:300]}")
+    return print_result(diagnosis.to_dict(), args.json)
+
+
+@needs_server_extra("serve")
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from gradhealth_server.intake.limits import Limits, MiB
+    from gradhealth_server.metrics.runs import RunMetricsConfig
+    from gradhealth_server.rules import build_rules
+    from gradhealth_server.service.serve import ServeConfig, TlsFiles, serve
+    from gradhealth_server.service.upload import UploadLimits
+    from gradhealth_server.service.worker import WorkerConfig, WorkerDied
+
+    try:
+        token = read_token(args.token_file)
+        rules_config = read_rules_config(args.rules_config) or {}
+        build_rules(rules_config)  # a bad config fails here, not in every worker
+    except Exception as exc:
+        return fail(str(exc))
+    if args.workers < 1 or args.queue_size < 1:
+        return fail("--workers and --queue-size must be at least 1")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return fail("TLS needs both --tls-cert and --tls-key")
+    if args.tls_client_ca and not args.tls_cert:
+        return fail("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
+        if path and not path.is_file():
+            return fail(f"TLS file {str(path)!r} does not exist")
+    positive = {
+        "--max-batch-rows": args.max_batch_rows,
+        "--max-parameters": args.max_parameters,
+        "--run-metrics-max": args.run_metrics_max,
+        "--run-metrics-window": args.run_metrics_window,
+        "--worker-memory-mb": 1 if args.worker_memory_mb is None else args.worker_memory_mb,
+    }
+    if bad := [flag for flag, value in positive.items() if value <= 0]:
+        return fail(f"{', '.join(bad)} must be positive")
+    limits = Limits(
+        max_checkpoint_bytes=int(args.max_checkpoint_mb * MiB),
+        max_batch_bytes=int(args.max_batch_mb * MiB),
+        max_batch_rows=args.max_batch_rows,
+        max_parameters=args.max_parameters,
+        allowed_classes=frozenset(
+            name.strip() for name in (args.allow_class or "").split(",") if name.strip()
+        ),
+    )
+    config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        workers=args.workers,
+        queue_size=args.queue_size,
+        token=token,
+        tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
+        spool_dir=args.spool_dir,
+        grace_seconds=args.grace,
+        db_url=args.db,
+        job_time_limit=args.job_timeout,
+        run_metrics=RunMetricsConfig(args.run_metrics_window, args.run_metrics_max),
+        upload=UploadLimits(args.upload_idle_timeout, args.upload_timeout),
+        worker=WorkerConfig(
+            limits=limits,
+            rules_config=rules_config,
+            cache_capacity=args.cache_size,
+            disable_xla=args.no_xla,
+            memory_limit_bytes=args.worker_memory_mb * MiB if args.worker_memory_mb else None,
+        ),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        asyncio.run(serve(config))
+    except CommandError as exc:  # a database migrated by a newer gradhealth
+        return fail(
+            f"the verdict store's schema is not one this version knows ({exc}); "
+            "run the newer gradhealth, or restore a backup"
+        )
+    except (WorkerDied, OSError, SQLAlchemyError) as exc:
+        return fail(f"the server could not start: {' '.join(str(exc).split())[:300]}")
+    return 0
+
+
+@needs_server_extra("demo")
+def _demo(args: argparse.Namespace) -> int:
+    if args.epochs < 5:
+        return fail("--epochs must be at least 5 (a stall needs five checkpoints)")
+    from gradhealth_server.engine.device import native_stderr_silenced
+
+    with native_stderr_silenced():
+        import keras  # noqa: F401  (TensorFlow's start-up lines go nowhere)
+    from gradhealth_server.commands.demo import run_demo
+
+    try:
+        return run_demo(args.bug, args.epochs, args.server)
+    except KeyboardInterrupt:
+        return 130
+    except ModuleNotFoundError:
+        raise
+    except Exception as exc:
+        return fail(f"the demo failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+
+
+@needs_server_extra("example")
+def _example(args: argparse.Namespace) -> int:
+    from gradhealth_server.commands.examples import write_example
+    from gradhealth_server.engine.device import native_stderr_silenced
+
+    with native_stderr_silenced():
+        checkpoint, batch = write_example(args.directory)
+    print(f"wrote {checkpoint} and {batch}\nnext: gradhealth diagnose {checkpoint} --batch {batch}")
+    return 0

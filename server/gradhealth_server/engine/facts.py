@@ -1,0 +1,105 @@
+"""What a model's architecture and compile config say, before any data flows.
+
+Plain data (no Keras, no TensorFlow): the rules read `Measurements.static`, a
+StaticFacts, by attribute; engine/structure.py fills it in from the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Units of these output exactly 0 below the threshold and pass back no gradient:
+# they can die. (Leaky ReLU, ELU and PReLU keep a gradient for negative inputs.)
+CAN_DIE = frozenset({"relu", "relu6"})
+# Layers that take token ids, not a scale: their input is not "unnormalized".
+ID_INPUT_LAYERS = frozenset({"Embedding"})
+SATURATING = frozenset({"sigmoid", "tanh", "hard_sigmoid"})
+NORMALIZATION_LAYERS = frozenset(
+    {
+        "BatchNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "UnitNormalization",
+        "RMSNormalization",
+        "SpectralNormalization",
+    }
+)
+# Layers whose output for one example depends on the other examples in the batch.
+BATCH_COUPLED_LAYERS = frozenset({"BatchNormalization"})
+# Layers that rescale the raw input before the first weights see it.
+PREPROCESSING_LAYERS = frozenset({"Rescaling", "Normalization"})
+ACTIVATION_LAYERS = {
+    "ReLU": "relu",
+    "LeakyReLU": "leaky_relu",
+    "ELU": "elu",
+    "PReLU": "prelu",
+    "Softmax": "softmax",
+}
+
+LOSS_PROBLEMS = {
+    "sparse_categorical_crossentropy": "sparse_categorical",
+    "categorical_crossentropy": "categorical",
+    "categorical_focal_crossentropy": "categorical",
+    "kl_divergence": "categorical",
+    "binary_crossentropy": "binary",
+    "binary_focal_crossentropy": "binary",
+    "hinge": "binary",
+    "squared_hinge": "binary",
+    "categorical_hinge": "categorical",
+}
+LOSS_ALIASES = {
+    "kld": "kl_divergence",
+    "kullback_leibler_divergence": "kl_divergence",
+    "mse": "mean_squared_error",
+    "mae": "mean_absolute_error",
+    "mape": "mean_absolute_percentage_error",
+    "msle": "mean_squared_logarithmic_error",
+}
+
+
+@dataclass(frozen=True)
+class StaticFacts:
+    """What the architecture and compile config say, before any data flows."""
+
+    model_class: str = ""
+    functional: bool = False
+    depth: int = 0  # weight layers on the longest input-to-output path
+    weight_layers: int = 0
+    parameters: int = 0
+    skip_connections: int = 0
+    normalization_layers: tuple[str, ...] = ()
+    activations: tuple[str, ...] = ()
+    batch_coupled: bool = False
+    output_activation: str | None = None  # the last nonlinearity before the output
+    output_activations: tuple[str, ...] = ()  # output backwards to the last weight layer
+    output_units: int | None = None
+    loss: str | None = None
+    from_logits: bool = False
+    label_smoothing: float = 0.0
+    problem: str = "unknown"  # sparse_categorical | categorical | binary | regression | unknown
+    optimizer: str | None = None
+    learning_rate: float | None = None
+    clipnorm: float | None = None
+    global_clipnorm: float | None = None
+    clipvalue: float | None = None
+    loss_reduction: str | None = None
+    input_names: tuple[str, ...] = ()
+    # Inputs read by an Embedding straight away: valid ids are 0 .. limit - 1.
+    id_input_limits: dict[str, int] = field(default_factory=dict)
+    preprocessing_layers: tuple[str, ...] = ()
+    unavailable: tuple[str, ...] = ()
+
+
+def snake_case(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and not name[i - 1].isupper():
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+def problem_of(loss: str | None) -> str:
+    if loss is None:
+        return "unknown"
+    return LOSS_PROBLEMS.get(loss, "regression")

@@ -1,0 +1,96 @@
+"""Assemble Measurements from one probe run: each quantity family decodes its own
+numbers (engine/quantities/), the host adds the batch's input and label scales."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradhealth_server.engine.measurements import Measurements, NonFinite
+from gradhealth_server.engine.probe import ProbeResult
+from gradhealth_server.engine.quantities import (
+    activations,
+    first_inputs,
+    inputs,
+    labels,
+    noise,
+    optimizer,
+    outputs,
+    variables,
+)
+from gradhealth_server.engine.structure import ModelStructure
+
+# What norms-only mode does not measure.
+NOT_IN_NORMS_MODE = (
+    "weights",
+    "activations",
+    "first_layer_input",
+    "optimizer_step",
+    "lr_probe",
+    "output",
+    "accuracy",
+    "noise_scale",
+)
+
+
+def build_measurements(
+    result: ProbeResult,
+    structure: ModelStructure,
+    x: dict[str, np.ndarray],
+    y: np.ndarray,
+    mode: str,
+) -> Measurements:
+    raw, facts = result.raw, structure.facts
+    full = mode == "full"
+    var = raw[variables.KEY]
+    step_sq = optimizer.step_squares(raw.get(optimizer.KEY))
+    layers = variables.decode(var, structure, step_sq)
+    acts = activations.decode(raw[activations.KEY], structure) if full else []
+    batch_inputs = [inputs.tensor_stats(name, arr) for name, arr in x.items()]
+    output = outputs.decode(raw[outputs.KEY], facts.problem) if full else None
+    unavailable = list(facts.unavailable)
+    noise_scale = None
+    if full:
+        noise_scale = noise.decode(raw.get(noise.KEY), var["grad_sq"], result.micro_batch_rows)
+        if noise_scale is None:
+            unavailable.append("noise_scale")
+    else:
+        unavailable += NOT_IN_NORMS_MODE
+    loss = float(raw["loss"])
+    return Measurements(
+        loss=loss,
+        accuracy=outputs.accuracy(raw[outputs.KEY], y, facts.problem) if full else None,
+        rows=int(y.shape[0]),
+        mode=mode,
+        xla=result.xla,
+        probe_seconds=result.seconds,
+        grad_norm=variables.total_norm(var["grad_sq"]),
+        weight_norm=variables.total_norm(var["weight_sq"]) if full else None,
+        micro_batch_rows=list(result.micro_batch_rows),
+        noise_scale=noise_scale,
+        nonfinite=NonFinite(
+            loss=not math.isfinite(loss),
+            gradients=variables.gradient_nonfinite(var),
+            weights=int(var["weight_nonfinite"].sum()) if full else 0,
+            activations=sum(a.nonfinite for a in acts),
+            outputs=output.nonfinite if output else 0,
+            inputs=sum(i.nonfinite for i in batch_inputs),
+            first_layer=variables.first_nonfinite_layer(
+                layers, {a.layer: a.nonfinite for a in acts}
+            ),
+        ),
+        layers=layers,
+        activations=acts,
+        inputs=batch_inputs,
+        first_layer_inputs=first_inputs.decode(raw[first_inputs.KEY], structure) if full else [],
+        labels=labels.label_stats(y, facts.problem),
+        output=output,
+        optimizer=optimizer.decode(
+            raw.get(optimizer.KEY), facts, var["weight_sq"], result.lr_scales
+        )
+        if full
+        else None,
+        static=facts,
+        unavailable=sorted(set(unavailable)),
+    )

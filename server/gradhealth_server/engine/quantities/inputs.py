@@ -1,0 +1,62 @@
+"""The raw batch as sent: the scale of each input (host side, numpy), and the
+names of scales the rules and the input trial reason about."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradhealth_server.engine.measurements import TensorStats
+from gradhealth_server.engine.quantities.base import varying_min
+
+# Beyond this standard deviation or mean magnitude a tensor is off unit scale.
+OFF_SCALE_STD = 3.0
+OFF_SCALE_MEAN = 3.0
+
+
+def range_class(lo: float, hi: float, mean: float, std: float) -> str:
+    """Name the scale of an input: what `x / 255.0` or standardization would fix."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "non_finite"
+    if lo >= 0 and hi <= 1.0 + 1e-6:
+        return "unit"
+    if lo >= -1.0 - 1e-6 and hi <= 1.0 + 1e-6:
+        return "symmetric_unit"
+    if lo >= 0 and 20.0 < hi <= 255.0 + 1e-3:
+        return "byte"
+    if std > OFF_SCALE_STD or abs(mean) > OFF_SCALE_MEAN:
+        return "wide"
+    return "standardized"
+
+
+def tensor_stats(name: str, arr: np.ndarray) -> TensorStats:
+    a = np.asarray(arr)
+    f = a.astype(np.float64, copy=False)
+    finite = np.isfinite(f)
+    vals = f[finite] if not finite.all() else f
+    if vals.size == 0:
+        vals = np.zeros(1)
+    integer_valued = bool(np.issubdtype(a.dtype, np.integer)) or bool(
+        np.all(np.equal(np.mod(vals, 1), 0))
+    )
+    lo, hi, mean, std = float(vals.min()), float(vals.max()), float(vals.mean()), float(vals.std())
+    stats = TensorStats(
+        name=name,
+        mean=mean,
+        std=std,
+        min=lo,
+        max=hi,
+        range_class=range_class(lo, hi, mean, std),
+        dtype=str(a.dtype),
+        shape=list(a.shape),
+        integer_valued=integer_valued,
+        nonfinite=int((~finite).sum()),
+    )
+    if a.ndim >= 2 and a.shape[0] > 1:
+        flat = f.reshape(-1, a.shape[-1])
+        fstd = flat.std(axis=0)
+        stats.feature_std_min = varying_min(fstd)
+        stats.feature_std_max = float(fstd.max())
+        stats.feature_mean_abs_max = float(np.abs(flat.mean(axis=0)).max())
+    return stats

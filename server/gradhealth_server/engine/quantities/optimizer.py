@@ -1,0 +1,54 @@
+"""The checkpoint optimizer's own next step: its size against the weights, per
+variable and overall, and the learning-rate probe (the loss at w + s·Δw for a
+few scales s)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from gradhealth_server.engine.facts import StaticFacts
+from gradhealth_server.engine.measurements import OptimizerStep
+from gradhealth_server.engine.quantities.base import Stats, nonfinite_if
+from gradhealth_server.engine.quantities.variables import total_norm
+
+KEY = "optimizer"
+
+
+def graph_step(deltas: list[tf.Tensor], iterations: tf.Tensor) -> Stats:
+    """Δw of the real step, one number per variable, and the step counter."""
+    step_sq = [tf.reduce_sum(tf.square(d)) for d in deltas]
+    return {
+        "step_sq": tf.stack(step_sq),
+        "step_nonfinite": tf.stack([nonfinite_if(s, d) for s, d in zip(step_sq, deltas)]),
+        "iterations": tf.cast(iterations, tf.int64),
+    }
+
+
+def graph_lr_probe(base_loss: tf.Tensor, losses: list[tf.Tensor]) -> Stats:
+    return {"lr_probe_losses": tf.stack(losses), "lr_probe_base_loss": base_loss}
+
+
+def step_squares(stats: Stats | None) -> np.ndarray | None:
+    """Per-variable squared step norms, for the per-layer update ratios."""
+    return stats.get("step_sq") if stats else None
+
+
+def decode(
+    stats: Stats | None, facts: StaticFacts, weight_sq: np.ndarray, scales: tuple[float, ...]
+) -> OptimizerStep:
+    if not stats or "step_sq" not in stats:
+        return OptimizerStep(facts.optimizer, facts.learning_rate, None, None, None)
+    u = total_norm(stats["step_sq"])
+    w = total_norm(weight_sq)
+    losses = stats.get("lr_probe_losses")
+    return OptimizerStep(
+        name=facts.optimizer,
+        learning_rate=facts.learning_rate,
+        update_ratio=u / w if w > 0 else None,
+        update_norm=u,
+        base_loss=float(stats["lr_probe_base_loss"]) if "lr_probe_base_loss" in stats else None,
+        lr_scales=[float(s) for s in scales] if losses is not None else [],
+        lr_losses=[float(v) for v in losses] if losses is not None else [],
+        iterations=int(stats["iterations"]) if "iterations" in stats else None,
+    )

@@ -1,0 +1,224 @@
+"""Decode and check the sample batch the training job sent.
+
+The batch is an `.npz` file: `x` and `y`, or `x_<input name>` per input for a
+multi-input model. It is untrusted: loaded without pickle, sized against the
+limits, and checked against the model's inputs and its loss before any of it
+reaches TensorFlow, so a wrong batch gets a message instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradhealth_server.errors import InvalidBatch, LimitExceeded
+from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
+
+
+@dataclass
+class Batch:
+    """Inputs by model input name (as the model expects them) and labels."""
+
+    x: dict[str, np.ndarray]
+    y: np.ndarray
+    raw_x: dict[str, np.ndarray]  # as sent, before any dtype cast: its scale is evidence
+
+
+def read_npz(source: str | Path | bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+    """Arrays of an `.npz` file or its bytes, pickle refused."""
+    if isinstance(source, bytes):
+        if len(source) > limits.max_batch_bytes:
+            raise LimitExceeded(f"batch is {len(source)} bytes, over {limits.max_batch_bytes}")
+        handle: Any = io.BytesIO(source)
+    else:
+        path = Path(source)
+        size = path.stat().st_size
+        if size > limits.max_batch_bytes:
+            raise LimitExceeded(f"batch is {size} bytes, over {limits.max_batch_bytes}")
+        handle = path
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            _check_members(archive, limits)
+        if isinstance(handle, io.BytesIO):
+            handle.seek(0)
+        with np.load(handle, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (InvalidBatch, LimitExceeded):
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise InvalidBatch("batch holds object arrays (pickles); send numeric arrays") from exc
+        raise InvalidBatch(f"batch is not a readable .npz file: {exc}") from exc
+    except (
+        OSError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
+        raise InvalidBatch(f"batch is not a readable .npz file: {exc}") from exc
+
+
+def _check_members(archive: zipfile.ZipFile, limits: Limits) -> None:
+    """Every member an .npy array whose declared shape fits in what it holds.
+
+    numpy allocates from the header's shape before reading data, so a 16-byte
+    member declaring 10**12 elements must be refused here, not by numpy.
+    """
+    infos = archive.infolist()
+    if not infos:
+        raise InvalidBatch("batch .npz is empty: it needs arrays x and y")
+    unpacked = sum(info.file_size for info in infos)
+    if unpacked > limits.max_batch_bytes:
+        raise LimitExceeded(f"batch unpacks to {unpacked} bytes, over {limits.max_batch_bytes}")
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise InvalidBatch(f"batch member {info.filename!r} is not a numpy array (.npy)")
+        with archive.open(info) as member:
+            try:
+                version = np.lib.format.read_magic(member)
+                if version not in readers:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                shape, _, dtype = readers[version](member)
+            except (ValueError, SyntaxError) as exc:  # numpy parses the header as a literal
+                raise InvalidBatch(
+                    f"batch member {info.filename!r} is not a numpy array (.npy): {exc}"
+                ) from exc
+        if dtype.hasobject:
+            raise InvalidBatch("batch holds object arrays (pickles); send numeric arrays")
+        declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if declared > info.file_size:
+            raise InvalidBatch(
+                f"batch member {info.filename!r} declares {declared} bytes but holds "
+                f"{info.file_size}"
+            )
+
+
+def make_batch(
+    arrays: dict[str, np.ndarray],
+    input_specs: list[tuple[str, tuple[int | None, ...] | None, str]],
+    facts: Any,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Batch:
+    """Match arrays to the model's inputs and the labels to its loss."""
+    if "y" not in arrays:
+        raise InvalidBatch("batch has no labels: the .npz needs an array named y")
+    y = _numeric(arrays["y"], "y")
+    if y.ndim == 0 or y.shape[0] < 2:
+        raise InvalidBatch("batch needs at least 2 examples (y has fewer)")
+    rows = y.shape[0]
+    if rows > limits.max_batch_rows:
+        raise LimitExceeded(f"batch has {rows} rows, over the limit of {limits.max_batch_rows}")
+    raw_x: dict[str, np.ndarray] = {}
+    x: dict[str, np.ndarray] = {}
+    for name, shape, dtype in input_specs:
+        key = _input_key(arrays, name, len(input_specs))
+        arr = _numeric(arrays[key], key)
+        if arr.shape[0] != rows:
+            raise InvalidBatch(f"{key} has {arr.shape[0]} rows but y has {rows}")
+        if shape is not None:
+            _check_shape(key, arr.shape, shape)
+        limit = getattr(facts, "id_input_limits", {}).get(name)
+        if limit is not None and arr.size and (arr.min() < 0 or arr.max() >= limit):
+            raise InvalidBatch(
+                f"{key} holds ids in [{arr.min():g}, {arr.max():g}] but its Embedding has "
+                f"{limit} entries (valid ids 0..{limit - 1})"
+            )
+        raw_x[name] = arr
+        x[name] = _cast(arr, dtype, key) if dtype else arr
+    y = _check_labels(y, facts)
+    return Batch(x=x, y=y, raw_x=raw_x)
+
+
+def _input_key(arrays: dict[str, np.ndarray], name: str, n_inputs: int) -> str:
+    for key in (f"x_{name}", name):
+        if key in arrays:
+            return key
+    if n_inputs == 1 and "x" in arrays:
+        return "x"
+    expected = "x" if n_inputs == 1 else f"x_{name}"
+    have = ", ".join(sorted(arrays)) or "nothing"
+    raise InvalidBatch(
+        f"batch has no array for model input {name!r}: expected {expected!r}, found {have}"
+    )
+
+
+def _numeric(arr: np.ndarray, key: str) -> np.ndarray:
+    if arr.dtype.kind not in "biuf":
+        raise InvalidBatch(f"{key} has dtype {arr.dtype}; send numbers (int, uint, float, bool)")
+    if arr.ndim == 0:
+        raise InvalidBatch(f"{key} is a scalar; the first axis must be the batch")
+    if arr.dtype.kind == "b":
+        return arr.astype(np.float32)
+    return arr
+
+
+def _cast(arr: np.ndarray, dtype: str, key: str) -> np.ndarray:
+    """The array in the model's dtype; a value the cast would turn into inf or
+    garbage (1e39 to float32, NaN to int32) is refused, not silently changed."""
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return arr.astype(dtype, copy=False)
+    except FloatingPointError as exc:
+        span = f"[{arr.min():g}, {arr.max():g}]" if arr.size else "no values"
+        raise InvalidBatch(f"{key} holds values {span} that {dtype} cannot represent") from exc
+
+
+def _check_shape(key: str, got: tuple[int, ...], want: tuple[int | None, ...]) -> None:
+    if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got[1:], want[1:])):
+        expected = "(batch, " + ", ".join("?" if w is None else str(w) for w in want[1:]) + ")"
+        raise InvalidBatch(f"{key} has shape {tuple(got)} but the model expects {expected}")
+
+
+def _check_labels(y: np.ndarray, facts: Any) -> np.ndarray:
+    """Labels that the loss cannot take (on GPU some give NaN silently)."""
+    problem, units = facts.problem, facts.output_units
+    if y.size == 0:
+        raise InvalidBatch(f"labels y have shape {y.shape}: no label in them")
+    yf = y.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(yf)):
+        raise InvalidBatch("labels y contain NaN or infinity")
+    if problem == "sparse_categorical":
+        if y.ndim > 1 and y.shape[-1] not in (1,) and units is not None and y.shape[-1] == units:
+            raise InvalidBatch(
+                f"labels y look one-hot (shape {y.shape}) but the loss is "
+                "sparse_categorical_crossentropy, which takes class ids; use "
+                "categorical_crossentropy or send y.argmax(-1)"
+            )
+        if not np.all(np.mod(yf, 1) == 0):
+            raise InvalidBatch("sparse_categorical_crossentropy needs integer class ids in y")
+        if units and (yf.min() < 0 or yf.max() >= units):
+            raise InvalidBatch(
+                f"labels y range over [{yf.min():g}, {yf.max():g}] but the model has {units} "
+                f"output classes (valid ids 0..{units - 1})"
+            )
+        if yf.min() < 0 or yf.max() > np.iinfo(np.int32).max:
+            # Output width unknown: still no id that the int32 cast below would garble.
+            raise InvalidBatch(
+                f"labels y range over [{yf.min():g}, {yf.max():g}]; class ids are 0 or more "
+                "and fit in int32"
+            )
+        return y.astype(np.int32)
+    if problem == "categorical" and units and (y.ndim < 2 or y.shape[-1] != units):
+        raise InvalidBatch(
+            f"labels y have shape {y.shape} but {facts.loss} needs one-hot rows of {units} "
+            "classes; use sparse_categorical_crossentropy for class ids"
+        )
+    binary_ce = facts.loss in ("binary_crossentropy", "binary_focal_crossentropy")
+    if problem == "binary" and binary_ce and (yf.min() < 0 or yf.max() > 1):
+        raise InvalidBatch(
+            f"binary crossentropy needs labels in [0, 1]; y ranges over "
+            f"[{yf.min():g}, {yf.max():g}]"
+        )
+    return _cast(y, "float32", "y") if y.dtype.kind == "f" else y
