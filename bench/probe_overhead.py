@@ -1,6 +1,6 @@
 """Probe cost as a ratio to a bare compiled loss+gradient step on the same model and batch.
 
-Targets (DESIGN.md): full probe <= 1.5x, gradient-norms-only <= 1.05x. Anchor:
+Targets: full probe <= 1.5x, gradient-norms-only <= 1.05x. Anchor:
 Cockpit on GPU, 1.51x for its economy set and 1.02x for GradNorm alone.
 """
 

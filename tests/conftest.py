@@ -26,14 +26,35 @@ os.environ[processes.SESSION_VARIABLE] = SESSION
 # --- system tools and leaked processes (tests/processes.py) ----------------------------
 
 
+# The development loop's fast tier (`pytest -m "not slow"`): unit, rule, store,
+# contract and screening tests. Every other module (real training, servers,
+# PostgreSQL, Prometheus) is slow; a new module is slow until listed here.
+FAST_MODULES = frozenset(
+    {
+        "test_architecture",
+        "test_bad_input",
+        "test_contract",
+        "test_deploy",
+        "test_fuzz",
+        "test_history_rules",
+        "test_rules",
+        "test_store",
+    }
+)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the tests that need PostgreSQL by their fixtures and parameters, so
-    `-m "not postgresql"` deselects them like the explicitly marked ones."""
+    `-m "not postgresql"` deselects them like the explicitly marked ones; mark
+    everything outside the fast tier slow."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "postgres" in item.fixturenames or "postgresql" in params.values():
             item.add_marker("postgresql")
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if module not in FAST_MODULES or item.get_closest_marker("postgresql"):
+            item.add_marker("slow")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -1,14 +1,11 @@
-"""gradhealth's service side: load a checkpoint safely, probe it, judge it.
+"""gradhealth's service side: load a checkpoint safely, probe it, judge it, store
+and export the verdict.
 
-The data path of one diagnosis, module by module:
-
-    archive     inspect the .keras zip before anything is loaded
-    checkpoint  safe load, architecture fingerprint, model cache
-    batch       decode and validate the sample batch
-    engine      ONE compiled probe -> Measurements (no TF types leak out)
-    rules       pure functions Measurements -> [Finding]
-    verdict     Findings -> Verdict
-    diagnosis   ties the above together (embedded mode and the worker)
+The folders are the stages of one diagnosis, in order (docs/architecture.md):
+intake/ (the upload made safe), engine/ (the compiled probe and the measured
+quantities), verdict/ and rules/ (judging), diagnosis.py (the stages in one
+process), store/, metrics/, service/ (the gRPC server and its workers) and
+commands/ (the server side of the CLI).
 """
 
 import os

@@ -40,7 +40,7 @@ class ContextThresholds:
     converged_loss: float = 0.02
     converged_accuracy: float = 0.995
     # Fewer optimizer steps than this is an early checkpoint: chance accuracy and
-    # one predicted class are normal (DESIGN: "early is not stalled or collapsed").
+    # one predicted class are normal (docs/architecture.md: "early is not stalled or collapsed").
     early_steps: int = 30
     # "Learning" means accuracy covers this share of the way from chance to 1.
     learning_share: float = 0.5

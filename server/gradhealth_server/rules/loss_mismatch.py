@@ -1,7 +1,7 @@
 """loss_mismatch: the output activation, the loss and the labels disagree.
 
 Anchors: AutoTrainer's and UMLAUT's static checks. Facts measured on Keras 3.15
-(DESIGN.md): softmax/sigmoid outputs with `from_logits=True` are silently
+(docs/architecture.md): softmax/sigmoid outputs with `from_logits=True` are silently
 repaired (Keras uses the cached logits) and train identically, so that pairing
 is an info note only; `Dense(1, activation="softmax")` and a double softmax are
 real failures (the loss can fall while accuracy never moves).

@@ -1,7 +1,7 @@
 """prediction_collapse: almost every example gets the same class, the labels do not.
 
 Anchor: DeepDiagnosis/UMLAUT's "one class predicted" symptom. An early
-checkpoint may predict one class (DESIGN: early is not collapsed), so runs with
+checkpoint may predict one class (docs/architecture.md: early is not collapsed), so runs with
 fewer optimizer steps than the early threshold are skipped. Regression heads
 have no classes and are skipped too.
 """

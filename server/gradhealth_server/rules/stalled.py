@@ -33,7 +33,7 @@ class StalledRule(Rule):
         t = self.t
         past = list(ctx.history.past)[-(t.window - 1) :] if t.window > 1 else []
         if len(past) < t.window - 1 or ctx.converged or ctx.early:
-            return []  # early is not stalled (DESIGN): chance accuracy is normal there
+            return []  # early is not stalled: chance accuracy is normal there
         steps = [c.step for c in past] + [ctx.history.current_step]
         if any(s is None for s in steps) or steps != sorted(set(steps)):
             return []  # not a run moving forward: repeated or out-of-order checkpoints

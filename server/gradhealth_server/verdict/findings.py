@@ -13,7 +13,7 @@ from typing import Any
 
 
 class Cause(StrEnum):
-    """The taxonomy of DESIGN.md: why a run does not learn."""
+    """Why a run does not learn (docs/architecture.md, "Causes")."""
 
     VANISHING_GRADIENTS = "vanishing_gradients"
     EXPLODING_GRADIENTS = "exploding_gradients"
