@@ -108,8 +108,11 @@ def _plugins(sub: argparse._SubParsersAction) -> dict[str, Hook]:
             continue
     for name, help_text in SERVER_COMMANDS.items():
         if name not in sub.choices:
-            stub = sub.add_parser(name, help=f"{help_text} ({NEEDS_SERVER})")
-            stub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            # Takes any arguments (no option is known to it): the answer is the same.
+            stub = sub.add_parser(
+                name, help=f"{help_text} ({NEEDS_SERVER})", add_help=False, prefix_chars="\0"
+            )
+            stub.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
             message = f"`gradhealth {name}` {NEEDS_SERVER}"
             stub.set_defaults(handler=lambda args, message=message: fail(message))
     return hooks
