@@ -17,26 +17,33 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_NOT_FOUND = 1  # the server answered: no such run
+EXIT_INTERRUPTED = 130  # Ctrl-C: quiet, like any shell command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     # A terminal user needs no TensorFlow start-up messages (set before TF loads).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    parser = _parser()
     try:
-        args = parser.parse_args(argv)
-    except BadEnvironmentValue as exc:
-        return _fail(str(exc))
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return EXIT_BAD_INPUT
-    return args.handler(args)
+        parser = _parser()
+        try:
+            args = parser.parse_args(argv)
+        except BadEnvironmentValue as exc:
+            return _fail(str(exc))
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return EXIT_BAD_INPUT
+        return args.handler(args)
+    except KeyboardInterrupt:  # Ctrl-C anywhere, even while TensorFlow imports
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradhealth", description="Why is my Keras run not learning? Gradient-health verdicts."
     )
+    parser.add_argument("--version", action="version", version=f"gradhealth {_version()}")
     sub = parser.add_subparsers(dest="command")
 
     diag = sub.add_parser("diagnose", help="diagnose one checkpoint on a sample batch")
@@ -74,7 +81,19 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gradhealth gRPC service")
     serve.add_argument("--host", default="[::]", help="address to bind (default: all)")
-    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--port", type=int, default=50051, help="gRPC port")
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other processes (SO_REUSEPORT); without it a second "
+        "server on a bound port is refused",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="server log lines: text, or JSON lines (one object per line)",
+    )
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
     serve.add_argument(
         "--db",
@@ -90,8 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the server")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of the server")
     serve.add_argument("--tls-client-ca", type=Path, help="require client certs from this CA")
-    serve.add_argument("--max-checkpoint-mb", type=float, default=2048)
-    serve.add_argument("--max-batch-mb", type=float, default=256)
+    serve.add_argument(
+        "--max-checkpoint-mb", type=float, default=2048, help="largest checkpoint upload"
+    )
+    serve.add_argument("--max-batch-mb", type=float, default=256, help="largest batch upload")
     serve.add_argument(
         "--max-batch-rows", type=int, default=4096, help="most rows a sample batch may have"
     )
@@ -173,6 +194,12 @@ def _parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="print new verdicts as they are stored (Ctrl-C ends)")
     watch.add_argument("run", nargs="?", default="", help="only this run")
     watch.add_argument("--unhealthy", action="store_true", help="only warning and critical")
+    watch.add_argument(
+        "--since",
+        metavar="AGO|TIME",
+        help="first print the verdicts stored since then (10m, 2h, 1d, or an ISO time); "
+        "without it only verdicts stored from now on",
+    )
     _server_arguments(watch)
     watch.set_defaults(handler=_watch)
 
@@ -198,7 +225,62 @@ def _parser() -> argparse.ArgumentParser:
     )
     example.add_argument("directory", type=Path)
     example.set_defaults(handler=_example)
+
+    report = sub.add_parser(
+        "report",
+        help="draw a run's history: loss, accuracy, per-layer gradient norms and update "
+        "ratios, findings (needs gradhealth[report])",
+    )
+    report.add_argument("run", help="run id")
+    report.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="where to write it: .html (one self-contained page) or .png; default RUN.html",
+    )
+    report.add_argument(
+        "--limit", type=int, default=500, help="the newest this many verdicts (0: all)"
+    )
+    _server_arguments(report)
+    report.set_defaults(handler=_report)
+    _show_defaults(parser)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gradhealth")
+    except PackageNotFoundError:  # run from a source tree
+        from gradhealth import __version__
+
+        return __version__
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless it says it already or
+    has none (a switch, an optional file)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or not action.option_strings
+            or default in (None, False, argparse.SUPPRESS)
+            or action.nargs == 0
+        ):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _DefaultsFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
 
 
 class BadEnvironmentValue(Exception):
@@ -330,6 +412,8 @@ def _rules_config(path: Path | None) -> dict | None:
 def _diagnose_on_server(args: argparse.Namespace) -> int:
     import grpc
 
+    from gradhealth.connect import ServerUnreachable
+
     try:
         client = _client(args)
     except ValueError as exc:
@@ -344,6 +428,8 @@ def _diagnose_on_server(args: argparse.Namespace) -> int:
                 mode=args.mode,
                 disable_xla=args.no_xla,
             )
+    except ServerUnreachable as exc:
+        return _fail(str(exc))
     except grpc.RpcError as error:
         return _fail(f"{error.code().name}: {error.details()}")
     except OSError as exc:
@@ -363,13 +449,25 @@ def _client(args: argparse.Namespace, timeout: float = 600.0):
     )
 
 
+class RunNotFound(Exception):
+    """The server answered and knows no such run."""
+
+
 def _query(args: argparse.Namespace, work) -> int:
-    """Run a query against the server; errors print one line and exit 2."""
+    """Run a query against the server; errors print one line and exit 2 (no
+    server, refused) or 1 (no such run)."""
     import grpc
+
+    from gradhealth.connect import ServerUnreachable
 
     try:
         with _client(args, timeout=60.0) as client:
             work(client)
+    except RunNotFound as exc:
+        print(f"gradhealth: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except ServerUnreachable as exc:
+        return _fail(str(exc))
     except grpc.RpcError as error:
         return _fail(f"{error.code().name}: {error.details()}")
     except (OSError, ValueError) as exc:
@@ -377,6 +475,12 @@ def _query(args: argparse.Namespace, work) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _require_run(client, run: str) -> None:
+    """RunNotFound unless the server has at least one verdict of `run`."""
+    if next(iter(client.list_verdicts(run, page_size=1)), None) is None:
+        raise RunNotFound(f"no run {run!r} on {client.target} (`gradhealth runs` lists them)")
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -437,11 +541,16 @@ def _verdicts(args: argparse.Namespace) -> int:
 
     def work(client) -> None:
         found = client.list_verdicts(args.run, page_size=min(args.limit or 100, 100), **filters)
+        printed = 0
         for verdict in itertools.islice(found, args.limit or None):
+            printed += 1
             if args.json:
                 print(json.dumps(verdict.to_dict()))
             else:
                 render_verdict_line(verdict.to_dict())
+        if not printed:
+            _require_run(client, args.run)
+            print(f"run {args.run!r} has no verdicts that match", file=sys.stderr)
 
     return _query(args, work)
 
@@ -449,14 +558,84 @@ def _verdicts(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     from gradhealth.render import render_verdict_line
 
+    try:
+        since = _since(args.since) if args.since else None
+    except ValueError as exc:
+        return _fail(str(exc))
+
+    def show(verdict) -> None:
+        if args.json:
+            print(json.dumps(verdict.to_dict()), flush=True)
+        else:
+            render_verdict_line(verdict.to_dict())
+
     def work(client) -> None:
-        for verdict in client.watch_verdicts(args.run, unhealthy_only=args.unhealthy):
-            if args.json:
-                print(json.dumps(verdict.to_dict()), flush=True)
-            else:
-                render_verdict_line(verdict.to_dict())
+        stream = client.watch_verdicts(args.run, unhealthy_only=args.unhealthy)
+        shown: set[str] = set()
+        if since is not None:
+            from google.protobuf.timestamp_pb2 import Timestamp
+
+            start = Timestamp()
+            start.FromDatetime(since)
+            past = list(client.list_verdicts(args.run, page_size=100, start_time=start))
+            for verdict in reversed(past):  # oldest first, as the watch goes on
+                if args.unhealthy and verdict.status == "healthy":
+                    continue
+                shown.add(verdict.verdict_id)
+                show(verdict)
+        for verdict in stream:
+            if verdict.verdict_id not in shown:
+                show(verdict)
 
     return _query(args, work)
+
+
+def _since(text: str):
+    """10m, 2h, 1d, 30s, or an ISO 8601 time (UTC unless it says): a datetime."""
+    import datetime as dt
+    import re
+
+    if match := re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip()):
+        seconds = float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: give a duration (30s, 10m, 2h, 1d) or an ISO time"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:
+        from gradhealth.report import ReportError, write_report
+    except ImportError as exc:
+        return _fail(f"report needs matplotlib: pip install 'gradhealth[report]' ({exc})")
+    output = args.output or Path(f"{_safe_name(args.run)}.html")
+    if output.suffix.lower() not in (".html", ".png"):
+        return _fail(f"--output {str(output)!r}: write .html or .png")
+
+    def work(client) -> None:
+        _require_run(client, args.run)
+        runs = {run.run_id: run for run in client.list_runs()}
+        import itertools
+
+        newest = client.list_verdicts(args.run, page_size=100)
+        verdicts = list(itertools.islice(newest, args.limit or None))
+        try:
+            write_report(args.run, verdicts, runs.get(args.run), output)
+        except ReportError as exc:
+            raise ValueError(str(exc)) from exc
+        print(f"wrote {output} ({len(verdicts)} verdicts of run {args.run})")
+
+    return _query(args, work)
+
+
+def _safe_name(run: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", run)[:100] or "run"
 
 
 def _token(path: Path | None) -> str | None:
@@ -473,7 +652,6 @@ def _token(path: Path | None) -> str | None:
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     try:
         from gradhealth_server.limits import Limits, MiB
@@ -485,6 +663,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return _fail(f"serve needs the server extra: pip install 'gradhealth[server]' ({exc})")
     try:
+        from gradhealth_server.db_url import normalize
+
+        db_url = normalize(args.db)
         token = _token(args.token_file)
         rules_config = _rules_config(args.rules_config) or {}
         build_rules(rules_config)  # a bad config fails here, not in every worker
@@ -527,10 +708,11 @@ def _serve(args: argparse.Namespace) -> int:
         tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         spool_dir=args.spool_dir,
         grace_seconds=args.grace,
-        db_url=args.db,
+        db_url=db_url,
         job_time_limit=args.job_timeout,
         run_metrics=RunMetricsConfig(args.run_metrics_window, args.run_metrics_max),
         upload=UploadLimits(args.upload_idle_timeout, args.upload_timeout),
+        reuse_port=args.reuse_port,
         worker=WorkerConfig(
             limits=limits,
             rules_config=rules_config,
@@ -539,7 +721,9 @@ def _serve(args: argparse.Namespace) -> int:
             memory_limit_bytes=args.worker_memory_mb * MiB if args.worker_memory_mb else None,
         ),
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from gradhealth_server.call_log import configure_logging
+
+    configure_logging(args.log_format)
     from alembic.util.exc import CommandError
     from sqlalchemy.exc import SQLAlchemyError
 
