@@ -92,6 +92,8 @@ class FakeService(service_pb2_grpc.GradientHealthServiceServicer):
 
     async def ListVerdicts(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         found = [v for v in self.verdicts if not request.run_id or v.run_id == request.run_id]
+        if request.status:
+            found = [v for v in found if v.status == request.status]
         if request.HasField("start_time"):
             start = request.start_time.ToDatetime(dt.UTC)
             found = [v for v in found if v.create_time.ToDatetime(dt.UTC) >= start]
