@@ -104,7 +104,9 @@ class RunHistory:
         for j, m in enumerate(measured):
             for layer in m.get("layers") or []:
                 i = row[layer.get("name")]
-                grad[i, j] = _number(layer.get("grad_norm"))
+                # "nan" and "inf" (the engine's JSON for them) both draw as non-finite
+                norm = _number(layer.get("grad_norm"))
+                grad[i, j] = np.inf if isinstance(layer.get("grad_norm"), str) else norm
                 ratio[i, j] = _number(layer.get("update_ratio"))
         reported = [v.proto.training_metrics for v in ordered]
         return cls(

@@ -79,8 +79,8 @@ class UnnormalizedInputRule(Rule):
             stuck = abs(trial.relative_drop) < 1e-3 and abs(trial.baseline_relative_drop) < 1e-3
             if stuck:  # "from 2.303 to 2.303 ... against 2.303 to 2.303" read as unmeasured
                 summary += (
-                    f"; one optimizer step leaves the loss where it is, with `{trial.change}` "
-                    f"({fmt(trial.loss_before, 4)}) and as sent ({fmt(trial.baseline_before, 4)})"
+                    f"; one optimizer step leaves the loss at {fmt(trial.loss_before, 4)} with "
+                    f"`{trial.change}` and at {fmt(trial.baseline_before, 4)} as sent"
                 )
             else:
                 summary += (
