@@ -671,6 +671,8 @@ def _serve(args: argparse.Namespace) -> int:
         build_rules(rules_config)  # a bad config fails here, not in every worker
     except Exception as exc:
         return _fail(str(exc))
+    if args.log_format not in ("text", "json"):  # $GRADHEALTH_LOG_FORMAT skips argparse's check
+        return _fail(f"--log-format {args.log_format!r}: text or json")
     if args.workers < 1 or args.queue_size < 1:
         return _fail("--workers and --queue-size must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):
