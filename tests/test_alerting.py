@@ -220,13 +220,14 @@ def test_a_real_alertmanager_delivers_to_the_receiver_and_inhibits_silent_runs(
             "labels": {"alertname": "GradhealthDown", "severity": "critical", "instance": "a:9464"},
             "annotations": {"summary": "gradhealth a:9464 is down"},
         }
-        alerts = [
-            {k: v for k, v in STALLED.items() if k in ("labels", "annotations")},
-            down,
-            silent,
-        ]
-        assert post(f"{api}/alerts", json.dumps(alerts).encode()) == 200
+        # the service goes down first; while it is down a run turns silent
+        assert post(f"{api}/alerts", json.dumps([down]).encode()) == 200
         deadline = time.monotonic() + 30
+        while "FIRING GradhealthDown" not in process.output():
+            assert time.monotonic() < deadline, process.output() + am.output()
+            time.sleep(0.2)
+        stalled = {k: v for k, v in STALLED.items() if k in ("labels", "annotations")}
+        assert post(f"{api}/alerts", json.dumps([stalled, silent]).encode()) == 200
         while not all(
             f"FIRING {name}" in process.output()
             for name in ("GradhealthRunStalled", "GradhealthDown")
@@ -235,6 +236,8 @@ def test_a_real_alertmanager_delivers_to_the_receiver_and_inhibits_silent_runs(
             time.sleep(0.2)
         time.sleep(2)  # a silent-run notification would have arrived by now
         log = process.output()
+        lines = log.splitlines()
+        assert sum(line.startswith("FIRING ") for line in lines) == 2, log  # one line each
         assert "severity=critical run=resnet-42 cause=learning_rate_too_low" in log
         assert "runbook=http://localhost:9095/runbook#gradhealthrunstalled" in log
         assert "GradhealthRunSilent" not in log  # inhibited while the service is down

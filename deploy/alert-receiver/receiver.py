@@ -23,11 +23,13 @@ import html
 import json
 import re
 import sys
+import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 MAX_BODY = 1024 * 1024
+PRINTING = threading.Lock()
 
 
 def alert_lines(payload: dict, as_json: bool = False) -> list[str]:
@@ -118,8 +120,9 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, AttributeError, TypeError):
             self._answer(HTTPStatus.BAD_REQUEST, "not an Alertmanager webhook payload\n")
             return
-        for line in lines:
-            print(line, flush=True)
+        with PRINTING:  # notifications arrive on several threads at once
+            sys.stdout.write("".join(f"{line}\n" for line in lines))
+            sys.stdout.flush()
         self._answer(HTTPStatus.OK, "ok\n")
 
     def do_GET(self) -> None:
