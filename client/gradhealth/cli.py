@@ -627,7 +627,8 @@ def _report(args: argparse.Namespace) -> int:
             write_report(args.run, verdicts, runs.get(args.run), output)
         except ReportError as exc:
             raise ValueError(str(exc)) from exc
-        print(f"wrote {output} ({len(verdicts)} verdicts of run {args.run})")
+        noun = "verdict" if len(verdicts) == 1 else "verdicts"
+        print(f"wrote {output} ({len(verdicts)} {noun} of run {args.run})")
 
     return _query(args, work)
 
