@@ -19,6 +19,10 @@
 #                           (scripts/gen_k8s_rules.py --check)
 #   prometheus.yml          promtool check config (Debian's prometheus, which .ci/run
 #                           installs; required when CI=true)
+#   alertmanager.yml        amtool check-config (Debian's prometheus-alertmanager;
+#                           required when CI=true)
+#   runbook URLs            absolute, one base, each a section of docs/runbook.md
+#                           (scripts/gen_k8s_rules.py --check)
 #
 # Each validator is first shown a broken input and must reject it, so a tool
 # that stopped checking cannot pass silently.
@@ -128,6 +132,11 @@ if command -v promtool >/dev/null; then
     must_fail "prometheus.yml: misspelled scrape_interval" "field scrape_intervl not found" \
         promtool check config "$work/broken.yml"
 fi
+if command -v amtool >/dev/null; then
+    sed 's/^route:/rout:/' deploy/alertmanager/alertmanager.yml >"$work/broken-am.yml"
+    must_fail "alertmanager.yml: misspelled route" "field rout not found" \
+        amtool check-config "$work/broken-am.yml"
+fi
 kubectl kustomize "$work/overlay" | sed 's/interval: 30s/interval: 30 seconds/' >"$work/broken.yaml"
 must_fail "k8s: ServiceMonitor interval '30 seconds'" "interval must match pattern" \
     validate_k8s "$work/broken.yaml"
@@ -159,6 +168,15 @@ elif [ "${CI:-}" = true ]; then
     exit 1
 else
     echo "check_deploy: promtool not installed: prometheus.yml not checked (apt-get install prometheus)"
+fi
+if command -v amtool >/dev/null; then
+    amtool check-config deploy/alertmanager/alertmanager.yml >/dev/null
+    echo "check_deploy: deploy/alertmanager/alertmanager.yml valid (amtool)"
+elif [ "${CI:-}" = true ]; then
+    echo "check_deploy: amtool missing (Debian's prometheus-alertmanager package)" >&2
+    exit 1
+else
+    echo "check_deploy: amtool not installed: alertmanager.yml not checked (apt-get install prometheus-alertmanager)"
 fi
 python scripts/gen_k8s_rules.py --check
 echo "check_deploy: the PrometheusRule is generated from deploy/prometheus/rules.yml"

@@ -41,6 +41,7 @@ TOOLS = (
     SystemTool("postgresql", "postgresql", ("initdb", "pg_ctl")),
     SystemTool("prometheus", "prometheus", ("prometheus", "promtool")),
     SystemTool("openssl", "openssl", ("openssl",)),
+    SystemTool("alertmanager", "prometheus-alertmanager", ("prometheus-alertmanager", "amtool")),
 )
 
 

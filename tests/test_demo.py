@@ -11,7 +11,7 @@ from tests.service import cli
 
 FIXES = {
     "pixels": ("unnormalized_input", "applying: x = x / 255.0"),
-    "learning-rate": ("learning_rate_too_high", "applying: ADAM(learning_rate="),
+    "learning-rate": ("learning_rate_too_high", "applying: Adam(learning_rate="),
 }
 
 

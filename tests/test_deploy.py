@@ -170,10 +170,13 @@ def test_every_serve_flag_reads_its_environment_variable_and_the_flag_wins(monke
                 assert getattr(parse_serve(monkeypatch, {name: text}), action.dest) is value
             continue
         text, value = samples[action.type]
+        other = "9"
+        if action.choices:  # --log-format: one of its choices
+            text, value, other = action.choices[-1], action.choices[-1], action.choices[0]
         assert getattr(parse_serve(monkeypatch, {name: text}), action.dest) == value, name
         flag = action.option_strings[-1]
-        given = parse_serve(monkeypatch, {name: text}, flag, "9")
-        assert getattr(given, action.dest) == (action.type or str)("9"), name
+        given = parse_serve(monkeypatch, {name: text}, flag, other)
+        assert getattr(given, action.dest) == (action.type or str)(other), name
     # A bad variable is harmless when the flag overrides it, and names itself otherwise.
     assert parse_serve(monkeypatch, {"GRADHEALTH_PORT": "abc"}, "--port", "1").port == 1
     error = parse_serve(monkeypatch, {"GRADHEALTH_NO_XLA": "maybe"})

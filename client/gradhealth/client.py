@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from gradhealth import payload
+from gradhealth.connect import check_target, wait_for_server
 from gradhealth.contract import MAX_REPLY_BYTES, MAX_REQUEST_BYTES, PROBE_MODES
 from gradhealth.v1 import service_pb2, service_pb2_grpc, verdict_pb2
 from gradhealth.verdicts import Verdict
@@ -74,8 +75,17 @@ class GradientHealthClient:
         timeout: float = 600.0,
         retry: Retry | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        connect_timeout: float = 5.0,
+        wait_for_ready: bool = False,
     ) -> None:
-        """`tls=True` uses the system's trust store; a `Tls` names the files."""
+        """`tls=True` uses the system's trust store; a `Tls` names the files.
+
+        `target` is HOST:PORT (ValueError otherwise). Before its first call the
+        client checks that a server answers there within `connect_timeout`
+        seconds and raises `gradhealth.connect.ServerUnreachable` (an OSError)
+        if none does; `wait_for_ready=True` waits for one instead, up to each
+        call's deadline."""
+        self.target = check_target(target)
         channel_options = [
             ("grpc.max_receive_message_length", MAX_REPLY_BYTES),
             ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
@@ -90,6 +100,9 @@ class GradientHealthClient:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self.retry = retry or Retry()
+        self.connect_timeout = connect_timeout
+        self.wait_for_ready = wait_for_ready
+        self._reached = wait_for_ready  # waiting for the server: no up-front check
 
     def __enter__(self) -> GradientHealthClient:
         return self
@@ -148,6 +161,7 @@ class GradientHealthClient:
                 payload.requests(header, checkpoint, batch_part),
                 timeout=remaining,
                 metadata=self._metadata,
+                wait_for_ready=self.wait_for_ready,
             ),
             timeout,
         )
@@ -208,7 +222,10 @@ class GradientHealthClient:
     def watch_verdicts(self, run_id: str = "", unhealthy_only: bool = False) -> Iterator[Verdict]:
         """New verdicts as they are stored; cancel by closing the iterator."""
         request = service_pb2.WatchVerdictsRequest(run_id=run_id, unhealthy_only=unhealthy_only)
-        stream = self._stub.WatchVerdicts(request, metadata=self._metadata)
+        self._reach()
+        stream = self._stub.WatchVerdicts(
+            request, metadata=self._metadata, wait_for_ready=self.wait_for_ready
+        )
         try:
             for response in stream:
                 yield Verdict.from_proto(response.verdict)
@@ -218,10 +235,20 @@ class GradientHealthClient:
     # --- plumbing -------------------------------------------------------------------
 
     def _unary(self, method: str, request: Any, timeout: float) -> Any:
-        return getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
+        return getattr(self._stub, method)(
+            request, timeout=timeout, metadata=self._metadata, wait_for_ready=self.wait_for_ready
+        )
+
+    def _reach(self) -> None:
+        """Once per client: something answers at the target, or ServerUnreachable
+        within connect_timeout (not after the call's whole deadline of retries)."""
+        if not self._reached:
+            wait_for_server(self._channel, self.target, self.connect_timeout)
+            self._reached = True
 
     def _call(self, attempt: Any, timeout: float | None) -> Any:
         """Run attempt(remaining seconds), retrying the retryable codes in time."""
+        self._reach()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         delays = self.retry.delays()
         while True:

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from gradhealth.cli.options import (
     EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
     BadEnvironmentValue,
     connection_arguments,
     fail,
     make_client,
     print_result,
+    show_defaults,
+    version,
 )
 from gradhealth.cli.queries import add_query_commands
 
@@ -43,23 +47,28 @@ Hook = Callable[[argparse.Namespace], int]
 def main(argv: Sequence[str] | None = None) -> int:
     # A terminal user needs no TensorFlow start-up messages (set before TF loads).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    parser, hooks = _parser()
     try:
-        args = parser.parse_args(argv)
-    except BadEnvironmentValue as exc:
-        return fail(str(exc))
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return EXIT_BAD_INPUT
-    if args.command == "diagnose":
-        return _diagnose(args, hooks)
-    return args.handler(args)
+        parser, hooks = _parser()
+        try:
+            args = parser.parse_args(argv)
+        except BadEnvironmentValue as exc:
+            return fail(str(exc))
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return EXIT_BAD_INPUT
+        if args.command == "diagnose":
+            return _diagnose(args, hooks)
+        return args.handler(args)
+    except KeyboardInterrupt:  # Ctrl-C anywhere, even while TensorFlow imports
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, Hook]]:
     parser = argparse.ArgumentParser(
         prog="gradhealth", description="Why is my Keras run not learning? Gradient-health verdicts."
     )
+    parser.add_argument("--version", action="version", version=f"gradhealth {version()}")
     sub = parser.add_subparsers(dest="command")
 
     diag = sub.add_parser("diagnose", help="diagnose one checkpoint on a sample batch")
@@ -94,7 +103,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Hook]]:
     remote.add_argument("--step", type=int, default=0, help="training step of the checkpoint")
     connection_arguments(remote)
     add_query_commands(sub)
-    return parser, _plugins(sub)
+    hooks = _plugins(sub)
+    show_defaults(parser)
+    return parser, hooks
 
 
 def _plugins(sub: argparse._SubParsersAction) -> dict[str, Hook]:
@@ -132,6 +143,8 @@ def _diagnose(args: argparse.Namespace, hooks: dict[str, Hook]) -> int:
 def _diagnose_on_server(args: argparse.Namespace) -> int:
     import grpc
 
+    from gradhealth.connect import ServerUnreachable
+
     try:
         client = make_client(args)
     except ValueError as exc:
@@ -146,6 +159,8 @@ def _diagnose_on_server(args: argparse.Namespace) -> int:
                 mode=args.mode,
                 disable_xla=args.no_xla,
             )
+    except ServerUnreachable as exc:
+        return fail(str(exc))
     except grpc.RpcError as error:
         return fail(f"{error.code().name}: {error.details()}")
     except OSError as exc:

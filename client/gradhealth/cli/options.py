@@ -13,6 +13,49 @@ from collections.abc import Callable
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_NOT_FOUND = 1  # the server answered: no such run
+EXIT_INTERRUPTED = 130  # Ctrl-C: quiet, like any shell command
+
+
+class RunNotFound(Exception):
+    """The server answered and knows no such run."""
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("gradhealth")
+    except PackageNotFoundError:  # run from a source tree
+        from gradhealth import __version__
+
+        return __version__
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless it says it already or
+    has none (a switch, an optional file)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or not action.option_strings
+            or default in (None, False, argparse.SUPPRESS)
+            or action.nargs == 0
+        ):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = DefaultsFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                show_defaults(child)
 
 
 class BadEnvironmentValue(Exception):

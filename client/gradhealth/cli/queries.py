@@ -1,12 +1,22 @@
-"""The query commands: `runs` (and `runs close`), `verdicts RUN`, `watch [RUN]`.
-They talk to a server and need no TensorFlow."""
+"""The query commands: `runs` (and `runs close`), `verdicts RUN`, `watch [RUN]`,
+`report RUN`. They talk to a server and need no TensorFlow."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import re
+import sys
+from pathlib import Path
 
-from gradhealth.cli.options import fail, make_client, server_arguments
+from gradhealth.cli.options import (
+    EXIT_NOT_FOUND,
+    RunNotFound,
+    fail,
+    make_client,
+    server_arguments,
+)
 
 
 def add_query_commands(sub: argparse._SubParsersAction) -> None:
@@ -42,17 +52,49 @@ def add_query_commands(sub: argparse._SubParsersAction) -> None:
     watch = sub.add_parser("watch", help="print new verdicts as they are stored (Ctrl-C ends)")
     watch.add_argument("run", nargs="?", default="", help="only this run")
     watch.add_argument("--unhealthy", action="store_true", help="only warning and critical")
+    watch.add_argument(
+        "--since",
+        metavar="AGO|TIME",
+        help="first print the verdicts stored since then (10m, 2h, 1d, or an ISO time); "
+        "without it only verdicts stored from now on",
+    )
     server_arguments(watch)
     watch.set_defaults(handler=_watch)
 
+    report = sub.add_parser(
+        "report",
+        help="draw a run's history: loss, accuracy, per-layer gradient norms and update "
+        "ratios, findings (needs gradhealth[report])",
+    )
+    report.add_argument("run", help="run id")
+    report.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="where to write it: .html (one self-contained page) or .png; default RUN.html",
+    )
+    report.add_argument(
+        "--limit", type=int, default=500, help="the newest this many verdicts (0: all)"
+    )
+    server_arguments(report)
+    report.set_defaults(handler=_report)
+
 
 def query(args: argparse.Namespace, work) -> int:
-    """Run a query against the server; errors print one line and exit 2."""
+    """Run a query against the server; errors print one line and exit 2 (no
+    server, refused) or 1 (no such run)."""
     import grpc
+
+    from gradhealth.connect import ServerUnreachable
 
     try:
         with make_client(args, timeout=60.0) as client:
             work(client)
+    except RunNotFound as exc:
+        print(f"gradhealth: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except ServerUnreachable as exc:
+        return fail(str(exc))
     except grpc.RpcError as error:
         return fail(f"{error.code().name}: {error.details()}")
     except (OSError, ValueError) as exc:
@@ -104,8 +146,6 @@ def _close_run(args: argparse.Namespace) -> int:
 
 
 def _verdicts(args: argparse.Namespace) -> int:
-    import itertools
-
     from gradhealth.render import render_verdict_line
     from gradhealth.v1 import verdict_pb2
 
@@ -120,11 +160,16 @@ def _verdicts(args: argparse.Namespace) -> int:
 
     def work(client) -> None:
         found = client.list_verdicts(args.run, page_size=min(args.limit or 100, 100), **filters)
+        printed = 0
         for verdict in itertools.islice(found, args.limit or None):
+            printed += 1
             if args.json:
                 print(json.dumps(verdict.to_dict()))
             else:
                 render_verdict_line(verdict.to_dict())
+        if not printed:
+            _require_run(client, args.run)
+            print(f"run {args.run!r} has no verdicts that match", file=sys.stderr)
 
     return query(args, work)
 
@@ -132,11 +177,83 @@ def _verdicts(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     from gradhealth.render import render_verdict_line
 
+    try:
+        since = _since(args.since) if args.since else None
+    except ValueError as exc:
+        return fail(str(exc))
+
+    def show(verdict) -> None:
+        if args.json:
+            print(json.dumps(verdict.to_dict()), flush=True)
+        else:
+            render_verdict_line(verdict.to_dict())
+
     def work(client) -> None:
-        for verdict in client.watch_verdicts(args.run, unhealthy_only=args.unhealthy):
-            if args.json:
-                print(json.dumps(verdict.to_dict()), flush=True)
-            else:
-                render_verdict_line(verdict.to_dict())
+        stream = client.watch_verdicts(args.run, unhealthy_only=args.unhealthy)
+        shown: set[str] = set()
+        if since is not None:
+            from google.protobuf.timestamp_pb2 import Timestamp
+
+            start = Timestamp()
+            start.FromDatetime(since)
+            past = list(client.list_verdicts(args.run, page_size=100, start_time=start))
+            for verdict in reversed(past):  # oldest first, as the watch goes on
+                if args.unhealthy and verdict.status == "healthy":
+                    continue
+                shown.add(verdict.verdict_id)
+                show(verdict)
+        for verdict in stream:
+            if verdict.verdict_id not in shown:
+                show(verdict)
 
     return query(args, work)
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:
+        from gradhealth.report import ReportError, write_report
+    except ImportError as exc:
+        return fail(f"report needs matplotlib: pip install 'gradhealth[report]' ({exc})")
+    output = args.output or Path(f"{_safe_name(args.run)}.html")
+    if output.suffix.lower() not in (".html", ".png"):
+        return fail(f"--output {str(output)!r}: write .html or .png")
+
+    def work(client) -> None:
+        _require_run(client, args.run)
+        runs = {run.run_id: run for run in client.list_runs()}
+        newest = client.list_verdicts(args.run, page_size=100)
+        verdicts = list(itertools.islice(newest, args.limit or None))
+        try:
+            write_report(args.run, verdicts, runs.get(args.run), output)
+        except ReportError as exc:
+            raise ValueError(str(exc)) from exc
+        noun = "verdict" if len(verdicts) == 1 else "verdicts"
+        print(f"wrote {output} ({len(verdicts)} {noun} of run {args.run})")
+
+    return query(args, work)
+
+
+def _require_run(client, run: str) -> None:
+    """RunNotFound unless the server has at least one verdict of `run`."""
+    if next(iter(client.list_verdicts(run, page_size=1)), None) is None:
+        raise RunNotFound(f"no run {run!r} on {client.target} (`gradhealth runs` lists them)")
+
+
+def _since(text: str):
+    """10m, 2h, 1d, 30s, or an ISO 8601 time (UTC unless it says): a datetime."""
+    import datetime as dt
+
+    if match := re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip()):
+        seconds = float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: give a duration (30s, 10m, 2h, 1d) or an ISO time"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _safe_name(run: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", run)[:100] or "run"

@@ -53,7 +53,19 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     (embedded `diagnose`)."""
     serve = sub.add_parser("serve", help="run the gradhealth gRPC service")
     serve.add_argument("--host", default="[::]", help="address to bind (default: all)")
-    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--port", type=int, default=50051, help="gRPC port")
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other processes (SO_REUSEPORT); without it a second "
+        "server on a bound port is refused",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="server log lines: text, or JSON lines (one object per line)",
+    )
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
     serve.add_argument(
         "--db",
@@ -69,8 +81,10 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the server")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of the server")
     serve.add_argument("--tls-client-ca", type=Path, help="require client certs from this CA")
-    serve.add_argument("--max-checkpoint-mb", type=float, default=2048)
-    serve.add_argument("--max-batch-mb", type=float, default=256)
+    serve.add_argument(
+        "--max-checkpoint-mb", type=float, default=2048, help="largest checkpoint upload"
+    )
+    serve.add_argument("--max-batch-mb", type=float, default=256, help="largest batch upload")
     serve.add_argument(
         "--max-batch-rows", type=int, default=4096, help="most rows a sample batch may have"
     )
@@ -176,7 +190,6 @@ def _diagnose_embedded(args: argparse.Namespace) -> int:
 @needs_server_extra("serve")
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     from gradhealth_server.intake.limits import Limits, MiB
     from gradhealth_server.metrics.runs import RunMetricsConfig
@@ -184,13 +197,17 @@ def _serve(args: argparse.Namespace) -> int:
     from gradhealth_server.service.serve import ServeConfig, TlsFiles, serve
     from gradhealth_server.service.upload import UploadLimits
     from gradhealth_server.service.worker import WorkerConfig, WorkerDied
+    from gradhealth_server.store.db_url import normalize
 
     try:
+        db_url = normalize(args.db)
         token = read_token(args.token_file)
         rules_config = read_rules_config(args.rules_config) or {}
         build_rules(rules_config)  # a bad config fails here, not in every worker
     except Exception as exc:
         return fail(str(exc))
+    if args.log_format not in ("text", "json"):  # $GRADHEALTH_LOG_FORMAT skips argparse's check
+        return fail(f"--log-format {args.log_format!r}: text or json")
     if args.workers < 1 or args.queue_size < 1:
         return fail("--workers and --queue-size must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -228,10 +245,11 @@ def _serve(args: argparse.Namespace) -> int:
         tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         spool_dir=args.spool_dir,
         grace_seconds=args.grace,
-        db_url=args.db,
+        db_url=db_url,
         job_time_limit=args.job_timeout,
         run_metrics=RunMetricsConfig(args.run_metrics_window, args.run_metrics_max),
         upload=UploadLimits(args.upload_idle_timeout, args.upload_timeout),
+        reuse_port=args.reuse_port,
         worker=WorkerConfig(
             limits=limits,
             rules_config=rules_config,
@@ -240,7 +258,9 @@ def _serve(args: argparse.Namespace) -> int:
             memory_limit_bytes=args.worker_memory_mb * MiB if args.worker_memory_mb else None,
         ),
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from gradhealth_server.service.call_log import configure_logging
+
+    configure_logging(args.log_format)
     from alembic.util.exc import CommandError
     from sqlalchemy.exc import SQLAlchemyError
 

@@ -42,7 +42,12 @@ class Setup:
 
     def describe(self) -> str:
         pixels = "0-255 pixels" if self.pixel_divisor == 1 else f"pixels / {self.pixel_divisor:g}"
-        return f"{pixels}, {self.optimizer.upper()} at learning rate {self.learning_rate:g}"
+        return f"{pixels}, {self.keras_optimizer} at learning rate {self.learning_rate:g}"
+
+    @property
+    def keras_optimizer(self) -> str:
+        """The class name as Keras spells it: SGD, Adam."""
+        return {"sgd": "SGD", "adam": "Adam"}.get(self.optimizer, self.optimizer)
 
 
 @dataclass(frozen=True)
@@ -255,7 +260,7 @@ def _new_learning_rate(finding: Finding, setup: Setup) -> tuple[Setup, str]:
     suggested = float(finding.evidence["suggested_learning_rate"])
     return (
         replace(setup, learning_rate=suggested),
-        f"{setup.optimizer.upper()}(learning_rate={suggested:.3g}), from the probe",
+        f"{setup.keras_optimizer}(learning_rate={suggested:.3g}), from the probe",
     )
 
 

@@ -44,7 +44,7 @@ class UnchangedWeightsRule(Rule):
                     f"{'every' if everything else len(same)} trainable layer"
                     f"{'' if everything else 's'} ({', '.join(same[:8])}) "
                     f"{'is' if everything else 'are'} bit-identical to the checkpoint of "
-                    f"step {previous.step}: {'nothing' if everything else 'they'} did not train"
+                    f"step {previous.step}: {'the model' if everything else 'they'} did not train"
                 ),
                 remedy=(
                     "check that the learning rate is not 0 and the job saves the weights it "

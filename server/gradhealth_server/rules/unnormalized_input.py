@@ -76,11 +76,18 @@ class UnnormalizedInputRule(Rule):
                 as_sent_loss_before=trial.baseline_before,
                 as_sent_loss_after=trial.baseline_after,
             )
-            summary += (
-                f"; one optimizer step takes the loss from {fmt(trial.loss_before, 4)} to "
-                f"{fmt(trial.loss_after, 4)} with `{trial.change}`, against "
-                f"{fmt(trial.baseline_before, 4)} to {fmt(trial.baseline_after, 4)} as sent"
-            )
+            stuck = abs(trial.relative_drop) < 1e-3 and abs(trial.baseline_relative_drop) < 1e-3
+            if stuck:  # "from 2.303 to 2.303 ... against 2.303 to 2.303" read as unmeasured
+                summary += (
+                    f"; one optimizer step leaves the loss at {fmt(trial.loss_before, 4)} with "
+                    f"`{trial.change}` and at {fmt(trial.baseline_before, 4)} as sent"
+                )
+            else:
+                summary += (
+                    f"; one optimizer step takes the loss from {fmt(trial.loss_before, 4)} to "
+                    f"{fmt(trial.loss_after, 4)} with `{trial.change}`, against "
+                    f"{fmt(trial.baseline_before, 4)} to {fmt(trial.baseline_after, 4)} as sent"
+                )
             if trial.relative_drop > self.t.trial_gain * max(trial.baseline_relative_drop, 0):
                 confidence = 0.9
                 diverges = trial.baseline_relative_drop < -self.t.diverging_rise

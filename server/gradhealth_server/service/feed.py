@@ -86,6 +86,9 @@ class VerdictFeed:
                 self._start = self._newest = await asyncio.to_thread(store.last_id)
             if not self._watchers:  # nobody to tell: just keep up, parse nothing
                 self._newest = await asyncio.to_thread(store.last_id)
+                # What was stored while nobody watched is not new to the next
+                # watcher: the look-back must not replay it.
+                self._start = self._newest
                 return
             after = max(self._start, self._newest - LOOK_BACK)
             seen = set(self._delivered)

@@ -31,6 +31,7 @@ from gradhealth_server.metrics.runs import RunMetrics, RunMetricsConfig
 from gradhealth_server.metrics.service import ServiceMetrics
 from gradhealth_server.service.api import SERVICE_NAME, GradientHealthServicer
 from gradhealth_server.service.auth import BearerTokenAuth
+from gradhealth_server.service.call_log import CallLog
 from gradhealth_server.service.feed import VerdictFeed
 from gradhealth_server.service.jobs import JobQueue
 from gradhealth_server.service.upload import UploadLimits
@@ -67,6 +68,9 @@ class ServeConfig:
     run_metrics: RunMetricsConfig = field(default_factory=RunMetricsConfig)
     upload: UploadLimits = field(default_factory=UploadLimits)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    # SO_REUSEPORT: several servers share the port (and split its calls). Off, a
+    # second server on a bound port fails to start instead.
+    reuse_port: bool = False
 
 
 @contextlib.contextmanager
@@ -138,14 +142,19 @@ async def _serve(config: ServeConfig, spool: Path, stop: asyncio.Event | None) -
     metrics.registry.register(RunMetrics(store, config.run_metrics))
     if config.metrics_port is not None:
         host = config.host.strip("[]")
-        start_http_server(config.metrics_port, addr=host, registry=metrics.registry)
+        try:
+            start_http_server(config.metrics_port, addr=host, registry=metrics.registry)
+        except OSError as exc:
+            store.close()
+            where = f"{config.host}:{config.metrics_port}"
+            raise OSError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from exc
         log.info("metrics on %s:%d/metrics", config.host, config.metrics_port)
     feed = VerdictFeed()
     following = asyncio.create_task(feed.follow(store))
     servicer = GradientHealthServicer(
         jobs, store, feed, config.worker.limits, metrics, spool, config.upload
     )
-    interceptors = []
+    interceptors: list[grpc.aio.ServerInterceptor] = [CallLog()]  # outermost: logs refusals too
     if config.token:
         interceptors.append(
             BearerTokenAuth(config.token, lambda: metrics.rejected.labels("unauthenticated").inc())
@@ -155,6 +164,7 @@ async def _serve(config: ServeConfig, spool: Path, stop: asyncio.Event | None) -
         options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.max_send_message_length", MAX_REPLY_BYTES),
+            ("grpc.so_reuseport", 1 if config.reuse_port else 0),
         ],
     )
     service_pb2_grpc.add_GradientHealthServiceServicer_to_server(servicer, server)
@@ -166,10 +176,19 @@ async def _serve(config: ServeConfig, spool: Path, stop: asyncio.Event | None) -
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     address = f"{config.host}:{config.port}"
-    if config.tls:
-        server.add_secure_port(address, server_credentials(config.tls))
-    else:
-        server.add_insecure_port(address)
+    try:
+        if config.tls:
+            server.add_secure_port(address, server_credentials(config.tls))
+        else:
+            server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        store.close()
+        raise OSError(
+            f"cannot listen on {address}: the port is in use (another gradhealth serve?) "
+            "or not allowed; --reuse-port shares it on purpose"
+        ) from exc
     await server.start()
     log.info(
         "gradhealth listening on %s (%s), verdicts in %s, starting workers",
