@@ -293,3 +293,30 @@ def test_a_job_over_the_time_limit_has_its_worker_replaced(
             assert server.worker_pids() != [worker]
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_a_job_killed_after_its_deadline_is_followed_by_a_fresh_worker(
+    tmp_path, flat_batch, checkpoints, batch
+):
+    """A client deadline passes mid-compile; the job does not reach a phase
+    boundary within --cancel-grace, so its worker is killed. The cancellation
+    of that job must not time out the replacement's start (it did: "did not
+    start (exit code -9)" forever), and the next call is answered."""
+    slow = mlp_checkpoint(tmp_path / "deep.keras", width=48, depth=40)
+    server = ServerProcess(tmp_path / "server", "--cancel-grace", "0.2").start()
+    try:
+        (worker,) = server.worker_pids()
+        with GradientHealthClient(server.target, retry=ONE_TRY) as client:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.diagnose(slow, batch=flat_batch, run_id="expired", timeout=2.0)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            server.wait_metric("gradhealth_worker_restarts_total", 1)  # killed mid-compile
+            verdict = client.diagnose(
+                checkpoints.path("cnn"), batch=batch, run_id="after-kill", timeout=120
+            )
+            assert verdict.run_id == "after-kill"
+            assert server.metric("gradhealth_worker_restarts_total") == 1
+        assert server.worker_pids() not in ([], [worker])
+        assert "did not start" not in server.log()
+    finally:
+        assert server.stop() == 0, server.log()
