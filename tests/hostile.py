@@ -252,6 +252,11 @@ CONFIG_CASES = [
         ),
     ),
     _config_case(
+        "os-system-function",
+        r"uses function 'os\.system', which is not part of Keras",
+        _activation(function_node("os", "system")),
+    ),
+    _config_case(
         "subprocess-popen-layer",
         r"'subprocess\.Popen', which is not part of Keras",
         _insert(
