@@ -72,8 +72,9 @@ class Diagnoser:
         options: ProbeOptions | None = None,
         cache_capacity: int = 8,
         rules_config: dict[str, dict[str, Any]] | None = None,
+        gpu_memory_mb: int | None = None,
     ) -> None:
-        self.device = configure_device()
+        self.device = configure_device(gpu_memory_mb)
         self.limits = limits
         self.options = options or ProbeOptions()
         self.cache = ModelCache(cache_capacity, limits)
@@ -117,8 +118,10 @@ class Diagnoser:
         t1 = time.perf_counter()
         phases["load"] = t1 - t0
         checkpoint_phase()
-        arrays = batch if isinstance(batch, dict) else read_npz(batch, self.limits)
-        data = make_batch(arrays, _input_specs(entry), entry.structure.facts, self.limits)
+        specs = _input_specs(entry)
+        # One array per input and y: the model says how many members a batch needs.
+        arrays = batch if isinstance(batch, dict) else read_npz(batch, self.limits, len(specs) + 1)
+        data = make_batch(arrays, specs, entry.structure.facts, self.limits)
         key = (batch_signature(data.x, data.y), options)
         probe = entry.probes.get(key)
         probe_cached = probe is not None
