@@ -110,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
         help="longest diagnosis (s); its worker is killed",
     )
     serve.add_argument(
+        "--cancel-grace",
+        type=float,
+        default=10.0,
+        help="seconds a cancelled job has to stop before its worker is killed and replaced",
+    )
+    serve.add_argument(
         "--upload-timeout", type=float, default=900.0, help="longest upload (s) of one call"
     )
     serve.add_argument(
@@ -119,8 +125,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--worker-memory-mb",
         type=int,
-        help="address-space cap of each worker process (CPU workers; GPU: use the "
-        "container's memory limit)",
+        help="address-space cap of each CPU worker (default: the machine's or container's "
+        "memory less 10%% (at least 1 GiB), shared among the workers; 0: no cap)",
+    )
+    serve.add_argument(
+        "--worker-gpu-memory-mb",
+        type=int,
+        help="GPU memory each GPU worker may use (default: 90%% of GPU 0, shared among "
+        "the workers)",
     )
     serve.add_argument("--no-xla", action="store_true", help="never try XLA compilation")
     serve.add_argument("--rules-config", type=Path, help="JSON of threshold overrides")
@@ -456,10 +468,19 @@ def _serve(args: argparse.Namespace) -> int:
         "--max-parameters": args.max_parameters,
         "--run-metrics-max": args.run_metrics_max,
         "--run-metrics-window": args.run_metrics_window,
-        "--worker-memory-mb": 1 if args.worker_memory_mb is None else args.worker_memory_mb,
+        "--cancel-grace": args.cancel_grace,
+        "--worker-gpu-memory-mb": args.worker_gpu_memory_mb or 1,
     }
     if bad := [flag for flag, value in positive.items() if value <= 0]:
         return _fail(f"{', '.join(bad)} must be positive")
+    if args.worker_memory_mb is not None and args.worker_memory_mb < 0:
+        return _fail("--worker-memory-mb must be positive, or 0 for no cap")
+    from gradhealth_server.memory_budget import default_worker_memory_bytes
+
+    if args.worker_memory_mb is None:
+        memory_cap: int | None = default_worker_memory_bytes(args.workers)
+    else:
+        memory_cap = args.worker_memory_mb * MiB or None
     limits = Limits(
         max_checkpoint_bytes=int(args.max_checkpoint_mb * MiB),
         max_batch_bytes=int(args.max_batch_mb * MiB),
@@ -488,7 +509,10 @@ def _serve(args: argparse.Namespace) -> int:
             rules_config=rules_config,
             cache_capacity=args.cache_size,
             disable_xla=args.no_xla,
-            memory_limit_bytes=args.worker_memory_mb * MiB if args.worker_memory_mb else None,
+            cancel_grace_seconds=args.cancel_grace,
+            memory_limit_bytes=memory_cap,
+            workers_per_gpu=args.workers,
+            gpu_memory_mb=args.worker_gpu_memory_mb,
         ),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

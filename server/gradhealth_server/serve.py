@@ -136,6 +136,12 @@ def serving_in_background(config: ServeConfig) -> Iterator[threading.Thread]:
 
 async def _serve(config: ServeConfig, spool: Path, stop: asyncio.Event | None) -> None:
     metrics = ServiceMetrics()
+    cap = config.worker.memory_limit_bytes
+    log.info(
+        "each of %d worker(s): %s",
+        config.workers,
+        f"address space capped at {cap // MiB} MiB on CPU" if cap else "no memory cap on CPU",
+    )
     workers = [Worker(config.worker, f"worker-{i}") for i in range(config.workers)]
     jobs = JobQueue(workers, config.queue_size, metrics, config.job_time_limit)
     store = VerdictStore(config.db_url)  # applies the schema migrations
