@@ -482,6 +482,10 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         memory_cap = args.worker_memory_mb * MiB or None
     limits = Limits(
+        # The other half: TensorFlow itself, the model, its optimizer state.
+        max_probe_activation_bytes=min(
+            Limits.max_probe_activation_bytes, (memory_cap or 1 << 62) // 2
+        ),
         max_checkpoint_bytes=int(args.max_checkpoint_mb * MiB),
         max_batch_bytes=int(args.max_batch_mb * MiB),
         max_batch_rows=args.max_batch_rows,

@@ -31,6 +31,7 @@ from gradhealth_server.engine.trials import input_remedy
 from gradhealth_server.engine.weights import weight_digests
 from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
 from gradhealth_server.history import NO_HISTORY, RunHistory
+from gradhealth_server.intermediates import check_intermediates
 from gradhealth_server.limits import DEFAULT_LIMITS, Limits
 from gradhealth_server.rules import build_rules, judge
 from gradhealth_server.verdict import Verdict
@@ -126,6 +127,7 @@ class Diagnoser:
         probe = entry.probes.get(key)
         probe_cached = probe is not None
         if probe is None:
+            check_intermediates(entry.model, [data.x[name] for name, _, _ in specs], self.limits)
             _check_loss_runs(entry, data)
         digests = weight_digests(entry.model, entry.structure)  # before the probe touches them
         t2 = time.perf_counter()

@@ -25,6 +25,10 @@ class Limits:
     # Values in the largest layer output for one example (1 GiB of float32): a
     # RepeatVector or UpSampling declaring more cannot be probed even on 2 rows.
     max_activation_elements: int = 1 << 28
+    # What the probe may need for the layer outputs of the whole batch (about
+    # 3x their sum, see intermediates.py), with the dimensions the batch sets (a
+    # sequence length). `gradhealth serve` lowers it to half the worker's cap.
+    max_probe_activation_bytes: int = 8192 * MiB
     # The sample batch.
     max_batch_bytes: int = 256 * MiB
     max_batch_rows: int = 4096

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from gradhealth_server.engine.structure import SATURATING, ModelStructure
-from gradhealth_server.errors import InvalidBatch
+from gradhealth_server.errors import InvalidBatch, LimitExceeded
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Probe:
             out = self._fn(xs, y)
         except tf.errors.OpError as exc:
             if not self.xla or self.options.jit_compile is True:
-                raise InvalidBatch(_op_error(exc)) from exc
+                raise _batch_error(exc) from exc
             # Either XLA cannot compile this model or the batch is bad (e.g. an
             # out-of-range token id). The plain graph tells which; a failed XLA
             # launch ran nothing, so no variable has moved.
@@ -126,7 +126,7 @@ class Probe:
             try:
                 out = plain(xs, y)
             except tf.errors.OpError as again:
-                raise InvalidBatch(_op_error(again)) from again
+                raise _batch_error(again) from again
             log.info(
                 "XLA did not compile the probe (%s); running without XLA",
                 str(exc).splitlines()[0][:200],
@@ -318,7 +318,7 @@ class Probe:
         try:
             out = self._trial_fn([x[name] for name in self.input_order], y)
         except tf.errors.OpError as exc:
-            raise InvalidBatch(_op_error(exc)) from exc
+            raise _batch_error(exc) from exc
         return float(out[0]), float(out[1])
 
     def _trial(self, xs, y):
@@ -355,6 +355,34 @@ def _micro_batches(rows: int, structure: ModelStructure, options: ProbeOptions) 
     first = max(options.min_micro_batch_rows, min(options.probe_rows, rows // k))
     base, extra = divmod(rows - first, k - 1)
     return [first] + [base + (1 if i < extra else 0) for i in range(k - 1)]
+
+
+# How TensorFlow words an allocation that failed: the BFC allocator's OOM, the
+# CPU allocator under RLIMIT_AS, XLA's buffer assignment.
+OUT_OF_MEMORY_SIGNS = (
+    "oom",
+    "out of memory",
+    "failed to allocate",
+    "bad_alloc",
+    "resource exhausted",
+)
+
+
+def _batch_error(exc: tf.errors.OpError) -> Exception:
+    """What a failed probe run means: out of memory (LimitExceeded, naming the
+    memory cap), or a batch the model cannot take (InvalidBatch)."""
+    text = (exc.message or str(exc)).lower()
+    if isinstance(exc, tf.errors.ResourceExhaustedError) or any(
+        sign in text for sign in OUT_OF_MEMORY_SIGNS
+    ):
+        lines = (exc.message or str(exc)).strip().splitlines() or [""]
+        said = [line for line in lines if any(sign in line.lower() for sign in OUT_OF_MEMORY_SIGNS)]
+        first = " ".join((said or lines)[0].split())[:200]
+        return LimitExceeded(
+            "the probe ran out of memory in this worker (--worker-memory-mb, or the "
+            f"device's): send fewer rows, or a smaller model ({first})"
+        )
+    return InvalidBatch(_op_error(exc))
 
 
 def _op_error(exc: tf.errors.OpError) -> str:
