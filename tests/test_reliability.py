@@ -363,3 +363,68 @@ def test_intermediates_the_batch_sizes_are_bounded_before_the_probe(tmp_path):
         assert memory.peak_workers < 3000 * 2**20, memory.peak_workers
     finally:
         assert server.stop() == 0, server.log()
+
+
+def _with_identity_layers(source: Path, path: Path, count: int) -> Path:
+    """The same checkpoint with `count` Identity layers (no weights) inserted."""
+    import json
+    import zipfile
+
+    members = {
+        name: zipfile.ZipFile(source).read(name) for name in zipfile.ZipFile(source).namelist()
+    }
+    config = json.loads(members["config.json"])
+    identity = {"module": "keras.layers", "class_name": "Identity", "registered_name": None}
+    layers = config["config"]["layers"]
+    layers[1:1] = [{**identity, "config": {"name": f"same_{i}"}} for i in range(count)]
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _unrolled_rnn_checkpoint(path: Path, steps: int) -> Path:
+    import keras
+    import numpy as np
+
+    model = keras.Sequential(
+        [
+            keras.Input((steps, 1)),
+            keras.layers.SimpleRNN(4, unroll=True, name="rnn"),
+            keras.layers.Dense(2, activation="softmax", name="out"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.save(path)  # never trained: tracing 3000 steps is what the attack costs
+    np.savez(path.with_suffix(".npz"), x=np.zeros((4, steps, 1), "float32"), y=np.zeros(4, int))
+    return path
+
+
+def test_graphs_too_costly_to_trace_are_refused_naming_the_bound(tmp_path, flat_batch):
+    """A 38-parameter SimpleRNN(unroll=True) over 3000 steps and a Sequential of
+    20,000 Identity layers each held a worker until the job timeout; they are
+    refused in seconds, naming the bound, and the worker serves the next call."""
+    from tests.service import mlp_checkpoint
+
+    small = mlp_checkpoint(tmp_path / "small.keras", width=16)
+    deep = _with_identity_layers(small, tmp_path / "deep.keras", 20_000)
+    rnn = _unrolled_rnn_checkpoint(tmp_path / "rnn.keras", 3000)
+    server = ServerProcess(tmp_path / "server", "--job-timeout", "120").start()
+    try:
+        workers = server.worker_pids()
+        with GradientHealthClient(server.target, retry=ONE_TRY, timeout=150) as client:
+            for checkpoint, batch, message in [
+                (deep, flat_batch, "declares 20,00[0-9] layers, over the limit of 3,000"),
+                (rnn, rnn.with_suffix(".npz"), "rnn is unrolled over 3,000 time steps, over the"),
+            ]:
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as caught:
+                    client.diagnose(checkpoint, batch=batch, run_id="costly")
+                assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert re.search(message, caught.value.details()), caught.value.details()
+                assert time.monotonic() - started < 30
+            assert client.diagnose(small, batch=flat_batch, run_id="costly").status
+        assert server.worker_pids() == workers
+    finally:
+        assert server.stop() == 0, server.log()

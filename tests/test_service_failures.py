@@ -303,7 +303,7 @@ def test_a_job_killed_after_its_deadline_is_followed_by_a_fresh_worker(
     of that job must not time out the replacement's start (it did: "did not
     start (exit code -9)" forever), and the next call is answered."""
     slow = mlp_checkpoint(tmp_path / "deep.keras", width=48, depth=40)
-    server = ServerProcess(tmp_path / "server", "--cancel-grace", "0.2").start()
+    server = ServerProcess(tmp_path / "server", "--cancel-grace", "0.01").start()
     try:
         (worker,) = server.worker_pids()
         with GradientHealthClient(server.target, retry=ONE_TRY) as client:

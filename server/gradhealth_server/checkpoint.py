@@ -29,7 +29,7 @@ from gradhealth_server.archive import ArchiveInfo, inspect_archive
 from gradhealth_server.config_screen import screen_config
 from gradhealth_server.errors import InvalidCheckpoint, LimitExceeded
 from gradhealth_server.limits import DEFAULT_LIMITS, Limits
-from gradhealth_server.model_size import CompileArgumentTooLarge, declared_size
+from gradhealth_server.model_size import CompileArgumentTooLarge, count_layers, declared_size
 from gradhealth_server.weights_file import WeightsSummary, screen_weights
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,12 @@ def check_declared_size(
     model whose weights are really there but exceed the operator's caps is
     LimitExceeded (RESOURCE_EXHAUSTED): a server with larger limits could take it.
     """
+    layers = count_layers(config)
+    if layers > limits.max_layers:
+        raise LimitExceeded(
+            f"config.json declares {layers:,} layers, over the limit of {limits.max_layers:,}: "
+            "tracing that many would hold a worker for minutes"
+        )
     try:
         size = declared_size(config)
     except CompileArgumentTooLarge as exc:

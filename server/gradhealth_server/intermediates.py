@@ -49,6 +49,13 @@ def check_intermediates(model: Any, inputs: list[np.ndarray], limits: Limits) ->
         raise
     except Exception:  # a shape Keras cannot infer symbolically: the probe will say
         return
+    gflops = tally.flops / 1e9
+    if gflops > limits.max_forward_gflops:
+        raise LimitExceeded(
+            f"on this batch one forward pass is about {gflops:,.0f} GFLOP (the most: "
+            f"{tally.heaviest}), over the limit of {limits.max_forward_gflops:,.0f}; the probe "
+            "runs several: send fewer rows"
+        )
     peak = PEAK_FACTOR * tally.total
     if peak > limits.max_probe_activation_bytes:
         raise LimitExceeded(
@@ -66,6 +73,15 @@ class _Tally:
         self.total = 0
         self.largest_bytes = 0
         self.largest = "none"
+        self.flops = 0
+        self.heaviest_flops = 0
+        self.heaviest = "none"
+
+    def add_flops(self, name: str, flops: int) -> None:
+        self.flops += flops
+        if flops > self.heaviest_flops:
+            self.heaviest_flops = flops
+            self.heaviest = f"{name}, {flops / 1e9:,.0f} GFLOP"
 
     def add(self, name: str, shape: tuple[int, ...], nbytes: int) -> None:
         self.total += nbytes
@@ -87,6 +103,7 @@ def _measuring(limits: Limits, rows: int, tally: _Tally) -> Callable[[Any], Call
         inner = _graph(operation)
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            _check_unrolled(operation, args, limits)
             out = None
             if inner is not None and args:  # a nested model: measure inside it too
                 try:
@@ -98,6 +115,8 @@ def _measuring(limits: Limits, rows: int, tally: _Tally) -> Callable[[Any], Call
             if out is None:
                 out = operation.compute_output_spec(*args, **kwargs)
             _check(operation, out, limits, rows, tally)
+            if inner is None:
+                tally.add_flops(getattr(operation, "name", "?"), _flops(operation, out))
             return out
 
         return call
@@ -125,3 +144,38 @@ def _check(operation: Any, out: Any, limits: Limits, rows: int, tally: _Tally) -
                 f"the limit of {limits.max_activation_elements:,}"
             )
         tally.add(name, shape, elements * itemsize)
+
+
+def _check_unrolled(operation: Any, args: tuple[Any, ...], limits: Limits) -> None:
+    """An RNN with `unroll=True` traces its cell once per time step: 3000 steps of a
+    38-parameter SimpleRNN held a worker for the whole job timeout."""
+    cells = [operation] + [
+        getattr(operation, attr, None) for attr in ("layer", "forward_layer", "backward_layer")
+    ]
+    if not any(getattr(cell, "unroll", False) is True for cell in cells) or not args:
+        return
+    shape = tuple(getattr(args[0], "shape", ()) or ())
+    steps = shape[1] if len(shape) > 1 else None
+    if isinstance(steps, int) and steps > limits.max_unrolled_steps:
+        name = getattr(operation, "name", type(operation).__name__)
+        raise LimitExceeded(
+            f"{name} is unrolled over {steps:,} time steps, over the limit of "
+            f"{limits.max_unrolled_steps:,}; train with unroll=False"
+        )
+
+
+def _flops(operation: Any, out: Any) -> int:
+    """Multiply-adds of a layer with a kernel: 2 x its kernel's size x the output
+    positions that apply it (rows x spatial positions or time steps)."""
+    import keras
+
+    kernel = getattr(operation, "kernel", None)
+    shape = tuple(getattr(kernel, "shape", ()) or ())
+    if not shape:
+        return 0
+    flops = 0
+    for tensor in keras.tree.flatten(out):
+        dims = tuple(getattr(tensor, "shape", ()) or ())
+        if dims and all(isinstance(d, int) for d in dims):
+            flops += 2 * math.prod(shape) * (math.prod(dims) // max(dims[-1], 1))
+    return flops
