@@ -72,6 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=50051)
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
     serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics binds (default: loopback; it lists every run id)",
+    )
+    serve.add_argument("--metrics-tls-cert", type=Path, help="PEM certificate: /metrics over TLS")
+    serve.add_argument("--metrics-tls-key", type=Path, help="PEM private key for /metrics")
+    serve.add_argument(
+        "--metrics-tls-client-ca", type=Path, help="scrapers of /metrics need a cert from this CA"
+    )
+    serve.add_argument(
         "--db",
         default="sqlite:///gradhealth.db",
         help="verdict store: a SQLAlchemy URL, sqlite:///FILE or "
@@ -460,7 +470,18 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail("TLS needs both --tls-cert and --tls-key")
     if args.tls_client_ca and not args.tls_cert:
         return _fail("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
-    for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
+    if bool(args.metrics_tls_cert) != bool(args.metrics_tls_key):
+        return _fail("TLS for /metrics needs both --metrics-tls-cert and --metrics-tls-key")
+    if args.metrics_tls_client_ca and not args.metrics_tls_cert:
+        return _fail("--metrics-tls-client-ca needs --metrics-tls-cert and --metrics-tls-key")
+    for path in (
+        args.tls_cert,
+        args.tls_key,
+        args.tls_client_ca,
+        args.metrics_tls_cert,
+        args.metrics_tls_key,
+        args.metrics_tls_client_ca,
+    ):
         if path and not path.is_file():
             return _fail(f"TLS file {str(path)!r} does not exist")
     positive = {
@@ -498,6 +519,12 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        metrics_tls=TlsFiles(
+            args.metrics_tls_cert, args.metrics_tls_key, args.metrics_tls_client_ca
+        )
+        if args.metrics_tls_cert
+        else None,
         workers=args.workers,
         queue_size=args.queue_size,
         token=token,

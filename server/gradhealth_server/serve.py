@@ -59,6 +59,10 @@ class ServeConfig:
     host: str = "[::]"
     port: int = 50051
     metrics_port: int | None = None
+    # /metrics lists every run id: loopback unless the operator says otherwise
+    # (the image sets 0.0.0.0 for a Prometheus in another container or pod).
+    metrics_host: str = "127.0.0.1"
+    metrics_tls: TlsFiles | None = None  # client_ca set: scrapers need a cert from it
     workers: int = 1
     queue_size: int = 8
     token: str | None = None
@@ -147,9 +151,7 @@ async def _serve(config: ServeConfig, spool: Path, stop: asyncio.Event | None) -
     store = VerdictStore(config.db_url)  # applies the schema migrations
     metrics.registry.register(RunMetrics(store, config.run_metrics))
     if config.metrics_port is not None:
-        host = config.host.strip("[]")
-        start_http_server(config.metrics_port, addr=host, registry=metrics.registry)
-        log.info("metrics on %s:%d/metrics", config.host, config.metrics_port)
+        _start_metrics(config, metrics)
     feed = VerdictFeed()
     following = asyncio.create_task(feed.follow(store))
     servicer = GradientHealthServicer(
@@ -219,6 +221,29 @@ async def _serve(config: ServeConfig, spool: Path, stop: asyncio.Event | None) -
     if starting.done() and not starting.cancelled() and starting.exception() is not None:
         raise starting.exception()  # the workers could not start
     log.info("gradhealth stopped")
+
+
+def _start_metrics(config: ServeConfig, metrics: ServiceMetrics) -> None:
+    """Prometheus /metrics on its own address, over TLS (and mutual TLS) when
+    configured, with what prometheus_client's server offers."""
+    tls = config.metrics_tls
+    start_http_server(
+        config.metrics_port,
+        addr=config.metrics_host.strip("[]"),
+        registry=metrics.registry,
+        certfile=str(tls.cert) if tls else None,
+        keyfile=str(tls.key) if tls else None,
+        client_cafile=str(tls.client_ca) if tls and tls.client_ca else None,
+        client_auth_required=bool(tls and tls.client_ca),
+    )
+    scheme = "https" if tls else "http"
+    log.info(
+        "metrics on %s://%s:%d/metrics%s",
+        scheme,
+        config.metrics_host,
+        config.metrics_port,
+        " (client certificates required)" if tls and tls.client_ca else "",
+    )
 
 
 async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:
