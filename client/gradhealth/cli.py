@@ -131,6 +131,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--upload-idle-timeout", type=float, default=30.0, help="longest wait (s) for a chunk"
     )
+    serve.add_argument(
+        "--min-upload-kib-per-s",
+        type=float,
+        default=64.0,
+        help="an upload slower than this on average (after 10 s) is cut off",
+    )
+    serve.add_argument(
+        "--max-uploads",
+        type=int,
+        default=16,
+        help="calls uploading at once; a call joins the queue when its upload is complete",
+    )
     serve.add_argument("--cache-size", type=int, default=8, help="architectures kept loaded")
     serve.add_argument(
         "--worker-memory-mb",
@@ -490,6 +502,8 @@ def _serve(args: argparse.Namespace) -> int:
         "--run-metrics-max": args.run_metrics_max,
         "--run-metrics-window": args.run_metrics_window,
         "--cancel-grace": args.cancel_grace,
+        "--min-upload-kib-per-s": args.min_upload_kib_per_s,
+        "--max-uploads": args.max_uploads,
         "--worker-gpu-memory-mb": args.worker_gpu_memory_mb or 1,
     }
     if bad := [flag for flag, value in positive.items() if value <= 0]:
@@ -534,7 +548,12 @@ def _serve(args: argparse.Namespace) -> int:
         db_url=args.db,
         job_time_limit=args.job_timeout,
         run_metrics=RunMetricsConfig(args.run_metrics_window, args.run_metrics_max),
-        upload=UploadLimits(args.upload_idle_timeout, args.upload_timeout),
+        upload=UploadLimits(
+            args.upload_idle_timeout,
+            args.upload_timeout,
+            min_bytes_per_second=args.min_upload_kib_per_s * 1024,
+            max_uploads=args.max_uploads,
+        ),
         worker=WorkerConfig(
             limits=limits,
             rules_config=rules_config,
