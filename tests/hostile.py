@@ -252,6 +252,11 @@ CONFIG_CASES = [
         ),
     ),
     _config_case(
+        "os-system-function",
+        r"uses function 'os\.system', which is not part of Keras",
+        _activation(function_node("os", "system")),
+    ),
+    _config_case(
         "subprocess-popen-layer",
         r"'subprocess\.Popen', which is not part of Keras",
         _insert(
@@ -501,6 +506,25 @@ WEIGHTS_CASES = [
         lambda base, h5: h5.__setitem__("layers/alias", h5[f"{HIDDEN}/vars/0"]),
     ),
     _weights_case(
+        "h5-attribute-string-list",
+        r"attribute 'dtype' of 'layers/dense/vars/0' is a list of 2,000 variable-length strings",
+        lambda base, h5: h5[f"{HIDDEN}/vars/0"].attrs.__setitem__(
+            "dtype", np.array(["bfloat16"] * 2000, dtype=h5py.string_dtype())
+        ),
+    ),
+    _weights_case(
+        "h5-attribute-huge-string",
+        r"holds 2\d,\d{3},\d{3} bytes outside its datasets",
+        lambda base, h5: h5[f"{HIDDEN}/vars/0"].attrs.__setitem__(
+            "dtype", np.array("b" * 20_000_000, dtype=h5py.string_dtype())
+        ),
+    ),
+    _weights_case(
+        "h5-attribute-reference",
+        r"attribute 'dtype' of 'layers/dense/vars/0' is not a number or a string",
+        lambda base, h5: h5[f"{HIDDEN}/vars/0"].attrs.__setitem__("dtype", h5.ref),
+    ),
+    _weights_case(
         "h5-committed-datatype",
         r"'layers/type' is a Datatype",
         lambda base, h5: h5.__setitem__("layers/type", np.dtype("float32")),
@@ -592,6 +616,16 @@ def _giant_input(config: dict[str, Any]) -> None:
     set_units(config, {})
 
 
+def _compile_metric(class_name: str, **config: Any) -> Callable[[dict[str, Any]], None]:
+    """A metric in compile_config whose state Keras allocates when it loads."""
+
+    def edit(model_config: dict[str, Any]) -> None:
+        node = {"module": "keras.metrics", "class_name": class_name, "config": config}
+        model_config["compile_config"]["metrics"] = [node]
+
+    return edit
+
+
 SIZE_CASES = [
     _size_case(
         "dense-two-billion-units",
@@ -615,6 +649,22 @@ SIZE_CASES = [
         r"makes 64,000,000,000 values in a single activation \(repeat output "
         r"\(None, 1000000000, 64\)\), over the limit",
         _giant_activation,
+        EXHAUSTED,
+        LimitExceeded,
+    ),
+    # Metric and optimizer state the compile_config builds at load (issue 15).
+    _size_case(
+        "compile-mean-iou-1e5-classes",
+        r"holds 10,000,00\d,\d{3} values .* the largest iou/total_confusion_matrix "
+        r"of shape \(100000, 100000\)\), over the limit",
+        _compile_metric("MeanIoU", num_classes=100_000, name="iou"),
+        EXHAUSTED,
+        LimitExceeded,
+    ),
+    _size_case(
+        "compile-auc-1e9-thresholds",
+        r"compile_config\.metrics\[0\]\.config\.num_thresholds is 1,000,000,000, over the",
+        _compile_metric("AUC", num_thresholds=1_000_000_000, name="auc"),
         EXHAUSTED,
         LimitExceeded,
     ),

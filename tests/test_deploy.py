@@ -74,6 +74,7 @@ def container_environment(workdir: Path, port: int, metrics_port: int) -> dict[s
         "GRADHEALTH_HOST": "127.0.0.1",
         "GRADHEALTH_PORT": str(port),
         "GRADHEALTH_METRICS_PORT": str(metrics_port),
+        "GRADHEALTH_METRICS_HOST": "127.0.0.1",
     }
     environment = {
         key: value.replace(HOME, str(workdir))

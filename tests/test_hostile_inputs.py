@@ -296,3 +296,18 @@ def test_keras_unpacks_an_archive_with_assets_inside_the_spool(tmp_path, monkeyp
     entry, _, _ = ModelCache().load(path)
     assert entry.model.count_params() == model.count_params()
     assert [p.name for p in spool.iterdir()] == ["assets.keras"]
+
+
+def test_a_forward_pass_over_the_flop_budget_is_refused_from_shapes_alone():
+    """FLOPs are estimated on the batch's shapes without allocating it: a Dense
+    over 4096 rows of 4000 steps is 33 TFLOP, refused by name."""
+    from gradhealth_server.errors import LimitExceeded
+    from gradhealth_server.intake.intermediates import check_intermediates
+    from gradhealth_server.intake.limits import Limits
+
+    seq = keras.Input((None, 1000))
+    model = keras.Model(seq, keras.layers.Dense(1000, name="wide")(seq))
+    rows = np.broadcast_to(np.float32(0), (4096, 4000, 1000))  # no memory behind it
+    with pytest.raises(LimitExceeded, match=r"about 32,768 GFLOP \(the most: wide"):
+        check_intermediates(model, [rows], Limits())
+    check_intermediates(model, [rows[:2, :10]], Limits())  # small: passes

@@ -226,3 +226,28 @@ def _npz(checkpoints, kind: str):
         x, y = models.digits()
         np.savez(path, x=x[:ROWS], y=y[:ROWS])
     return path
+
+
+def test_an_out_of_memory_in_the_probe_is_resource_exhausted_naming_memory():
+    """TensorFlow reports a failed allocation in a compiled function as
+    "Graph execution error" (a ResourceExhaustedError): it is the worker's
+    memory, not a bad batch (it was INVALID_ARGUMENT)."""
+    import tensorflow as tf
+
+    from gradhealth_server.engine.probe_errors import probe_error
+    from gradhealth_server.errors import InvalidBatch, LimitExceeded
+
+    @tf.function
+    def huge(n):
+        return tf.reduce_sum(tf.zeros(tf.stack([n, n])))  # 64 TiB of float32
+
+    with pytest.raises(tf.errors.ResourceExhaustedError) as oom:
+        huge(tf.constant(1 << 22))
+    assert "Graph execution error" in str(oom.value)
+    error = probe_error(oom.value)
+    assert isinstance(error, LimitExceeded)
+    assert "ran out of memory" in str(error) and "OOM when allocating" in str(error)
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as bad:
+        tf.function(lambda: tf.gather(tf.zeros(3), tf.constant(7)))()
+    assert isinstance(probe_error(bad.value), InvalidBatch)

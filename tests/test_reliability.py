@@ -5,6 +5,7 @@ Every load here is bounded in count and time and goes to loopback only."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -298,5 +299,133 @@ def test_a_worker_memory_cap_refuses_a_model_too_big_for_it_and_keeps_serving(tm
             assert "memory" in caught.value.details()
             assert client.diagnose(small, batch=flat_batch, run_id="capped").status
         assert server.worker_pids() == workers  # refused, not crashed
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def _self_attention_checkpoint(path: Path) -> Path:
+    """Dot-product self-attention over a variable-length sequence: the batch sets
+    T, and the scores are (rows, T, T)."""
+    import keras
+    import numpy as np
+
+    seq = keras.Input((None, 8), name="seq")
+    scores = keras.layers.Dot(axes=2, name="scores")([seq, seq])
+    mixed = keras.layers.Dot(axes=(2, 1), name="mix")([scores, seq])
+    pooled = keras.layers.GlobalAveragePooling1D(name="pool")(mixed)
+    model = keras.Model(seq, keras.layers.Dense(2, activation="softmax", name="out")(pooled))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(8, 5, 8)).astype("float32"), rng.integers(0, 2, 8), verbose=0)
+    model.save(path)
+    return path
+
+
+def _sequence_batch(path: Path, rows: int, length: int) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(rows, length, 8)) * 0.01).astype("float32")
+    np.savez(path, x=x, y=rng.integers(0, 2, rows))
+    return path
+
+
+def test_intermediates_the_batch_sizes_are_bounded_before_the_probe(tmp_path):
+    """The config-time activation cap counts a sequence length as 1. On the real
+    batch, (64, 1500, 1500) scores took a worker capped at 3000 MB down (SIGSEGV
+    inside TensorFlow's allocator); (64, 4000, 4000) would need 4 GB. Both are
+    now refused from the shapes alone, naming the tensor; the worker stays under
+    its cap and serves the next call."""
+    checkpoint = _self_attention_checkpoint(tmp_path / "attention.keras")
+    short = _sequence_batch(tmp_path / "short.npz", 16, 16)
+    server = ServerProcess(tmp_path / "server", "--worker-memory-mb", "3000").start()
+    try:
+        with (
+            GradientHealthClient(server.target, retry=ONE_TRY, timeout=300) as client,
+            MemoryWatch(server) as memory,
+        ):
+            assert client.diagnose(checkpoint, batch=short, run_id="attention").status
+            workers = server.worker_pids()
+            refused = {
+                (64, 4000): r"scores output \(64, 4000, 4000\), 3,906 MiB\), over the 1,500 MiB",
+                (64, 1500): r"scores output \(64, 1500, 1500\), 549 MiB\), over the 1,500 MiB",
+                (2, 20000): r"scores output \(2, 20000, 20000\) holds 400,000,000 values per row",
+            }
+            for (rows, length), message in refused.items():
+                batch = _sequence_batch(tmp_path / f"b{rows}x{length}.npz", rows, length)
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as caught:
+                    client.diagnose(checkpoint, batch=batch, run_id="attention")
+                assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert re.search(message, caught.value.details()), caught.value.details()
+                assert time.monotonic() - started < 30
+            assert client.diagnose(checkpoint, batch=short, run_id="attention").status
+        assert server.worker_pids() == workers  # refused, not crashed
+        assert memory.peak_workers < 3000 * 2**20, memory.peak_workers
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def _with_identity_layers(source: Path, path: Path, count: int) -> Path:
+    """The same checkpoint with `count` Identity layers (no weights) inserted."""
+    import json
+    import zipfile
+
+    members = {
+        name: zipfile.ZipFile(source).read(name) for name in zipfile.ZipFile(source).namelist()
+    }
+    config = json.loads(members["config.json"])
+    identity = {"module": "keras.layers", "class_name": "Identity", "registered_name": None}
+    layers = config["config"]["layers"]
+    layers[1:1] = [{**identity, "config": {"name": f"same_{i}"}} for i in range(count)]
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _unrolled_rnn_checkpoint(path: Path, steps: int) -> Path:
+    import keras
+    import numpy as np
+
+    model = keras.Sequential(
+        [
+            keras.Input((steps, 1)),
+            keras.layers.SimpleRNN(4, unroll=True, name="rnn"),
+            keras.layers.Dense(2, activation="softmax", name="out"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.save(path)  # never trained: tracing 3000 steps is what the attack costs
+    np.savez(path.with_suffix(".npz"), x=np.zeros((4, steps, 1), "float32"), y=np.zeros(4, int))
+    return path
+
+
+def test_graphs_too_costly_to_trace_are_refused_naming_the_bound(tmp_path, flat_batch):
+    """A 38-parameter SimpleRNN(unroll=True) over 3000 steps and a Sequential of
+    20,000 Identity layers each held a worker until the job timeout; they are
+    refused in seconds, naming the bound, and the worker serves the next call."""
+    from tests.service import mlp_checkpoint
+
+    small = mlp_checkpoint(tmp_path / "small.keras", width=16)
+    deep = _with_identity_layers(small, tmp_path / "deep.keras", 20_000)
+    rnn = _unrolled_rnn_checkpoint(tmp_path / "rnn.keras", 3000)
+    server = ServerProcess(tmp_path / "server", "--job-timeout", "120").start()
+    try:
+        workers = server.worker_pids()
+        with GradientHealthClient(server.target, retry=ONE_TRY, timeout=150) as client:
+            for checkpoint, batch, message in [
+                (deep, flat_batch, "declares 20,00[0-9] layers, over the limit of 3,000"),
+                (rnn, rnn.with_suffix(".npz"), "rnn is unrolled over 3,000 time steps, over the"),
+            ]:
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as caught:
+                    client.diagnose(checkpoint, batch=batch, run_id="costly")
+                assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert re.search(message, caught.value.details()), caught.value.details()
+                assert time.monotonic() - started < 30
+            assert client.diagnose(small, batch=flat_batch, run_id="costly").status
+        assert server.worker_pids() == workers
     finally:
         assert server.stop() == 0, server.log()

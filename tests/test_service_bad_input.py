@@ -150,3 +150,71 @@ def test_server_still_diagnoses_after_bad_input(server, checkpoints, batch):
     assert server.metric("gradhealth_rejected_total", reason="invalid_upload") >= 7
     assert server.metric("gradhealth_rejected_total", reason="invalid_checkpoint") >= 2
     assert server.spooled() == []
+
+
+def _zip_with_directory(entries: int, declared: int) -> bytes:
+    """A zip whose central directory lists `entries` members (all pointing at one
+    local header) while its end record declares `declared` of them."""
+    import struct
+    import zlib
+
+    local = struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(b""), 0, 0, 1, 0)
+    local += b"a"
+    central = bytearray()
+    for i in range(entries):
+        name = b"m%07d" % i
+        central += struct.pack(
+            "<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0, 0, 0, 0, 0, 0
+        )
+        central += name
+    count = min(declared, 0xFFFF)
+    end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, count, count, len(central), len(local), 0)
+    return local + bytes(central) + end
+
+
+@pytest.mark.parametrize("declared", [1_000_000, 3], ids=["honest-count", "lying-count"])
+def test_a_zip_listing_a_million_members_is_refused_from_its_end_record(
+    server, good, checkpoints, batch, declared
+):
+    """10^6 central-directory entries (46 MB): refused from the end record's count
+    or directory size, in well under a second of server time, not parsed in full
+    (it took 30-50 s and +460 MB)."""
+    import time
+
+    checkpoint = _zip_with_directory(1_000_000, declared)
+    start = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        raw_diagnose(server, _stream(checkpoint, good[1], chunk=1024 * 1024), timeout=120)
+    elapsed = time.monotonic() - start
+    assert caught.value.code() == INVALID, caught.value.details()
+    assert "the checkpoint archive" in caught.value.details()
+    assert "64" in caught.value.details()  # the member cap it is held to
+    assert elapsed < 10, f"{elapsed:.1f} s"  # mostly the 46 MB upload
+    with GradientHealthClient(server.target, token=TOKEN) as client:
+        assert client.diagnose(checkpoints.path("cnn"), batch=batch, run_id="after-zip").status
+
+
+def test_an_npz_of_duplicate_members_is_refused_before_it_is_parsed(server, good):
+    """20,000 members all named x.npy (the issue's 10^5 took 131 s of CPU and was
+    accepted): more members than the model's inputs need is refused at once."""
+    import io
+    import warnings
+    import zipfile
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    one = io.BytesIO()
+    np.save(one, np.zeros((2, 8, 8, 1), dtype=np.float32))
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w") as npz:
+        warnings.simplefilter("ignore")  # "Duplicate name"
+        for _ in range(20_000):
+            npz.writestr("x.npy", one.getvalue())
+        labels = io.BytesIO()
+        np.save(labels, np.zeros(2, dtype=np.int64))
+        npz.writestr("y.npy", labels.getvalue())
+    with pytest.raises(grpc.RpcError) as caught:
+        raw_diagnose(server, _stream(good[0], buffer.getvalue(), chunk=1024 * 1024), timeout=60)
+    assert caught.value.code() == INVALID, caught.value.details()
+    assert "20,001 members, more than the 2 allowed" in caught.value.details()
+    assert server.health() == health_pb2.HealthCheckResponse.SERVING

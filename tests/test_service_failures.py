@@ -293,3 +293,74 @@ def test_a_job_over_the_time_limit_has_its_worker_replaced(
             assert server.worker_pids() != [worker]
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_a_job_killed_after_its_deadline_is_followed_by_a_fresh_worker(
+    tmp_path, flat_batch, checkpoints, batch
+):
+    """A client deadline passes mid-compile; the job does not reach a phase
+    boundary within --cancel-grace, so its worker is killed. The cancellation
+    of that job must not time out the replacement's start (it did: "did not
+    start (exit code -9)" forever), and the next call is answered."""
+    slow = mlp_checkpoint(tmp_path / "deep.keras", width=48, depth=40)
+    server = ServerProcess(tmp_path / "server", "--cancel-grace", "0.01").start()
+    try:
+        (worker,) = server.worker_pids()
+        with GradientHealthClient(server.target, retry=ONE_TRY) as client:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.diagnose(slow, batch=flat_batch, run_id="expired", timeout=2.0)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            server.wait_metric("gradhealth_worker_restarts_total", 1)  # killed mid-compile
+            # Before the fix this call hung whatever its deadline; the replacement
+            # loads TensorFlow and compiles the CNN, minutes on a loaded 2-core box.
+            verdict = client.diagnose(
+                checkpoints.path("cnn"), batch=batch, run_id="after-kill", timeout=300
+            )
+            assert verdict.run_id == "after-kill"
+            assert server.metric("gradhealth_worker_restarts_total") == 1
+        assert server.worker_pids() not in ([], [worker])
+        assert "did not start" not in server.log()
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_slow_uploads_hold_upload_places_not_the_queue(tmp_path, checkpoints, batch):
+    """Three clients trickling 64 KiB every 2 s: before, each held a queue slot
+    from its header, and with --queue-size 1 every other call got
+    RESOURCE_EXHAUSTED. A call now joins the queue when its upload is complete;
+    the trickles are cut off for being under the minimum rate."""
+    server = ServerProcess(tmp_path, "--queue-size", "1", "--max-uploads", "4").start()
+    header = service_pb2.DiagnoseHeader(
+        run_id="trickle",
+        checkpoint=service_pb2.UploadInfo(size_bytes=10 * 2**20, sha256="0" * 64),
+        batch=service_pb2.UploadInfo(size_bytes=10, sha256="0" * 64),
+    )
+
+    def trickle():
+        yield service_pb2.DiagnoseRequest(header=header)
+        for _ in range(20):
+            yield service_pb2.DiagnoseRequest(checkpoint_chunk=b"\0" * 64 * 1024)
+            time.sleep(2)
+
+    def trickler() -> grpc.RpcError:
+        with server.channel() as channel:
+            stub = service_pb2_grpc.GradientHealthServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Diagnose(trickle(), timeout=60)
+            return caught.value
+
+    try:
+        trickles = [Call(trickler) for _ in range(3)]
+        server.wait_metric("gradhealth_uploads_in_progress", 3)
+        with GradientHealthClient(server.target, retry=ONE_TRY) as client:
+            verdict = client.diagnose(checkpoints.path("cnn"), batch=batch, run_id="beside")
+        assert verdict.run_id == "beside"
+        for call in trickles:
+            error = call.result(60)
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error.details()
+            assert "the upload is too slow" in error.details()
+        assert server.metric("gradhealth_rejected_total", reason="upload_too_slow") == 3
+        assert server.metric("gradhealth_uploads_in_progress") == 0
+        assert server.spooled() == []
+    finally:
+        assert server.stop() == 0, server.log()

@@ -97,3 +97,31 @@ def test_clients_without_tls_or_a_certificate_are_refused(mtls_server, certs, tl
         (certs / "client.pem").read_bytes(),
     )
     assert mtls_server.health(credentials) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_metrics_are_served_over_mutual_tls_when_configured(tmp_path, certs):
+    """/metrics lists every run id: with --metrics-tls-* it takes HTTPS only, and
+    only from a scraper with a certificate from the CA."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    server = ServerProcess(
+        tmp_path,
+        "--metrics-tls-cert", str(certs / "server.pem"),
+        "--metrics-tls-key", str(certs / "server.key"),
+        "--metrics-tls-client-ca", str(certs / "ca.pem"),
+    ).start()  # fmt: skip
+    try:
+        url = f"://127.0.0.1:{server.metrics_port}/metrics"
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen("http" + url, timeout=5)  # plain HTTP: refused
+        anonymous = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+            urllib.request.urlopen("https" + url, timeout=5, context=anonymous).read()
+        scraper = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        scraper.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
+        text = urllib.request.urlopen("https" + url, timeout=5, context=scraper).read().decode()
+        assert "gradhealth_queue_capacity" in text
+    finally:
+        assert server.stop() == 0, server.log()

@@ -26,6 +26,7 @@ from gradhealth_server.engine.weights import weight_digests
 from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
 from gradhealth_server.intake.batch import Batch, make_batch, read_npz
 from gradhealth_server.intake.checkpoint import LoadedModel, ModelCache
+from gradhealth_server.intake.intermediates import check_intermediates
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
 from gradhealth_server.rules import build_rules, judge
 from gradhealth_server.rules.history import NO_HISTORY, RunHistory
@@ -69,8 +70,9 @@ class Diagnoser:
         options: ProbeOptions | None = None,
         cache_capacity: int = 8,
         rules_config: dict[str, dict[str, Any]] | None = None,
+        gpu_memory_mb: int | None = None,
     ) -> None:
-        self.device = configure_device()
+        self.device = configure_device(gpu_memory_mb)
         self.limits = limits
         self.options = options or ProbeOptions()
         self.cache = ModelCache(cache_capacity, limits)
@@ -116,12 +118,15 @@ class Diagnoser:
         t1 = time.perf_counter()
         phases["load"] = t1 - t0
         checkpoint_phase()
-        arrays = batch if isinstance(batch, dict) else read_npz(batch, self.limits)
-        data = make_batch(arrays, _input_specs(entry), entry.structure.facts, self.limits)
+        specs = _input_specs(entry)
+        # One array per input and y: the model says how many members a batch needs.
+        arrays = batch if isinstance(batch, dict) else read_npz(batch, self.limits, len(specs) + 1)
+        data = make_batch(arrays, specs, entry.structure.facts, self.limits)
         key = (batch_signature(data.x, data.y), options)
         probe = entry.probes.get(key)
         probe_cached = probe is not None
         if probe is None:
+            check_intermediates(entry.model, [data.x[name] for name, _, _ in specs], self.limits)
             _check_loss_runs(entry, data)
         digests = weight_digests(entry.model, entry.structure)  # before the probe touches them
         t2 = time.perf_counter()

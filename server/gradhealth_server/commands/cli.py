@@ -68,6 +68,16 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     )
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
     serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics binds (default: loopback; it lists every run id)",
+    )
+    serve.add_argument("--metrics-tls-cert", type=Path, help="PEM certificate: /metrics over TLS")
+    serve.add_argument("--metrics-tls-key", type=Path, help="PEM private key for /metrics")
+    serve.add_argument(
+        "--metrics-tls-client-ca", type=Path, help="scrapers of /metrics need a cert from this CA"
+    )
+    serve.add_argument(
         "--db",
         default="sqlite:///gradhealth.db",
         help="verdict store: a SQLAlchemy URL, sqlite:///FILE or "
@@ -108,17 +118,41 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
         help="longest diagnosis (s); its worker is killed",
     )
     serve.add_argument(
+        "--cancel-grace",
+        type=float,
+        default=10.0,
+        help="seconds a cancelled job has to stop before its worker is killed and replaced",
+    )
+    serve.add_argument(
         "--upload-timeout", type=float, default=900.0, help="longest upload (s) of one call"
     )
     serve.add_argument(
         "--upload-idle-timeout", type=float, default=30.0, help="longest wait (s) for a chunk"
     )
+    serve.add_argument(
+        "--min-upload-kib-per-s",
+        type=float,
+        default=64.0,
+        help="an upload slower than this on average (after 10 s) is cut off",
+    )
+    serve.add_argument(
+        "--max-uploads",
+        type=int,
+        default=16,
+        help="calls uploading at once; a call joins the queue when its upload is complete",
+    )
     serve.add_argument("--cache-size", type=int, default=8, help="architectures kept loaded")
     serve.add_argument(
         "--worker-memory-mb",
         type=int,
-        help="address-space cap of each worker process (CPU workers; GPU: use the "
-        "container's memory limit)",
+        help="address-space cap of each CPU worker (default: the machine's or container's "
+        "memory less 10%% (at least 1 GiB), shared among the workers; 0: no cap)",
+    )
+    serve.add_argument(
+        "--worker-gpu-memory-mb",
+        type=int,
+        help="GPU memory each GPU worker may use (default: 90%% of GPU 0, shared among "
+        "the workers)",
     )
     serve.add_argument("--no-xla", action="store_true", help="never try XLA compilation")
     serve.add_argument("--rules-config", type=Path, help="JSON of threshold overrides")
@@ -214,7 +248,18 @@ def _serve(args: argparse.Namespace) -> int:
         return fail("TLS needs both --tls-cert and --tls-key")
     if args.tls_client_ca and not args.tls_cert:
         return fail("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
-    for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
+    if bool(args.metrics_tls_cert) != bool(args.metrics_tls_key):
+        return fail("TLS for /metrics needs both --metrics-tls-cert and --metrics-tls-key")
+    if args.metrics_tls_client_ca and not args.metrics_tls_cert:
+        return fail("--metrics-tls-client-ca needs --metrics-tls-cert and --metrics-tls-key")
+    for path in (
+        args.tls_cert,
+        args.tls_key,
+        args.tls_client_ca,
+        args.metrics_tls_cert,
+        args.metrics_tls_key,
+        args.metrics_tls_client_ca,
+    ):
         if path and not path.is_file():
             return fail(f"TLS file {str(path)!r} does not exist")
     positive = {
@@ -222,11 +267,26 @@ def _serve(args: argparse.Namespace) -> int:
         "--max-parameters": args.max_parameters,
         "--run-metrics-max": args.run_metrics_max,
         "--run-metrics-window": args.run_metrics_window,
-        "--worker-memory-mb": 1 if args.worker_memory_mb is None else args.worker_memory_mb,
+        "--cancel-grace": args.cancel_grace,
+        "--min-upload-kib-per-s": args.min_upload_kib_per_s,
+        "--max-uploads": args.max_uploads,
+        "--worker-gpu-memory-mb": args.worker_gpu_memory_mb or 1,
     }
     if bad := [flag for flag, value in positive.items() if value <= 0]:
         return fail(f"{', '.join(bad)} must be positive")
+    if args.worker_memory_mb is not None and args.worker_memory_mb < 0:
+        return fail("--worker-memory-mb must be positive, or 0 for no cap")
+    from gradhealth_server.service.memory_budget import default_worker_memory_bytes
+
+    if args.worker_memory_mb is None:
+        memory_cap: int | None = default_worker_memory_bytes(args.workers)
+    else:
+        memory_cap = args.worker_memory_mb * MiB or None
     limits = Limits(
+        # The other half: TensorFlow itself, the model, its optimizer state.
+        max_probe_activation_bytes=min(
+            Limits.max_probe_activation_bytes, (memory_cap or 1 << 62) // 2
+        ),
         max_checkpoint_bytes=int(args.max_checkpoint_mb * MiB),
         max_batch_bytes=int(args.max_batch_mb * MiB),
         max_batch_rows=args.max_batch_rows,
@@ -239,6 +299,12 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        metrics_tls=TlsFiles(
+            args.metrics_tls_cert, args.metrics_tls_key, args.metrics_tls_client_ca
+        )
+        if args.metrics_tls_cert
+        else None,
         workers=args.workers,
         queue_size=args.queue_size,
         token=token,
@@ -248,14 +314,22 @@ def _serve(args: argparse.Namespace) -> int:
         db_url=db_url,
         job_time_limit=args.job_timeout,
         run_metrics=RunMetricsConfig(args.run_metrics_window, args.run_metrics_max),
-        upload=UploadLimits(args.upload_idle_timeout, args.upload_timeout),
+        upload=UploadLimits(
+            args.upload_idle_timeout,
+            args.upload_timeout,
+            min_bytes_per_second=args.min_upload_kib_per_s * 1024,
+            max_uploads=args.max_uploads,
+        ),
         reuse_port=args.reuse_port,
         worker=WorkerConfig(
             limits=limits,
             rules_config=rules_config,
             cache_capacity=args.cache_size,
             disable_xla=args.no_xla,
-            memory_limit_bytes=args.worker_memory_mb * MiB if args.worker_memory_mb else None,
+            cancel_grace_seconds=args.cancel_grace,
+            memory_limit_bytes=memory_cap,
+            workers_per_gpu=args.workers,
+            gpu_memory_mb=args.worker_gpu_memory_mb,
         ),
     )
     from gradhealth_server.service.call_log import configure_logging

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import sys
@@ -36,22 +35,37 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-@functools.cache
-def configure_device() -> str:
-    """Turn on memory growth on every GPU and return the device the probe runs on.
+_configured: str | None = None
 
-    Memory growth lets the worker share a GPU with nothing else reserved up front;
-    it must be set before TensorFlow initialises the device, so call this first.
+
+def configure_device(gpu_memory_mb: int | None = None) -> str:
+    """Set up the GPU and return the device the probe runs on (once per process;
+    later calls return the first answer).
+
+    With `gpu_memory_mb`, TensorFlow may use that much of GPU 0 and no more: an
+    out-of-memory is then this worker's RESOURCE_EXHAUSTED, not a neighbour's
+    crash. Without it, memory growth lets the worker share the GPU with nothing
+    reserved up front. Either must be set before TensorFlow initialises the
+    device, so call this first.
     """
+    global _configured
+    if _configured is not None:
+        return _configured
     quiet_tensorflow()
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
+    for i, gpu in enumerate(gpus):
         try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError as exc:  # already initialised: growth is then fixed
-            log.warning("could not enable memory growth on %s: %s", gpu.name, exc)
-    device = "/GPU:0" if gpus else "/CPU:0"
-    log.info("gradhealth probe device: %s", device)
-    return device
+            if gpu_memory_mb and i == 0:
+                tf.config.set_logical_device_configuration(
+                    gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=gpu_memory_mb)]
+                )
+                log.info("%s capped at %d MiB", gpu.name, gpu_memory_mb)
+            else:
+                tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError) as exc:  # already initialised: it is then fixed
+            log.warning("could not configure memory on %s: %s", gpu.name, exc)
+    _configured = "/GPU:0" if gpus else "/CPU:0"
+    log.info("gradhealth probe device: %s", _configured)
+    return _configured

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from gradhealth_server.engine.probe_errors import probe_error
 from gradhealth_server.engine.quantities import (
     activations,
     first_inputs,
@@ -39,7 +40,6 @@ from gradhealth_server.engine.quantities import (
     variables,
 )
 from gradhealth_server.engine.structure import ModelStructure
-from gradhealth_server.errors import InvalidBatch
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class Probe:
             out = self._fn(xs, y)
         except tf.errors.OpError as exc:
             if not self.xla or self.options.jit_compile is True:
-                raise InvalidBatch(_op_error(exc)) from exc
+                raise probe_error(exc) from exc
             # Either XLA cannot compile this model or the batch is bad (e.g. an
             # out-of-range token id). The plain graph tells which; a failed XLA
             # launch ran nothing, so no variable has moved.
@@ -133,7 +133,7 @@ class Probe:
             try:
                 out = plain(xs, y)
             except tf.errors.OpError as again:
-                raise InvalidBatch(_op_error(again)) from again
+                raise probe_error(again) from again
             log.info(
                 "XLA did not compile the probe (%s); running without XLA",
                 str(exc).splitlines()[0][:200],
@@ -319,7 +319,7 @@ class Probe:
         try:
             out = self._trial_fn([x[name] for name in self.input_order], y)
         except tf.errors.OpError as exc:
-            raise InvalidBatch(_op_error(exc)) from exc
+            raise probe_error(exc) from exc
         return float(out[0]), float(out[1])
 
     def _trial(self, xs, y):
@@ -356,11 +356,6 @@ def _micro_batches(rows: int, structure: ModelStructure, options: ProbeOptions) 
     first = max(options.min_micro_batch_rows, min(options.probe_rows, rows // k))
     base, extra = divmod(rows - first, k - 1)
     return [first] + [base + (1 if i < extra else 0) for i in range(k - 1)]
-
-
-def _op_error(exc: tf.errors.OpError) -> str:
-    first = (exc.message or str(exc)).strip().splitlines()[0][:300]
-    return f"the batch does not run through the model: {first}"
 
 
 def _moved(w0: list[tf.Tensor], deltas: list[tf.Tensor], scale: float) -> list[tf.Tensor]:

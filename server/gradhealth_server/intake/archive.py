@@ -19,6 +19,7 @@ from typing import Any
 
 from gradhealth_server.errors import InvalidCheckpoint, LimitExceeded
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
+from gradhealth_server.intake.zip_directory import DirectoryTooLarge, check_directory
 
 REQUIRED_MEMBERS = ("config.json", "model.weights.h5")
 OPTIONAL_MEMBERS = ("metadata.json",)
@@ -50,6 +51,13 @@ def inspect_archive(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMIT
         raise InvalidCheckpoint(
             "checkpoint is not a zip archive; expected a .keras file written by model.save()"
         )
+    try:
+        with open(path, "rb") as handle:
+            check_directory(handle, limits.max_archive_members, "the checkpoint archive")
+    except DirectoryTooLarge as exc:
+        raise InvalidCheckpoint(str(exc)) from exc
+    except OSError as exc:
+        raise InvalidCheckpoint(f"checkpoint zip is corrupt or truncated: {exc}") from exc
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()

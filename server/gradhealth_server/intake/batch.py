@@ -19,6 +19,10 @@ import numpy as np
 
 from gradhealth_server.errors import InvalidBatch, LimitExceeded
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
+from gradhealth_server.intake.zip_directory import DirectoryTooLarge, check_directory
+
+# Without a model to say how many inputs it has: a generous bound on arrays.
+MAX_BATCH_MEMBERS = 64
 
 
 @dataclass
@@ -30,8 +34,13 @@ class Batch:
     raw_x: dict[str, np.ndarray]  # as sent, before any dtype cast: its scale is evidence
 
 
-def read_npz(source: str | Path | bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
-    """Arrays of an `.npz` file or its bytes, pickle refused."""
+def read_npz(
+    source: str | Path | bytes,
+    limits: Limits = DEFAULT_LIMITS,
+    max_members: int = MAX_BATCH_MEMBERS,
+) -> dict[str, np.ndarray]:
+    """Arrays of an `.npz` file or its bytes, pickle refused. `max_members`: the
+    arrays the model needs (its inputs and y); more is refused before parsing."""
     if isinstance(source, bytes):
         if len(source) > limits.max_batch_bytes:
             raise LimitExceeded(f"batch is {len(source)} bytes, over {limits.max_batch_bytes}")
@@ -43,6 +52,11 @@ def read_npz(source: str | Path | bytes, limits: Limits = DEFAULT_LIMITS) -> dic
             raise LimitExceeded(f"batch is {size} bytes, over {limits.max_batch_bytes}")
         handle = path
     try:
+        if isinstance(handle, io.BytesIO):
+            check_directory(handle, max_members, "the batch .npz")
+        else:
+            with open(handle, "rb") as raw:
+                check_directory(raw, max_members, "the batch .npz")
         with zipfile.ZipFile(handle) as archive:
             _check_members(archive, limits)
         if isinstance(handle, io.BytesIO):
@@ -51,6 +65,8 @@ def read_npz(source: str | Path | bytes, limits: Limits = DEFAULT_LIMITS) -> dic
             return {name: npz[name] for name in npz.files}
     except (InvalidBatch, LimitExceeded):
         raise
+    except DirectoryTooLarge as exc:
+        raise InvalidBatch(f"{exc}: send one array per model input, and y") from exc
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise InvalidBatch("batch holds object arrays (pickles); send numeric arrays") from exc
@@ -82,9 +98,13 @@ def _check_members(archive: zipfile.ZipFile, limits: Limits) -> None:
         (1, 0): np.lib.format.read_array_header_1_0,
         (2, 0): np.lib.format.read_array_header_2_0,
     }
+    seen: set[str] = set()
     for info in infos:
         if not info.filename.endswith(".npy"):
             raise InvalidBatch(f"batch member {info.filename!r} is not a numpy array (.npy)")
+        if info.filename in seen:  # numpy would read the last, after parsing them all
+            raise InvalidBatch(f"batch member {info.filename!r} appears twice")
+        seen.add(info.filename)
         with archive.open(info) as member:
             try:
                 version = np.lib.format.read_magic(member)

@@ -29,7 +29,7 @@ from gradhealth_server.errors import InvalidCheckpoint, LimitExceeded
 from gradhealth_server.intake.archive import ArchiveInfo, inspect_archive
 from gradhealth_server.intake.config_screen import screen_config
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
-from gradhealth_server.intake.model_size import declared_size
+from gradhealth_server.intake.model_size import CompileArgumentTooLarge, count_layers, declared_size
 from gradhealth_server.intake.weights_file import WeightsSummary, screen_weights
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,16 @@ def check_declared_size(
     model whose weights are really there but exceed the operator's caps is
     LimitExceeded (RESOURCE_EXHAUSTED): a server with larger limits could take it.
     """
+    layers = count_layers(config)
+    if layers > limits.max_layers:
+        raise LimitExceeded(
+            f"config.json declares {layers:,} layers, over the limit of {limits.max_layers:,}: "
+            "tracing that many would hold a worker for minutes"
+        )
     try:
         size = declared_size(config)
+    except CompileArgumentTooLarge as exc:
+        raise LimitExceeded(str(exc)) from exc
     except RecursionError as exc:
         raise InvalidCheckpoint("config.json nests too deeply to be a Keras model") from exc
     except Exception as exc:  # Keras raises many types for configs it cannot build
@@ -147,6 +155,14 @@ def check_declared_size(
     if size.parameters > limits.max_parameters:
         raise LimitExceeded(
             f"model has {size.parameters:,} parameters, over the limit of {limits.max_parameters:,}"
+        )
+    held = size.parameters + size.compile_state
+    if held > limits.max_parameters:
+        raise LimitExceeded(
+            f"the compiled model holds {held:,} values ({size.parameters:,} weights and "
+            f"{size.compile_state:,} of metric and optimizer state, the largest "
+            f"{size.largest_state}), over the limit of {limits.max_parameters:,} "
+            "(--max-parameters)"
         )
     if size.largest_activation > limits.max_activation_elements:
         raise LimitExceeded(

@@ -117,19 +117,22 @@ def _screen_object(node: dict[str, Any], class_name: str, where: str, limits: Li
         return  # a symbolic tensor: shape and dtype, nothing to resolve
     module = node.get("module")
     registered = node.get("registered_name", class_name)  # Keras's own default
-    qualified = f"{module}.{class_name}" if module else class_name
+    is_function = class_name == "function"
+    # A function node names its function in `config`; "function" is only its kind.
+    member = str(node.get("config"))[:80] if is_function else class_name
+    qualified = f"{module}.{member}" if module else member
     if qualified in limits.allowed_classes or (
         isinstance(registered, str) and registered in limits.allowed_classes
     ):
         return
-    is_function = class_name == "function"
     if (
         module is not None
         and not _is_keras_module(module)
         and not (is_function and module == "builtins")
     ):
+        kind = "function" if is_function else "class"
         raise InvalidCheckpoint(
-            f"{name!r} uses class {qualified!r}, which is not part of Keras; "
+            f"{name!r} uses {kind} {qualified!r}, which is not part of Keras; "
             "an operator can allow-list it (--allow-class)"
         )
     # Keras prefers a registered custom object over the module and class name.

@@ -25,6 +25,16 @@ class Limits:
     # Values in the largest layer output for one example (1 GiB of float32): a
     # RepeatVector or UpSampling declaring more cannot be probed even on 2 rows.
     max_activation_elements: int = 1 << 28
+    # What the probe may need for the layer outputs of the whole batch (about
+    # 3x their sum, see intermediates.py), with the dimensions the batch sets (a
+    # sequence length). `gradhealth serve` lowers it to half the worker's cap.
+    max_probe_activation_bytes: int = 8192 * MiB
+    # CPU: what one call may make the worker trace and run. The deepest
+    # keras.applications model has about 1,100 layers; an unrolled RNN traces one
+    # copy of its cell per step; 5 TFLOP is ResNet50's forward pass on 1,200 images.
+    max_layers: int = 3000
+    max_unrolled_steps: int = 512
+    max_forward_gflops: float = 5000.0
     # The sample batch.
     max_batch_bytes: int = 256 * MiB
     max_batch_rows: int = 4096

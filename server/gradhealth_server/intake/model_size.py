@@ -19,6 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+# An integer argument of a compiled metric or loss above this is refused before
+# it is built: `AUC(num_thresholds=N)` makes a Python list of N thresholds in its
+# constructor, before any variable could be counted.
+MAX_COMPILE_ARGUMENT = 1 << 20
+
 
 @dataclass(frozen=True)
 class DeclaredSize:
@@ -26,6 +31,31 @@ class DeclaredSize:
     largest_variable: str  # "dense_1/kernel of shape (200000, 200000)", for messages
     largest_activation: int  # values in the largest layer output for one example
     largest_output: str  # "repeat_vector output (None, 1000000000, 8)"
+    # Values the compiled model holds besides its weights: metric state (a
+    # MeanIoU(N) holds an N x N matrix), optimizer slots, loss-scale state.
+    compile_state: int = 0
+    largest_state: str = "none"
+
+
+class CompileArgumentTooLarge(ValueError):
+    """A metric or loss argument that would allocate before it could be counted."""
+
+
+def count_layers(config: Any) -> int:
+    """Layers a config declares, nested models included, counted in the JSON
+    before Keras builds any: building 20,000 layers is itself minutes of CPU."""
+    count = 0
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            layers = node.get("layers")
+            if isinstance(layers, list):
+                count += len(layers)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
 
 
 def declared_size(config: dict[str, Any]) -> DeclaredSize:
@@ -45,9 +75,93 @@ def declared_size(config: dict[str, Any]) -> DeclaredSize:
         model = deserialize_keras_object(architecture, safe_mode=True)
     weights = _weights(model)
     parameters = sum(math.prod(variable.shape) for variable in weights)
-    biggest = max(weights, key=lambda variable: math.prod(variable.shape), default=None)
-    named = f"{biggest.path} of shape {tuple(biggest.shape)}" if biggest is not None else "none"
-    return DeclaredSize(parameters, named, *_largest_activation(model))
+    state, largest_state = _compile_state(model, config.get("compile_config"))
+    return DeclaredSize(
+        parameters,
+        _largest(weights),
+        *_largest_activation(model),
+        compile_state=state,
+        largest_state=largest_state,
+    )
+
+
+def _largest(variables: list[Any]) -> str:
+    biggest = max(variables, key=lambda variable: math.prod(variable.shape), default=None)
+    return f"{biggest.path} of shape {tuple(biggest.shape)}" if biggest is not None else "none"
+
+
+def _compile_state(model: Any, compile_config: Any) -> tuple[int, str]:
+    """Values held by what `compile_config` builds at load: the metrics, the
+    optimizer and its slots for `model`'s trainable weights, counted from
+    variables made with no memory behind them. Raises what Keras raises."""
+    if not isinstance(compile_config, dict):
+        return 0, "none"
+    from keras.src.backend.common.stateless_scope import StatelessScope
+    from keras.src.saving.serialization_lib import ObjectSharingScope, deserialize_keras_object
+
+    _check_arguments(compile_config, "compile_config")
+    variables: list[Any] = []
+    with (
+        _forget_uninitialized_variables(),
+        StatelessScope(initialize_variables=False),
+        ObjectSharingScope(),
+    ):
+        for key in ("metrics", "weighted_metrics", "loss"):
+            for node in _objects(compile_config.get(key)):
+                built = deserialize_keras_object(node, safe_mode=True)
+                variables += list(getattr(built, "variables", []) or [])
+    held = sum(math.prod(variable.shape) for variable in variables)
+    largest = _largest(variables)
+    optimizer_config = compile_config.get("optimizer")
+    if isinstance(optimizer_config, dict):
+        trainable = sum(math.prod(v.shape) for v in model.trainable_variables)
+        slots = _slots_per_weight(optimizer_config) * trainable
+        held += slots
+        if slots and not variables:
+            largest = f"optimizer slots for {trainable:,} weights"
+    return held, largest
+
+
+def _slots_per_weight(optimizer_config: dict[str, Any]) -> int:
+    """Values the optimizer keeps per trained weight (Adam: 2, SGD with momentum:
+    1), measured by building it on one small real variable: its slots cannot be
+    built on variables with no memory behind them."""
+    import keras
+    from keras.src.saving.serialization_lib import ObjectSharingScope, deserialize_keras_object
+
+    with ObjectSharingScope():
+        optimizer = deserialize_keras_object(optimizer_config, safe_mode=True)
+    before = sum(math.prod(v.shape) for v in optimizer.variables)
+    probe = keras.Variable(keras.ops.zeros((8,)), name="slot_probe")
+    optimizer.build([probe])
+    after = sum(math.prod(v.shape) for v in optimizer.variables)
+    return math.ceil((after - before) / 8)
+
+
+def _objects(node: Any) -> list[dict[str, Any]]:
+    """The serialized objects (dicts with a class_name) in a metrics/loss entry;
+    names such as "accuracy" build stateless or one-counter objects."""
+    if isinstance(node, dict):
+        if "class_name" in node:
+            return [node]
+        return [obj for value in node.values() for obj in _objects(value)]
+    if isinstance(node, list):
+        return [obj for value in node for obj in _objects(value)]
+    return []
+
+
+def _check_arguments(node: Any, where: str) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_arguments(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_arguments(value, f"{where}[{i}]")
+    elif isinstance(node, int) and not isinstance(node, bool) and node > MAX_COMPILE_ARGUMENT:
+        raise CompileArgumentTooLarge(
+            f"{where} is {node:,}, over the {MAX_COMPILE_ARGUMENT:,} a metric, loss or "
+            "optimizer argument may be"
+        )
 
 
 @contextlib.contextmanager

@@ -38,6 +38,18 @@ MAX_OBJECTS = 200_000
 # Keras stores bfloat16 (and float8) as HDF5 opaque types of this many bytes.
 OPAQUE_ITEMSIZES = (1, 2)
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
+# Attributes: Keras writes a scalar string "dtype" on bfloat16 datasets and a few
+# small metadata values on groups. h5py materializes a variable-length string
+# attribute in full when it is read, and an attribute's elements may all point at
+# one large heap object, so their shape and the file's bytes outside datasets
+# (where heap objects live) are bounded from metadata.
+MAX_ATTRIBUTES_PER_OBJECT = 16
+MAX_ATTRIBUTE_ELEMENTS = 64
+MAX_ATTRIBUTE_BYTES = 64 * 1024
+# Metadata a Keras weights file needs besides its datasets: object headers, the
+# B-trees and heaps of group names. Measured: about 1.5 KiB per object.
+METADATA_BYTES_PER_OBJECT = 8 * 1024
+METADATA_BYTES_BASE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,9 @@ def _screen(handle: BinaryIO, size: int) -> WeightsSummary:
     datasets = elements = total = 0
     regions: list[tuple[int, int, str]] = []  # (offset, bytes, name) of contiguous data
     with h5py.File(handle, "r") as h5:
-        for raw_name in _hard_links(h5):
+        names = _hard_links(h5)
+        _check_attributes("/", h5.id)
+        for raw_name in names:
             name = raw_name.decode("utf-8", "replace")
             kind = h5.get(raw_name, getclass=True)  # the object's class, from its header
             if kind not in (h5py.Group, h5py.Dataset):
@@ -140,6 +154,7 @@ def _screen(handle: BinaryIO, size: int) -> WeightsSummary:
                     "a Keras weights file holds only groups and datasets"
                 )
             obj = h5[raw_name]
+            _check_attributes(name, obj.id)
             if h5py.h5o.get_info(obj.id).rc > 1:
                 raise InvalidCheckpoint(
                     f"{WEIGHTS_MEMBER}: {name!r} is reachable under several names; "
@@ -151,7 +166,45 @@ def _screen(handle: BinaryIO, size: int) -> WeightsSummary:
                 if offset is not None and nbytes:
                     regions.append((offset, nbytes, name))
     _check_disjoint(regions)
+    outside = size - total
+    allowed = METADATA_BYTES_BASE + METADATA_BYTES_PER_OBJECT * (len(names) + 1)
+    if outside > allowed:
+        raise InvalidCheckpoint(
+            f"{WEIGHTS_MEMBER} holds {outside:,} bytes outside its datasets, more than "
+            f"the {allowed:,} the metadata of {len(names) + 1} objects needs"
+        )
     return WeightsSummary(datasets, elements, total)
+
+
+def _check_attributes(name: str, obj: Any) -> None:
+    """Each attribute's type and size, from its header: numbers or strings, a
+    scalar or a short list; a variable-length string only as a scalar."""
+    count = h5py.h5o.get_info(obj).num_attrs
+    if count > MAX_ATTRIBUTES_PER_OBJECT:
+        raise InvalidCheckpoint(
+            f"{WEIGHTS_MEMBER}: {name!r} has {count} attributes; Keras writes at most a few"
+        )
+    for index in range(count):
+        attr = h5py.h5a.open(obj, index=index)
+        where = (
+            f"{WEIGHTS_MEMBER}: attribute {attr.name.decode('utf-8', 'replace')[:60]!r} of {name!r}"
+        )
+        kind = attr.get_type()
+        shape = attr.get_space().shape or ()
+        elements = math.prod(shape)
+        variable = isinstance(kind, h5py.h5t.TypeStringID) and kind.is_variable_str()
+        if kind.get_class() not in (h5py.h5t.STRING, h5py.h5t.INTEGER, h5py.h5t.FLOAT):
+            raise InvalidCheckpoint(f"{where} is not a number or a string")
+        if variable and shape:
+            raise InvalidCheckpoint(
+                f"{where} is a list of {elements:,} variable-length strings; Keras writes "
+                "single strings"
+            )
+        if elements > MAX_ATTRIBUTE_ELEMENTS or attr.get_storage_size() > MAX_ATTRIBUTE_BYTES:
+            raise InvalidCheckpoint(
+                f"{where} has shape {shape} ({attr.get_storage_size():,} bytes); Keras writes "
+                f"at most {MAX_ATTRIBUTE_ELEMENTS} small values"
+            )
 
 
 def _check_disjoint(regions: list[tuple[int, int, str]]) -> None:

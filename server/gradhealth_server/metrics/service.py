@@ -40,7 +40,12 @@ class ServiceMetrics:
         )
         self.queue_depth = Gauge(
             "gradhealth_queue_depth",
-            "Calls admitted and not yet taken by a worker (uploading or waiting).",
+            "Calls uploaded in full and waiting for a worker.",
+            registry=r,
+        )
+        self.uploads = Gauge(
+            "gradhealth_uploads_in_progress",
+            "Calls uploading their checkpoint and batch (--max-uploads at most).",
             registry=r,
         )
         self.queue_capacity = Gauge(

@@ -1,7 +1,8 @@
 """GradientHealthService: the RPCs of gradhealth.v1, over grpc.aio.
 
-Diagnose is the data path: check the header, take a queue slot, spool the
-upload, hand the job to a worker, store the verdict, reply. Every failure ends
+Diagnose is the data path: check the header, spool the upload (in a bounded
+upload stage), take a queue slot, hand the job to a worker, store the verdict,
+reply. Every failure ends
 the call with a status and a message for the sender; none ends the server.
 """
 
@@ -38,6 +39,7 @@ from gradhealth_server.service.status import (
 from gradhealth_server.service.upload import (
     Spool,
     UploadLimits,
+    UploadStage,
     check_close,
     check_header,
     receive_parts,
@@ -97,6 +99,7 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         self.metrics = metrics
         self.spool_root = spool_root
         self.upload_limits = upload_limits or UploadLimits()
+        self.uploads = UploadStage(self.upload_limits.max_uploads, metrics.uploads)
         self.draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -154,14 +157,17 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
                 self.metrics.duplicates.inc()
                 return stored
         try:
-            with self.jobs.slot() as slot, Spool(self.spool_root) as spool:
-                await receive_parts(requests, header, spool, self.upload_limits)
+            self.jobs.check_room()  # a full queue says so before the client sends 2 GB
+            with Spool(self.spool_root) as spool:
+                with self.uploads.place():  # the upload stage, bounded on its own
+                    await receive_parts(requests, header, spool, self.upload_limits)
                 uploaded = time.perf_counter()
                 sent = header.checkpoint.size_bytes + header.batch.size_bytes
                 self.metrics.uploaded_bytes.inc(sent)
-                past = await asyncio.to_thread(self.store.history, header.run_id, HISTORY_DEPTH)
-                job = self._job(header, spool, past)
-                result, queued = await self.jobs.run(job, slot, context.time_remaining())
+                with self.jobs.slot() as slot:  # admitted once its upload is complete
+                    past = await asyncio.to_thread(self.store.history, header.run_id, HISTORY_DEPTH)
+                    job = self._job(header, spool, past)
+                    result, queued = await self.jobs.run(job, slot, context.time_remaining())
         except (QueueFull, WorkerDied, JobExpired, JobTimedOut, OSError) as exc:
             failure = failure_of(exc)
             if failure.reason == "spool":

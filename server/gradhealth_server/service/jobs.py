@@ -1,7 +1,8 @@
 """The bounded job queue between the API and the worker processes.
 
-A call takes a slot when its header arrives, before its upload: a full server
-answers RESOURCE_EXHAUSTED at once instead of after the client has sent 2 GB.
+A call takes a slot when its upload is complete: a slow uploader holds a place
+in the upload stage (upload.UploadStage), never the queue's. A full queue is
+also reported at the header (check_room), before the client sends 2 GB.
 One dispatcher task per worker takes jobs in order; a job whose call was
 cancelled or whose deadline passed while it waited is dropped unrun, and a job
 already running is told to stop at its next phase boundary.
@@ -107,14 +108,18 @@ class JobQueue:
         await asyncio.gather(*self._dispatchers, return_exceptions=True)
         await asyncio.gather(*(w.stop() for w in self.workers))
 
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[Slot]:
-        """Take a place in the queue (QueueFull when there is none); it is given
-        back when a worker takes the job or the call ends, whichever is first."""
+    def check_room(self) -> None:
+        """QueueFull if a call arriving now could not be queued."""
         if self._slots >= self.capacity:
             raise QueueFull(
                 f"the diagnosis queue is full ({self.capacity} calls waiting); retry later"
             )
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[Slot]:
+        """Take a place in the queue (QueueFull when there is none); it is given
+        back when a worker takes the job or the call ends, whichever is first."""
+        self.check_room()
         self._slots += 1
         self.metrics.queue_depth.set(self._slots)
         slot = Slot(self)

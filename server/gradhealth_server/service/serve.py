@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from gradhealth.contract import MAX_REPLY_BYTES, MAX_REQUEST_BYTES
+from gradhealth.contract import MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MiB
 from gradhealth.v1 import service_pb2_grpc
 from gradhealth_server.metrics.runs import RunMetrics, RunMetricsConfig
 from gradhealth_server.metrics.service import ServiceMetrics
@@ -56,6 +56,10 @@ class ServeConfig:
     host: str = "[::]"
     port: int = 50051
     metrics_port: int | None = None
+    # /metrics lists every run id: loopback unless the operator says otherwise
+    # (the image sets 0.0.0.0 for a Prometheus in another container or pod).
+    metrics_host: str = "127.0.0.1"
+    metrics_tls: TlsFiles | None = None  # client_ca set: scrapers need a cert from it
     workers: int = 1
     queue_size: int = 8
     token: str | None = None
@@ -136,19 +140,23 @@ def serving_in_background(config: ServeConfig) -> Iterator[threading.Thread]:
 
 async def _serve(config: ServeConfig, spool: Path, stop: asyncio.Event | None) -> None:
     metrics = ServiceMetrics()
+    cap = config.worker.memory_limit_bytes
+    log.info(
+        "each of %d worker(s): %s",
+        config.workers,
+        f"address space capped at {cap // MiB} MiB on CPU" if cap else "no memory cap on CPU",
+    )
     workers = [Worker(config.worker, f"worker-{i}") for i in range(config.workers)]
     jobs = JobQueue(workers, config.queue_size, metrics, config.job_time_limit)
     store = VerdictStore(config.db_url)  # applies the schema migrations
     metrics.registry.register(RunMetrics(store, config.run_metrics))
     if config.metrics_port is not None:
-        host = config.host.strip("[]")
         try:
-            start_http_server(config.metrics_port, addr=host, registry=metrics.registry)
+            _start_metrics(config, metrics)
         except OSError as exc:
             store.close()
-            where = f"{config.host}:{config.metrics_port}"
+            where = f"{config.metrics_host}:{config.metrics_port}"
             raise OSError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from exc
-        log.info("metrics on %s:%d/metrics", config.host, config.metrics_port)
     feed = VerdictFeed()
     following = asyncio.create_task(feed.follow(store))
     servicer = GradientHealthServicer(
@@ -228,6 +236,29 @@ async def _serve(config: ServeConfig, spool: Path, stop: asyncio.Event | None) -
     if starting.done() and not starting.cancelled() and starting.exception() is not None:
         raise starting.exception()  # the workers could not start
     log.info("gradhealth stopped")
+
+
+def _start_metrics(config: ServeConfig, metrics: ServiceMetrics) -> None:
+    """Prometheus /metrics on its own address, over TLS (and mutual TLS) when
+    configured, with what prometheus_client's server offers."""
+    tls = config.metrics_tls
+    start_http_server(
+        config.metrics_port,
+        addr=config.metrics_host.strip("[]"),
+        registry=metrics.registry,
+        certfile=str(tls.cert) if tls else None,
+        keyfile=str(tls.key) if tls else None,
+        client_cafile=str(tls.client_ca) if tls and tls.client_ca else None,
+        client_auth_required=bool(tls and tls.client_ca),
+    )
+    scheme = "https" if tls else "http"
+    log.info(
+        "metrics on %s://%s:%d/metrics%s",
+        scheme,
+        config.metrics_host,
+        config.metrics_port,
+        " (client certificates required)" if tls and tls.client_ca else "",
+    )
 
 
 async def _set_health(servicer: health.aio.HealthServicer, status: int) -> None:

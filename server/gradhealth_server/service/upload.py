@@ -8,14 +8,16 @@ declared size and the operator's caps are enforced as bytes arrive, not after.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import grpc
 
@@ -144,9 +146,11 @@ async def receive_parts(
     """
     checkpoint = Part(spool.checkpoint, "checkpoint", header.checkpoint)
     batch = Part(spool.batch, "batch", header.batch)
+    started = time.monotonic()
     try:
         async with asyncio.timeout(limits.total_seconds):
             while (request := await _next(requests, limits.idle_seconds)) is not None:
+                _check_rate(checkpoint.size + batch.size, started, limits)
                 kind = request.WhichOneof("part")
                 if kind == "checkpoint_chunk":
                     if batch.size:
@@ -177,6 +181,51 @@ async def receive_parts(
 class UploadLimits:
     idle_seconds: float = 30.0
     total_seconds: float = 900.0
+    # After the first RATE_GRACE_S, an upload averaging less than this is cut off:
+    # nine clients trickling 64 KiB every 25 s would otherwise hold every slot.
+    min_bytes_per_second: float = 64 * 1024
+    max_uploads: int = 16  # calls uploading at once; more get RESOURCE_EXHAUSTED
+
+
+RATE_GRACE_S = 10.0
+
+
+class UploadStage:
+    """The calls uploading now, bounded apart from the diagnosis queue: a call
+    joins the queue only once its upload is complete, so slow uploaders hold
+    upload places, never the queue's."""
+
+    def __init__(self, capacity: int, gauge: Any) -> None:
+        self.capacity = capacity
+        self.active = 0
+        self._gauge = gauge
+
+    @contextlib.contextmanager
+    def place(self) -> Iterator[None]:
+        if self.active >= self.capacity:
+            raise RpcFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "uploads_full",
+                f"{self.capacity} uploads are in progress, the most this server takes; retry later",
+            )
+        self.active += 1
+        self._gauge.set(self.active)
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self._gauge.set(self.active)
+
+
+def _check_rate(received: int, started: float, limits: UploadLimits) -> None:
+    elapsed = time.monotonic() - started
+    if elapsed > RATE_GRACE_S and received / elapsed < limits.min_bytes_per_second:
+        raise RpcFailure(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "upload_too_slow",
+            f"the upload is too slow: {received / elapsed / 1024:.1f} KiB/s on average, this "
+            f"server needs at least {limits.min_bytes_per_second / 1024:.0f} KiB/s",
+        )
 
 
 async def _next(

@@ -42,11 +42,18 @@ class WorkerConfig:
     rules_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache_capacity: int = 8
     disable_xla: bool = False
-    # Address-space cap of the worker process (RLIMIT_AS), or None. On CPU a
-    # model too big for it fails its call with an out-of-memory error instead of
-    # taking the machine's memory; CUDA maps far more address space than it uses,
-    # so GPU workers are bounded by their container's memory limit instead.
+    # Address-space cap of a CPU worker (RLIMIT_AS), or None. A model too big
+    # for it fails its call with an out-of-memory error instead of taking the
+    # machine's memory. `gradhealth serve` derives a default from the machine
+    # (memory_budget). CUDA maps far more address space than it uses, so a GPU
+    # worker is not given this cap but a share of its GPU's memory instead.
     memory_limit_bytes: int | None = None
+    # Workers sharing GPU 0: each may use its share of the GPU's memory.
+    workers_per_gpu: int = 1
+    gpu_memory_mb: int | None = None  # None: derived from the GPU (memory_budget)
+    # How long a cancelled job may take to reach its next phase boundary before
+    # its worker is killed and replaced.
+    cancel_grace_seconds: float = CANCEL_GRACE_S
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,8 @@ class Worker:
         self._cancel = self._context.Value("q", NO_JOB, lock=False)
         self._process: Any = None
         self._conn: Connection | None = None
-        self._cancelled_at: float | None = None
+        self._cancelled_at: float | None = None  # of the job running now, if any
+        self._running: int = NO_JOB
 
     @property
     def pid(self) -> int | None:
@@ -122,7 +130,11 @@ class Worker:
     async def start(self) -> None:
         """Start the child and wait until TensorFlow is loaded and it is ready."""
         parent, child = self._context.Pipe()
+        # A fresh child owes nothing to the job its predecessor was killed for:
+        # a cancellation left over from it must not time out this start.
         self._cancel.value = NO_JOB
+        self._cancelled_at = None
+        self._running = NO_JOB
         self._process = self._context.Process(
             target=_worker_main, args=(child, self._cancel, self.config), name=self.name
         )
@@ -130,7 +142,9 @@ class Worker:
         child.close()  # so that the child's death reads as EOF here
         self._conn = parent
         try:
-            ready = await self._receive(deadline=time.monotonic() + STARTUP_TIMEOUT_S)
+            ready = await self._receive(
+                deadline=time.monotonic() + STARTUP_TIMEOUT_S, cancellable=False
+            )
         except (EOFError, OSError, TimeoutError) as exc:
             code = await self._reap()
             raise WorkerDied(f"{self.name} did not start (exit code {code})") from exc
@@ -149,9 +163,12 @@ class Worker:
         was killed. Either way the caller restarts the worker."""
         assert self._conn is not None, "start() the worker first"
         self._cancelled_at = None
+        self._running = job.job_id
         try:
             self._conn.send(job)
-            result: JobResult = await self._receive(deadline=time.monotonic() + time_limit)
+            result: JobResult = await self._receive(
+                deadline=time.monotonic() + time_limit, cancellable=True
+            )
         except TimeoutError as exc:  # (an OSError: caught first)
             await self._reap()
             if self._cancelled_at is not None:
@@ -165,21 +182,30 @@ class Worker:
             raise WorkerDied(_death(code)) from exc
         finally:
             self._cancel.value = NO_JOB
+            self._cancelled_at = None
+            self._running = NO_JOB
         return result
 
     def cancel(self, job_id: int) -> None:
         """Ask the child to drop this job at its next phase boundary; a child that
-        has not stopped CANCEL_GRACE_S later is killed."""
+        has not stopped `cancel_grace_seconds` later is killed. A job that is not
+        (or no longer) running here is ignored: its cancellation must not outlive it."""
+        if job_id != self._running:
+            return
         self._cancel.value = job_id
         self._cancelled_at = time.monotonic()
 
-    async def _receive(self, deadline: float) -> Any:
+    async def _receive(self, deadline: float, cancellable: bool) -> Any:
+        """The child's next message; TimeoutError past `deadline` or, for a job
+        (`cancellable`), once a cancellation's grace has run out."""
         assert self._conn is not None
+        grace = self.config.cancel_grace_seconds
         while not self._conn.poll():
             now = time.monotonic()
             if now >= deadline:
                 raise TimeoutError
-            if self._cancelled_at is not None and now - self._cancelled_at > CANCEL_GRACE_S:
+            cancelled_at = self._cancelled_at
+            if cancellable and cancelled_at is not None and now - cancelled_at > grace:
                 raise TimeoutError
             await asyncio.sleep(POLL_S)
         return self._conn.recv()  # EOFError when the child died
@@ -223,21 +249,31 @@ def _worker_main(conn: Connection, cancel: Any, config: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if config.memory_limit_bytes:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (config.memory_limit_bytes,) * 2)
-    from gradhealth_server.engine.device import native_stderr_silenced
+    from gradhealth_server.engine.device import native_stderr_silenced, quiet_tensorflow
 
     with native_stderr_silenced():
+        quiet_tensorflow()
+        import tensorflow as tf
+
         from gradhealth_server.diagnosis import Diagnoser
         from gradhealth_server.engine.probe import ProbeOptions
 
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))  # does not initialise CUDA
+        if config.memory_limit_bytes and not on_gpu:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (config.memory_limit_bytes,) * 2)
+        gpu_mb = None
+        if on_gpu:
+            from gradhealth_server.service.memory_budget import gpu_share_mb
+
+            gpu_mb = config.gpu_memory_mb or gpu_share_mb(config.workers_per_gpu)
         diagnoser = Diagnoser(
             limits=config.limits,
             options=ProbeOptions(jit_compile=False if config.disable_xla else None),
             cache_capacity=config.cache_capacity,
             rules_config=config.rules_config,
+            gpu_memory_mb=gpu_mb,
         )
     conn.send({"pid": os.getpid(), "device": diagnoser.device})
     while True:
