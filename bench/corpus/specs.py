@@ -35,14 +35,14 @@ SCHEDULE = {
     "digits_binary": (6, 64),
     "digits_multilabel": (8, 64),
     "digits_dict": (6, 64),
-    "wine": (40, 16),
-    "iris": (60, 16),
-    "breast_cancer": (20, 32),
-    "breast_cancer_dict": (20, 32),
-    "diabetes": (60, 32),
+    "wine": (30, 32),
+    "iris": (40, 16),
+    "breast_cancer": (15, 64),
+    "breast_cancer_dict": (15, 64),
+    "diabetes": (40, 32),
     "linnerud": (30, 32),
-    "counts2": (10, 32),
-    "counts4": (10, 32),
+    "counts2": (8, 64),
+    "counts4": (8, 64),
 }
 
 CLASSIFICATION_HEAD = {"multiclass": "softmax", "binary": "sigmoid", "multilabel": "sigmoid"}
@@ -327,8 +327,8 @@ def traps(by_name: dict[str, Spec]) -> list[Spec]:
     for name, epochs in (
         ("mlp-digits-adam", 40),
         ("cnn-digits_img-adam", 25),
-        ("mlp-breast_cancer-adamw", 300),
-        ("mlp-wine-adam", 200),
+        ("mlp-breast_cancer-adamw", 200),
+        ("mlp-wine-adam", 120),
     ):
         out.append(derive(b(name), "converged", h, epochs=epochs, lr=3e-3, trap="converged"))
     for name, steps in (
@@ -353,7 +353,7 @@ def traps(by_name: dict[str, Spec]) -> list[Spec]:
                 h,
                 data_kw=(("raw_target", True),),
                 lr=lr,
-                epochs=150,
+                epochs=100,
                 optimizer=opt,
                 trap="raw_target",
             )
