@@ -211,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
             "composition": composition(everything),
         }
+        comp = corpus["composition"]
+        print(
+            f"corpus v{VERSION}: {comp['kept']} runs kept of {comp['candidates']} candidates "
+            f"({comp['dropped']} dropped, {len(comp['relabelled'])} relabelled); healthy share "
+            f"{comp['healthy_share']:.0%}; by split {comp['by_split']}; by cause {comp['by_cause']}"
+        )
         for split in ("dev", "test"):
             part = [o for o in outcomes if o.split == split]
             if part:
