@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=0, help="a seeded sample of N runs")
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed")
     parser.add_argument("--only", default="", help="corpus: only runs whose name has this")
+    parser.add_argument(
+        "--no-train", action="store_true", help="corpus: only the runs already in the cache"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="diagnosing processes")
     parser.add_argument("--no-xla", action="store_true", help="probe without XLA (faster)")
     parser.add_argument("--json", type=Path)
@@ -200,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         from bench.corpus.split import SPLIT_SEED
 
         limit_threads()
-        kept, everything = select(args.split, args.sample, args.seed, only=args.only)
+        kept, everything = select(
+            args.split, args.sample, args.seed, train_missing=not args.no_train, only=args.only
+        )
         outcomes = diagnose(kept, jobs=args.jobs, xla=not args.no_xla)
         corpus: dict[str, Any] = {
             "generator_version": VERSION,
