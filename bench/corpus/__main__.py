@@ -5,6 +5,7 @@ then print the composition (labels after verification, drops, splits).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import time
 
@@ -28,8 +29,11 @@ def main() -> int:
         return 0
     limit_threads()
     i, n = (int(v) for v in args.shard.split("/"))
-    # twins (healthy bases) first: every shard trains its share of them before the faults
-    ordered = sorted(specs, key=lambda s: s.twin is not None)
+    # The healthy bases (the twins) first, then the rest in a seeded-hash order: a generation
+    # cut short leaves a random sample of the corpus, not its first families only.
+    ordered = sorted(
+        specs, key=lambda s: (s.twin is not None, hashlib.sha256(s.name.encode()).digest())
+    )
     start = time.perf_counter()
     for k, s in enumerate(ordered):
         if k % n != i:

@@ -197,12 +197,17 @@ def measure(model, d: D.Data, xb, yb, losses: list[float]) -> dict[str, Any]:
     p = predict(model, xb)
     if d.task in ("multiclass", "binary"):
         m["pred_top_share"] = top_share(predicted_classes(p))
-    for key, fn in (("dead_max", _dead_max), ("sat_max", _sat_max), ("grad_ratio", _grad_ratio)):
-        try:
-            m[key] = fn(model, xb, yb)
-        except Exception as exc:  # a mechanism we cannot read stays unknown
-            m[key] = None
-            m[f"{key}_error"] = str(exc)[:200]
+    try:
+        hidden = _hidden(model, xb)
+        m["dead_max"], m["sat_max"] = _dead_max(hidden), _sat_max(hidden)
+    except Exception as exc:  # a mechanism we cannot read stays unknown
+        m["dead_max"] = m["sat_max"] = None
+        m["hidden_error"] = str(exc)[:200]
+    try:
+        m["grad_ratio"] = _grad_ratio(model, xb, yb)
+    except Exception as exc:
+        m["grad_ratio"] = None
+        m["grad_ratio_error"] = str(exc)[:200]
     return m
 
 
@@ -228,14 +233,14 @@ def _hidden(model, xb):
     return [(a, np.asarray(o).reshape(len(o), -1)) for (a, _), o in zip(layers, outs)]
 
 
-def _dead_max(model, xb, yb):
-    vals = [float((a.max(0) <= 0).mean()) for f, a in _hidden(model, xb) if f.startswith("relu")]
+def _dead_max(hidden) -> float:
+    vals = [float((a.max(0) <= 0).mean()) for f, a in hidden if f.startswith("relu")]
     return max(vals, default=0.0)
 
 
-def _sat_max(model, xb, yb):
+def _sat_max(hidden) -> float:
     out = [0.0]
-    for f, a in _hidden(model, xb):
+    for f, a in hidden:
         if f == "tanh":
             out.append(float((np.abs(a) > 0.99).mean()))
         elif f == "sigmoid":
