@@ -121,7 +121,7 @@ def diabetes(raw_target: bool = False, raw_x: bool = False) -> Data:
     return Data(x, y, "regression", None)
 
 
-def linnerud(raw_target: bool = True) -> Data:
+def linnerud(raw_target: bool = False) -> Data:
     """Linnerud exercise -> physiology (20 rows, three targets), repeated with jitter to 400."""
     x, y = datasets.load_linnerud(return_X_y=True)
     rng = np.random.default_rng(SEED)
