@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-train", action="store_true", help="corpus: only the runs already in the cache"
     )
+    parser.add_argument(
+        "--fresh", action="store_true", help="corpus: diagnose again, ignore cached verdicts"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="diagnosing processes")
     parser.add_argument("--no-xla", action="store_true", help="probe without XLA (faster)")
     parser.add_argument("--json", type=Path)
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         kept, everything = select(
             args.split, args.sample, args.seed, train_missing=not args.no_train, only=args.only
         )
-        outcomes = diagnose(kept, jobs=args.jobs, xla=not args.no_xla)
+        outcomes = diagnose(kept, jobs=args.jobs, xla=not args.no_xla, reuse=not args.fresh)
         corpus: dict[str, Any] = {
             "generator_version": VERSION,
             "cache": str(cache_dir()),

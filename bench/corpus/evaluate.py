@@ -2,16 +2,23 @@
 
 Runs derived from one healthy base share its architecture, so they are diagnosed in a
 row by one process (the model cache and the compiled probe are reused, as the service
-does for successive checkpoints). `jobs` > 1 spreads the groups over processes.
+does for successive checkpoints). `jobs` > 1 spreads the groups over processes. A verdict
+is cached next to its run under a key of the judging code (`engine_key`): a second
+evaluation with unchanged server code diagnoses nothing again; any change to
+gradhealth_server (a rule, a threshold) invalidates every cached verdict.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from pathlib import Path
 
 from bench.corpus.cache import Entry, entries
 from bench.corpus.split import sample as seeded_sample
@@ -51,16 +58,17 @@ def _group_key(e: Entry) -> str:
 
 
 def diagnose(
-    runs: list[Entry], jobs: int = 1, xla: bool = True, progress: bool = True
+    runs: list[Entry], jobs: int = 1, xla: bool = True, progress: bool = True, reuse: bool = True
 ) -> list[Outcome]:
     groups: dict[str, list[Entry]] = defaultdict(list)
     for e in runs:
         groups[_group_key(e)].append(e)
     work = sorted(groups.values(), key=len, reverse=True)
     if jobs <= 1:
-        return [o for g in work for o in _diagnose_group(g, xla, progress)]
+        return [o for g in work for o in _diagnose_group(g, xla, progress, reuse)]
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        results = pool.map(_diagnose_group, work, [xla] * len(work), [progress] * len(work))
+        n = len(work)
+        results = pool.map(_diagnose_group, work, [xla] * n, [progress] * n, [reuse] * n)
         return [o for g in results for o in g]
 
 
@@ -80,8 +88,26 @@ def _diagnoser(xla: bool):
     return _DIAGNOSER
 
 
-def _diagnose_group(group: list[Entry], xla: bool, progress: bool) -> list[Outcome]:
-    diagnoser = _diagnoser(xla)
+@functools.cache
+def engine_key(xla: bool) -> str:
+    """Identifies the code that judges: every source file of gradhealth_server, the TF and
+    Keras versions, XLA on or off. A cached verdict is reused only under the same key."""
+    import gradhealth_server
+
+    digest = hashlib.sha256(f"xla={xla}".encode())
+    root = Path(gradhealth_server.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    import keras
+    import tensorflow as tf
+
+    digest.update(f"{tf.__version__} {keras.__version__}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _diagnose_group(
+    group: list[Entry], xla: bool, progress: bool, reuse: bool = True
+) -> list[Outcome]:
     out = []
     for e in group:
         start = time.perf_counter()
@@ -93,6 +119,11 @@ def _diagnose_group(group: list[Entry], xla: bool, progress: bool) -> list[Outco
             optimizer=e.optimizer,
             trap=e.trap,
         )
+        cached = e.checkpoint.parent / f"verdict-{engine_key(xla)}.json"
+        if reuse and cached.exists():
+            out.append(Outcome(**common, **json.loads(cached.read_text())))
+            continue
+        diagnoser = _diagnoser(xla)
         try:
             v = diagnoser.diagnose(e.checkpoint, e.batch).verdict
         except Exception as exc:  # refused (INVALID_ARGUMENT) or failed: an error, a miss
@@ -122,6 +153,8 @@ def _diagnose_group(group: list[Entry], xla: bool, progress: bool) -> list[Outco
                 seconds=time.perf_counter() - start,
                 **common,
             )
+        keep = ("predicted", "status", "causes", "seconds", "error", "findings")
+        cached.write_text(json.dumps({k: getattr(o, k) for k in keep}))
         if progress:
             mark = "" if o.predicted == o.expected or o.status == "healthy" == o.expected else " X"
             print(
