@@ -44,7 +44,7 @@ def standardize(x: np.ndarray) -> np.ndarray:
 
 def digits(view: str = "flat", scale: float = 1 / 16) -> Data:
     """Digits pixels (0-16) times `scale`; views: flat (64), image (8x8x1), seq (8 steps x 8),
-    long_seq (64 steps x 1), image32 (32x32x3, for MobileNet), tokens (64 ids in 0..16)."""
+    long_seq (64 steps x 1), tokens (64 ids in 0..16)."""
     x, y = _raw("digits")
     y = y.astype("int32")
     if view == "tokens":
@@ -55,9 +55,6 @@ def digits(view: str = "flat", scale: float = 1 / 16) -> Data:
         "image": lambda a: a.reshape(-1, 8, 8, 1),
         "seq": lambda a: a.reshape(-1, 8, 8),
         "long_seq": lambda a: a.reshape(-1, 64, 1),
-        "image32": lambda a: np.repeat(
-            np.repeat(np.repeat(a.reshape(-1, 8, 8, 1), 4, 1), 4, 2), 3, 3
-        ),
     }[view](x)
     return Data(shaped, y, "multiclass", y)
 
@@ -158,7 +155,6 @@ LOADERS = {
     "digits_img": lambda **kw: digits("image", **kw),
     "digits_seq": lambda **kw: digits("seq", **kw),
     "digits_tokens": lambda **kw: digits("tokens"),
-    "digits_img32": lambda **kw: digits("image32", **kw),
     "digits_binary": lambda **kw: digits_binary(),
     "digits_multilabel": lambda **kw: digits_multilabel(),
     "digits_dict": lambda **kw: digits_dict(**kw),

@@ -130,14 +130,6 @@ def depthwise(x, k: Knobs):
     return inp, L.GlobalAveragePooling2D()(h)
 
 
-def mobilenet(x, k: Knobs):
-    inp = keras.Input(x.shape[1:], name="image")
-    base = keras.applications.MobileNetV2(
-        input_shape=x.shape[1:], alpha=0.35, weights=None, include_top=False, pooling="avg"
-    )
-    return inp, base(_preprocess(inp, k, x))
-
-
 def _rnn(cell):
     def build(x, k: Knobs):
         inp = keras.Input(x.shape[1:], name="sequence")
@@ -200,7 +192,6 @@ TRUNKS = {
     "cnn": cnn,
     "cnn_bn": cnn_bn,
     "depthwise": depthwise,
-    "mobilenet": mobilenet,
     "lstm": _rnn(L.LSTM),
     "gru": _rnn(L.GRU),
     "simplernn": _rnn(L.SimpleRNN),
