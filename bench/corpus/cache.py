@@ -59,7 +59,7 @@ def generate(spec: Spec) -> dict[str, Any]:
 
     start = time.perf_counter()
     out = run_dir(spec.name)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         run = train(spec)
