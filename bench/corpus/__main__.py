@@ -31,8 +31,9 @@ def main() -> int:
     i, n = (int(v) for v in args.shard.split("/"))
     # The healthy bases (the twins) first, then the rest in a seeded-hash order: a generation
     # cut short leaves a random sample of the corpus, not its first families only.
+    twins = {s.twin for s in specs if s.twin}
     ordered = sorted(
-        specs, key=lambda s: (s.twin is not None, hashlib.sha256(s.name.encode()).digest())
+        specs, key=lambda s: (s.name not in twins, hashlib.sha256(s.name.encode()).digest())
     )
     start = time.perf_counter()
     for k, s in enumerate(ordered):
