@@ -17,6 +17,11 @@ def main() -> int:
     parser.add_argument("--shard", default="0/1", help="I/N: train every N-th run from the I-th")
     parser.add_argument("--only", default="", help="only runs whose name contains this")
     parser.add_argument("--list", action="store_true", help="list the specs, train nothing")
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also diagnose each kept run right after it is trained (no XLA), caching the verdict",
+    )
     args = parser.parse_args()
     from bench.corpus.cache import cache_dir, generate, limit_threads
     from bench.corpus.specs import all_specs
@@ -44,6 +49,12 @@ def main() -> int:
             print(f"{s.name:62s} ERROR {meta['error'][:100]}", flush=True)
             continue
         m = meta["measures"]
+        if args.diagnose:
+            from bench.corpus.cache import entries
+            from bench.corpus.evaluate import diagnose
+
+            kept = [e for e in entries([s], train_missing=False) if e.label is not None]
+            diagnose(kept, xla=False, progress=False)
         print(
             f"{s.name:62s} q={m.get('quality', float('nan')):7.3f} "
             f"loss={m['loss_last']:<10.4g} {meta['train_seconds']:6.1f}s",
