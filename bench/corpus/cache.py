@@ -51,10 +51,20 @@ def read_meta(name: str) -> dict[str, Any] | None:
 
 
 def generate(spec: Spec) -> dict[str, Any]:
-    """Train the run (unless cached) and return its meta."""
+    """Train the run (unless cached) and return its meta.
+
+    A faulty run whose twin did not verify healthy is not trained: its label could not be
+    checked. It is recorded as dropped.
+    """
     meta = read_meta(spec.name)
     if meta is not None:
         return meta
+    twin = read_meta(spec.twin) if spec.twin else None
+    if twin is not None and spec.label != "healthy":
+        tspec = next(s for s in all_specs() if s.name == spec.twin)
+        healthy = "error" not in twin and decide(tspec.label, tspec.trap, twin["measures"], None)[0]
+        if not healthy:
+            return _record_error(spec, "not trained: its twin did not verify healthy")
     from bench.corpus.train import train
 
     start = time.perf_counter()
@@ -64,10 +74,8 @@ def generate(spec: Spec) -> dict[str, Any]:
     try:
         run = train(spec)
     except Exception as exc:  # a spec that cannot train is recorded as dropped, not retried
-        meta = {"spec": _jsonable(asdict(spec)), "error": f"{type(exc).__name__}: {exc}"[:500]}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        tmp.rename(out)
-        return meta
+        tmp.rmdir()
+        return _record_error(spec, f"{type(exc).__name__}: {exc}"[:500])
     seconds = time.perf_counter() - start
     run.model.save(tmp / "model.keras")
     arrays = {f"x_{k}": v for k, v in run.x.items()} if isinstance(run.x, dict) else {"x": run.x}
@@ -81,6 +89,17 @@ def generate(spec: Spec) -> dict[str, Any]:
     if out.exists():  # another shard finished it first
         return read_meta(spec.name) or meta
     tmp.rename(out)
+    return meta
+
+
+def _record_error(spec: Spec, message: str) -> dict[str, Any]:
+    out = run_dir(spec.name)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    meta = {"spec": _jsonable(asdict(spec)), "error": message}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    if not out.exists():
+        tmp.rename(out)
     return meta
 
 

@@ -15,6 +15,11 @@ import numpy as np
 L = keras.layers
 
 
+# Keras's default 0.99 leaves the moving statistics far from the batch statistics after a
+# few hundred steps, so the trained model predicts at chance in inference mode.
+BN_MOMENTUM = 0.9
+
+
 @dataclass(frozen=True)
 class Knobs:
     act: str = "relu"  # hidden activation
@@ -112,7 +117,7 @@ def cnn_bn(x, k: Knobs):
         kw["kernel_initializer"] = keras.initializers.RandomNormal(stddev=k.kernel_std)
     for filters in (16, 32):
         h = L.Conv2D(filters, 3, padding="same", use_bias=False, **kw)(h)
-        h = L.Activation("relu")(L.BatchNormalization()(h))
+        h = L.Activation("relu")(L.BatchNormalization(momentum=BN_MOMENTUM)(h))
     h = L.MaxPooling2D()(h)
     return inp, L.Flatten()(h)
 
@@ -121,12 +126,14 @@ def depthwise(x, k: Knobs):
     """A MobileNet-style block: depthwise 3x3 then BN, pointwise 1x1 then BN."""
     inp = keras.Input(x.shape[1:], name="image")
     h = _preprocess(inp, k, x)
-    h = L.Activation("relu")(L.BatchNormalization()(L.Conv2D(16, 3, padding="same")(h)))
+    h = L.Activation("relu")(
+        L.BatchNormalization(momentum=BN_MOMENTUM)(L.Conv2D(16, 3, padding="same")(h))
+    )
     for filters in (32, 64):
         h = L.DepthwiseConv2D(3, padding="same", use_bias=False)(h)
-        h = L.ReLU(6.0)(L.BatchNormalization()(h))
+        h = L.ReLU(6.0)(L.BatchNormalization(momentum=BN_MOMENTUM)(h))
         h = L.Conv2D(filters, 1, use_bias=False)(h)
-        h = L.ReLU(6.0)(L.BatchNormalization()(h))
+        h = L.ReLU(6.0)(L.BatchNormalization(momentum=BN_MOMENTUM)(h))
     return inp, L.GlobalAveragePooling2D()(h)
 
 
