@@ -49,6 +49,14 @@ def built(base) -> dict[str, Path]:
     return {case.name: case.build(base) for case in CASES}
 
 
+@pytest.fixture(autouse=True)
+def _private_temp_dir(tmp_path_factory, monkeypatch):
+    """This process's temporary files go to a directory of its own, so that the
+    check for new ones sees what loading a hostile checkpoint wrote, not what any
+    other process on the machine writes to the shared /tmp meanwhile."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempdir")))
+
+
 class Outside:
     """What a test can see of the world outside the spool: the attack targets'
     access times (aged first, so that with relatime any read moves them), any
