@@ -21,6 +21,7 @@ from tests import processes
 pytestmark = pytest.mark.postgresql
 
 REPO = Path(__file__).resolve().parents[1]
+INNER_PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
 INNER = """
 import subprocess
 from pathlib import Path
@@ -62,13 +63,17 @@ def test_a_leak_is_caught(forgotten):
 
 
 def test_no_process_outlives_a_failing_session(tmp_path):
-    (tmp_path / "conftest.py").write_text("from tests.conftest import *  # noqa: F403\n")
-    (tmp_path / "test_inner.py").write_text(textwrap.dedent(INNER))
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "conftest.py").write_text("from tests.conftest import *  # noqa: F403\n")
+    (inner / "test_inner.py").write_text(textwrap.dedent(INNER))
     tag = uuid.uuid4().hex  # inherited by everything the inner session starts
     env = {**os.environ, "PYTHONPATH": str(REPO), "LEAK_CHECK_TAG": tag}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(tmp_path)],
-        cwd=tmp_path,
+        # A basetemp of its own: pytest prunes the oldest numbered temp dirs of the
+        # user at start, which must never be the outer session's.
+        [*INNER_PYTEST, f"--basetemp={tmp_path / 'basetemp'}", str(inner)],
+        cwd=inner,
         env=env,
         capture_output=True,
         text=True,
