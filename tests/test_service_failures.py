@@ -199,7 +199,10 @@ def test_sigterm_finishes_the_calls_in_flight(tmp_path, slow_checkpoint, flat_ba
 def test_the_client_retries_until_a_late_server_is_up(tmp_path, checkpoints, batch):
     port = free_port()
     retry = Retry(first_backoff_s=0.5, max_backoff_s=2.0)  # until the deadline
-    with GradientHealthClient(f"127.0.0.1:{port}", retry=retry, timeout=120) as client:
+    # Asked to wait (without it a client fails fast when no server answers).
+    with GradientHealthClient(
+        f"127.0.0.1:{port}", retry=retry, timeout=120, wait_for_ready=True
+    ) as client:
         call = Call(client.diagnose, checkpoints.path("cnn"), batch=batch, run_id="late")
         time.sleep(1.0)  # the client has met UNAVAILABLE by now
         server = ServerProcess(tmp_path, port=port).start(wait=False)
