@@ -48,9 +48,13 @@ class Call:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """One worker, room for one waiting call."""
+    """One worker, room for one waiting call. A cancelled job has all the time it
+    needs to reach its next phase boundary (a loaded machine compiles slowly): the
+    tests here check that the worker drops it and stays, not the grace's kill."""
     workdir = Path(tmp_path_factory.mktemp("tight"))
-    process = ServerProcess(workdir, "--queue-size", "1", "--upload-idle-timeout", "2").start()
+    process = ServerProcess(
+        workdir, "--queue-size", "1", "--upload-idle-timeout", "2", "--cancel-grace", "300"
+    ).start()
     yield process
     assert process.stop() == 0, process.log()
 
