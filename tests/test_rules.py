@@ -80,7 +80,17 @@ def test_exploding_gradient_larger_than_weights(grad, fires):
         layer("d1", grad, weight=1.0),
         layer("d2", grad, weight=1.0),
     ]
-    assert ("exploding_gradients" in causes(stuck(layers=layers))) is fires
+    m = stuck(layers=layers, optimizer=optimizer(ratio=0.02))  # ... and the steps are large
+    assert ("exploding_gradients" in causes(m)) is fires
+
+
+@pytest.mark.parametrize(("step", "fires"), [(0.011, True), (0.009, False), (None, True)])
+def test_large_gradients_with_ordinary_steps_are_the_loss_scale_not_an_explosion(step, fires):
+    # A regression on raw targets: every gradient is 20x its weights, but Adam's step
+    # stays ordinary. Only a large measured step (or none measured) makes it count.
+    layers = [layer(f"d{i}", 20.0, weight=1.0) for i in range(3)]
+    m = stuck(layers=layers, optimizer=optimizer(ratio=step))
+    assert ("exploding_gradients" in causes(m)) is fires
 
 
 # -- unnormalized_input ------------------------------------------------------------

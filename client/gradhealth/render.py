@@ -30,6 +30,8 @@ def render_verdict(verdict: dict[str, Any], console: Console | None = None) -> N
         )
         console.print(f"  [bold]what we saw:[/] {f.get('summary', '')}", highlight=False)
         console.print(f"  [bold]what to change:[/] {f.get('remedy', '')}", highlight=False)
+        if f.get("trial"):
+            console.print(f"  [bold]tried on the batch:[/] {f['trial']}", highlight=False)
         evidence = _evidence(f.get("evidence", {}))
         if evidence:
             console.print(f"  [dim]evidence: {evidence}[/]", highlight=False)

@@ -23,7 +23,9 @@ def html_page(history: RunHistory, run: Any | None, image: bytes) -> str:
             f"<li><b class='{esc(f.severity)}'>{esc(f.cause)} ({esc(f.severity)})</b>"
             + (f" layers: {esc(', '.join(f.layers))}" if f.layers else "")
             + f"<br>what we saw: {esc(f.summary)}"
-            + f"<br>what to change: <code>{esc(f.remedy)}</code></li>"
+            + f"<br>what to change: <code>{esc(f.remedy)}</code>"
+            + (f"<br>tried on the batch: {esc(f.trial)}" if f.trial else "")
+            + "</li>"
             for f in latest.findings
         )
         or "<li>no problem found</li>"

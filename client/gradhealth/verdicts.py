@@ -22,6 +22,7 @@ def verdict_to_dict(verdict: verdict_pb2.Verdict) -> dict[str, Any]:
                 "severity": enum_name(verdict_pb2.Severity, f.severity, "SEVERITY_"),
                 "summary": f.summary,
                 "remedy": f.remedy,
+                "trial": f.trial,
                 "layers": list(f.layers),
                 "evidence": MessageToDict(f.evidence),
                 "confidence": f.confidence,
@@ -53,6 +54,7 @@ class Finding:
     evidence: dict[str, Any]
     confidence: float
     explained_by: tuple[str, ...]
+    trial: str = ""  # the remedy's measured effect on the batch, or why none applies
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from gradhealth_server.engine.measure import build_measurements
 from gradhealth_server.engine.measurements import Measurements, StepTrial, finite_json
 from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
 from gradhealth_server.engine.structure import current_learning_rate, read_structure
+from gradhealth_server.engine.trial_steps import Trials
 from gradhealth_server.engine.trials import input_remedy
 from gradhealth_server.engine.weights import weight_digests
 from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
@@ -30,6 +31,7 @@ from gradhealth_server.intake.intermediates import check_intermediates
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
 from gradhealth_server.rules import build_rules, judge
 from gradhealth_server.rules.history import NO_HISTORY, RunHistory
+from gradhealth_server.rules.learning_rate_too_low import TRIAL_SCALES, LearningRateTooLowRule
 from gradhealth_server.rules.unnormalized_input import UnnormalizedInputRule
 from gradhealth_server.verdict.findings import RuleVerdict
 
@@ -78,8 +80,9 @@ class Diagnoser:
         self.cache = ModelCache(cache_capacity, limits)
         self.rules_config = rules_config or {}
         self.rules = build_rules(self.rules_config)  # fails fast on a bad config
-        # The input trial runs when this rule, as configured, finds the input off scale.
+        # The trials run when these rules, as configured, propose their remedy.
         self._input_rule = next(r for r in self.rules if isinstance(r, UnnormalizedInputRule))
+        self._lr_low_rule = next(r for r in self.rules if isinstance(r, LearningRateTooLowRule))
 
     def diagnose(
         self,
@@ -161,16 +164,19 @@ class Diagnoser:
         return Diagnosis(verdict, measurements, entry.fingerprint, sha, hit, probe_cached, phases)
 
     def _try_remedies(self, probe: Probe, data: Batch, m: Measurements) -> None:
-        """Test the fixes the engine can test cheaply; results go into m.trials."""
-        remedy = input_remedy(data.raw_x, m, self._input_rule.off_scale)
-        if remedy is None:
-            return
-        change, remedied = remedy
-        remedied = {k: v.astype(data.x[k].dtype) for k, v in remedied.items()}
+        """Test the fixes the rules propose; the results go into m.trials and m.lr_trial."""
+        if probe.trials is None:
+            probe.trials = Trials(probe)
         start = time.perf_counter()
-        base_before, base_after = probe.step_trial(data.x, data.y)
-        before, after = probe.step_trial(remedied, data.y)
-        m.trials["input_scale"] = StepTrial(change, before, after, base_before, base_after)
+        remedy = input_remedy(data.raw_x, m, self._input_rule.off_scale)
+        if remedy is not None:
+            change, remedied = remedy
+            remedied = {k: v.astype(data.x[k].dtype) for k, v in remedied.items()}
+            base_before, base_after = probe.trials.step(data.x, data.y)
+            before, after = probe.trials.step(remedied, data.y)
+            m.trials["input_scale"] = StepTrial(change, before, after, base_before, base_after)
+        if self._lr_low_rule.proposes(m):
+            m.lr_trial = probe.trials.learning_rate(data.x, data.y, TRIAL_SCALES)
         m.probe_seconds += time.perf_counter() - start
 
 

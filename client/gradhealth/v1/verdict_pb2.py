@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgradhealth/v1/verdict.proto\x12\rgradhealth.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x01\n\x07\x46inding\x12#\n\x05\x63\x61use\x18\x01 \x01(\x0e\x32\x14.gradhealth.v1.Cause\x12)\n\x08severity\x18\x02 \x01(\x0e\x32\x17.gradhealth.v1.Severity\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x0e\n\x06remedy\x18\x04 \x01(\t\x12\x0e\n\x06layers\x18\x05 \x03(\t\x12)\n\x08\x65vidence\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nconfidence\x18\x07 \x01(\x01\x12*\n\x0c\x65xplained_by\x18\x08 \x03(\x0e\x32\x14.gradhealth.v1.Cause\"\xae\x04\n\x07Verdict\x12\x12\n\nverdict_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06status\x18\x05 \x01(\x0e\x32\x15.gradhealth.v1.Status\x12+\n\rprimary_cause\x18\x06 \x01(\x0e\x32\x14.gradhealth.v1.Cause\x12(\n\x08\x66indings\x18\x07 \x03(\x0b\x32\x16.gradhealth.v1.Finding\x12-\n\x0cmeasurements\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x19\n\x11\x63heckpoint_sha256\x18\t \x01(\t\x12\x19\n\x11model_fingerprint\x18\n \x01(\t\x12?\n\rphase_seconds\x18\x0b \x03(\x0b\x32(.gradhealth.v1.Verdict.PhaseSecondsEntry\x12\x38\n\x10training_metrics\x18\x0c \x01(\x0b\x32\x1e.gradhealth.v1.TrainingMetrics\x12\x17\n\x0fmodel_cache_hit\x18\r \x01(\x08\x12\x14\n\x0cprobe_cached\x18\x0e \x01(\x08\x1a\x33\n\x11PhaseSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb9\x01\n\x0fTrainingMetrics\x12\x11\n\x04loss\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x38\n\x05\x65xtra\x18\x03 \x03(\x0b\x32).gradhealth.v1.TrainingMetrics.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_lossB\x0b\n\t_accuracy*\xf0\x02\n\x05\x43\x61use\x12\x15\n\x11\x43\x41USE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43\x41USE_VANISHING_GRADIENTS\x10\x01\x12\x1d\n\x19\x43\x41USE_EXPLODING_GRADIENTS\x10\x02\x12\x14\n\x10\x43\x41USE_NON_FINITE\x10\x03\x12\x1c\n\x18\x43\x41USE_UNNORMALIZED_INPUT\x10\x04\x12 \n\x1c\x43\x41USE_LEARNING_RATE_TOO_HIGH\x10\x05\x12\x1f\n\x1b\x43\x41USE_LEARNING_RATE_TOO_LOW\x10\x06\x12\x13\n\x0f\x43\x41USE_DEAD_RELU\x10\x07\x12\x1e\n\x1a\x43\x41USE_SATURATED_ACTIVATION\x10\x08\x12\x17\n\x13\x43\x41USE_LOSS_MISMATCH\x10\t\x12\x1d\n\x19\x43\x41USE_PREDICTION_COLLAPSE\x10\n\x12\x11\n\rCAUSE_STALLED\x10\x0b\x12\x1b\n\x17\x43\x41USE_UNCHANGED_WEIGHTS\x10\x0c*d\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x11\n\rSEVERITY_INFO\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02\x12\x15\n\x11SEVERITY_CRITICAL\x10\x03*]\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_HEALTHY\x10\x01\x12\x12\n\x0eSTATUS_WARNING\x10\x02\x12\x13\n\x0fSTATUS_CRITICAL\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgradhealth/v1/verdict.proto\x12\rgradhealth.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x02\n\x07\x46inding\x12#\n\x05\x63\x61use\x18\x01 \x01(\x0e\x32\x14.gradhealth.v1.Cause\x12)\n\x08severity\x18\x02 \x01(\x0e\x32\x17.gradhealth.v1.Severity\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x0e\n\x06remedy\x18\x04 \x01(\t\x12\x0e\n\x06layers\x18\x05 \x03(\t\x12)\n\x08\x65vidence\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nconfidence\x18\x07 \x01(\x01\x12*\n\x0c\x65xplained_by\x18\x08 \x03(\x0e\x32\x14.gradhealth.v1.Cause\x12\r\n\x05trial\x18\t \x01(\t\"\xae\x04\n\x07Verdict\x12\x12\n\nverdict_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06status\x18\x05 \x01(\x0e\x32\x15.gradhealth.v1.Status\x12+\n\rprimary_cause\x18\x06 \x01(\x0e\x32\x14.gradhealth.v1.Cause\x12(\n\x08\x66indings\x18\x07 \x03(\x0b\x32\x16.gradhealth.v1.Finding\x12-\n\x0cmeasurements\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x19\n\x11\x63heckpoint_sha256\x18\t \x01(\t\x12\x19\n\x11model_fingerprint\x18\n \x01(\t\x12?\n\rphase_seconds\x18\x0b \x03(\x0b\x32(.gradhealth.v1.Verdict.PhaseSecondsEntry\x12\x38\n\x10training_metrics\x18\x0c \x01(\x0b\x32\x1e.gradhealth.v1.TrainingMetrics\x12\x17\n\x0fmodel_cache_hit\x18\r \x01(\x08\x12\x14\n\x0cprobe_cached\x18\x0e \x01(\x08\x1a\x33\n\x11PhaseSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb9\x01\n\x0fTrainingMetrics\x12\x11\n\x04loss\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x38\n\x05\x65xtra\x18\x03 \x03(\x0b\x32).gradhealth.v1.TrainingMetrics.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_lossB\x0b\n\t_accuracy*\xf0\x02\n\x05\x43\x61use\x12\x15\n\x11\x43\x41USE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43\x41USE_VANISHING_GRADIENTS\x10\x01\x12\x1d\n\x19\x43\x41USE_EXPLODING_GRADIENTS\x10\x02\x12\x14\n\x10\x43\x41USE_NON_FINITE\x10\x03\x12\x1c\n\x18\x43\x41USE_UNNORMALIZED_INPUT\x10\x04\x12 \n\x1c\x43\x41USE_LEARNING_RATE_TOO_HIGH\x10\x05\x12\x1f\n\x1b\x43\x41USE_LEARNING_RATE_TOO_LOW\x10\x06\x12\x13\n\x0f\x43\x41USE_DEAD_RELU\x10\x07\x12\x1e\n\x1a\x43\x41USE_SATURATED_ACTIVATION\x10\x08\x12\x17\n\x13\x43\x41USE_LOSS_MISMATCH\x10\t\x12\x1d\n\x19\x43\x41USE_PREDICTION_COLLAPSE\x10\n\x12\x11\n\rCAUSE_STALLED\x10\x0b\x12\x1b\n\x17\x43\x41USE_UNCHANGED_WEIGHTS\x10\x0c*d\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x11\n\rSEVERITY_INFO\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02\x12\x15\n\x11SEVERITY_CRITICAL\x10\x03*]\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_HEALTHY\x10\x01\x12\x12\n\x0eSTATUS_WARNING\x10\x02\x12\x13\n\x0fSTATUS_CRITICAL\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,20 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERDICT_PHASESECONDSENTRY']._serialized_options = b'8\001'
   _globals['_TRAININGMETRICS_EXTRAENTRY']._loaded_options = None
   _globals['_TRAININGMETRICS_EXTRAENTRY']._serialized_options = b'8\001'
-  _globals['_CAUSE']._serialized_start=1107
-  _globals['_CAUSE']._serialized_end=1475
-  _globals['_SEVERITY']._serialized_start=1477
-  _globals['_SEVERITY']._serialized_end=1577
-  _globals['_STATUS']._serialized_start=1579
-  _globals['_STATUS']._serialized_end=1672
+  _globals['_CAUSE']._serialized_start=1122
+  _globals['_CAUSE']._serialized_end=1490
+  _globals['_SEVERITY']._serialized_start=1492
+  _globals['_SEVERITY']._serialized_end=1592
+  _globals['_STATUS']._serialized_start=1594
+  _globals['_STATUS']._serialized_end=1687
   _globals['_FINDING']._serialized_start=110
-  _globals['_FINDING']._serialized_end=355
-  _globals['_VERDICT']._serialized_start=358
-  _globals['_VERDICT']._serialized_end=916
-  _globals['_VERDICT_PHASESECONDSENTRY']._serialized_start=865
-  _globals['_VERDICT_PHASESECONDSENTRY']._serialized_end=916
-  _globals['_TRAININGMETRICS']._serialized_start=919
-  _globals['_TRAININGMETRICS']._serialized_end=1104
-  _globals['_TRAININGMETRICS_EXTRAENTRY']._serialized_start=1038
-  _globals['_TRAININGMETRICS_EXTRAENTRY']._serialized_end=1082
+  _globals['_FINDING']._serialized_end=370
+  _globals['_VERDICT']._serialized_start=373
+  _globals['_VERDICT']._serialized_end=931
+  _globals['_VERDICT_PHASESECONDSENTRY']._serialized_start=880
+  _globals['_VERDICT_PHASESECONDSENTRY']._serialized_end=931
+  _globals['_TRAININGMETRICS']._serialized_start=934
+  _globals['_TRAININGMETRICS']._serialized_end=1119
+  _globals['_TRAININGMETRICS_EXTRAENTRY']._serialized_start=1053
+  _globals['_TRAININGMETRICS_EXTRAENTRY']._serialized_end=1097
 # @@protoc_insertion_point(module_scope)

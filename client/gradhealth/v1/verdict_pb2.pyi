@@ -63,7 +63,7 @@ STATUS_WARNING: Status
 STATUS_CRITICAL: Status
 
 class Finding(_message.Message):
-    __slots__ = ("cause", "severity", "summary", "remedy", "layers", "evidence", "confidence", "explained_by")
+    __slots__ = ("cause", "severity", "summary", "remedy", "layers", "evidence", "confidence", "explained_by", "trial")
     CAUSE_FIELD_NUMBER: _ClassVar[int]
     SEVERITY_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class Finding(_message.Message):
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     EXPLAINED_BY_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_FIELD_NUMBER: _ClassVar[int]
     cause: Cause
     severity: Severity
     summary: str
@@ -80,7 +81,8 @@ class Finding(_message.Message):
     evidence: _struct_pb2.Struct
     confidence: float
     explained_by: _containers.RepeatedScalarFieldContainer[Cause]
-    def __init__(self, cause: _Optional[_Union[Cause, str]] = ..., severity: _Optional[_Union[Severity, str]] = ..., summary: _Optional[str] = ..., remedy: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., evidence: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., confidence: _Optional[float] = ..., explained_by: _Optional[_Iterable[_Union[Cause, str]]] = ...) -> None: ...
+    trial: str
+    def __init__(self, cause: _Optional[_Union[Cause, str]] = ..., severity: _Optional[_Union[Severity, str]] = ..., summary: _Optional[str] = ..., remedy: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., evidence: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., confidence: _Optional[float] = ..., explained_by: _Optional[_Iterable[_Union[Cause, str]]] = ..., trial: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("verdict_id", "run_id", "step", "create_time", "status", "primary_cause", "findings", "measurements", "checkpoint_sha256", "model_fingerprint", "phase_seconds", "training_metrics", "model_cache_hit", "probe_cached")

@@ -21,6 +21,9 @@ from gradhealth_server.engine.quantities import (
 )
 from gradhealth_server.engine.structure import ModelStructure
 
+# What a batch whose rows are all the same cannot show.
+NOT_ON_ONE_ROW = ("dead_units", "saturation", "prediction_collapse")
+
 # What norms-only mode does not measure.
 NOT_IN_NORMS_MODE = (
     "weights",
@@ -57,6 +60,12 @@ def build_measurements(
             unavailable.append("noise_scale")
     else:
         unavailable += NOT_IN_NORMS_MODE
+    one_row = inputs.one_distinct_row(x)
+    if one_row:
+        unavailable += NOT_ON_ONE_ROW
+    label_stats = labels.label_stats(y, facts.problem)
+    if label_stats and label_stats.histogram and sum(c > 0 for c in label_stats.histogram) == 1:
+        unavailable.append("prediction_collapse")  # one class in the batch: nothing to compare
     loss = float(raw["loss"])
     return Measurements(
         loss=loss,
@@ -84,7 +93,7 @@ def build_measurements(
         activations=acts,
         inputs=batch_inputs,
         first_layer_inputs=first_inputs.decode(raw[first_inputs.KEY], structure) if full else [],
-        labels=labels.label_stats(y, facts.problem),
+        labels=label_stats,
         output=output,
         optimizer=optimizer.decode(
             raw.get(optimizer.KEY), facts, var["weight_sq"], result.lr_scales
@@ -93,4 +102,5 @@ def build_measurements(
         else None,
         static=facts,
         unavailable=sorted(set(unavailable)),
+        one_distinct_row=one_row,
     )

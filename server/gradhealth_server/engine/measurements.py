@@ -126,6 +126,24 @@ class StepTrial:
 
 
 @dataclass
+class LearningRateTrial:
+    """The learning-rate remedy tested in the engine: `steps` optimizer steps on one
+    half of the batch at each scale of the learning rate, from a copy of the state,
+    then the loss on the other half (held out, so memorizing the rows does not count)."""
+
+    steps: int
+    train_rows: int
+    held_out_rows: int
+    loss_before: float  # held-out loss at the checkpoint's weights
+    scales: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # held-out loss after the steps
+
+    def gains(self) -> dict[float, float]:
+        """How much each scale lowered the held-out loss (negative: raised it)."""
+        return {s: self.loss_before - loss for s, loss in zip(self.scales, self.losses)}
+
+
+@dataclass
 class NonFinite:
     loss: bool
     gradients: int
@@ -160,7 +178,11 @@ class Measurements:
     optimizer: OptimizerStep | None
     static: StaticFacts
     unavailable: list[str]
+    # Every row of the sample batch is the same: what varies across examples (dead
+    # or saturated units, one class for all) cannot be judged on it.
+    one_distinct_row: bool = False
     trials: dict[str, StepTrial] = field(default_factory=dict)
+    lr_trial: LearningRateTrial | None = None
     # Per weight layer, a digest of its trainable weights: the run history compares
     # consecutive checkpoints with it (unchanged_weights).
     weight_digests: dict[str, str] = field(default_factory=dict)

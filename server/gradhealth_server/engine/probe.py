@@ -115,7 +115,7 @@ class Probe:
         self._signature = [specs_x, spec_y]
         self.xla = options.jit_compile is not False
         self._fn = self._compile(self.xla)
-        self._trial_fn = None
+        self.trials = None  # engine.trial_steps.Trials, compiled when a rule proposes one
 
     # -- public -----------------------------------------------------------
     def run(self, x: Inputs, y: np.ndarray) -> ProbeResult:
@@ -181,9 +181,9 @@ class Probe:
         self.trace_count += 1  # runs at trace time only: counts retraces
         full = self.options.mode == "full"
         # Snapshots: tensors read now, immune to the assignments that follow.
-        w0 = [_read(v) for v in self._trainable]
-        nt0 = [_read(v) for v in self._non_trainable]
-        metrics0 = [_read(v) for v in self._metric_vars]
+        w0 = [read(v) for v in self._trainable]
+        nt0 = [read(v) for v in self._non_trainable]
+        metrics0 = [read(v) for v in self._metric_vars]
         weights = [n / self.rows for n in self.splits]
 
         micro_grads: list[list[tf.Tensor]] = []
@@ -200,7 +200,7 @@ class Probe:
             start += rows
             with tf.GradientTape() as tape:
                 tape.watch(w0)
-                loss, tap_values, first_values, y_pred, nt = self._stateless_loss(
+                loss, tap_values, first_values, y_pred, nt = self.stateless_loss(
                     w0, nt, metrics0, xi, yi
                 )
             g = tape.gradient(loss, w0, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -239,7 +239,7 @@ class Probe:
             result[optimizer.KEY] = step
         return result
 
-    def _stateless_loss(self, trainable, non_trainable, metric_values, xs, y):
+    def stateless_loss(self, trainable, non_trainable, metric_values, xs, y, training=True):
         """Forward pass and loss exactly as `fit` computes them, mutating nothing.
 
         BatchNorm statistics, dropout seeds and loss trackers update inside the
@@ -249,8 +249,8 @@ class Probe:
         mapping += zip(self._non_trainable, non_trainable)
         mapping += zip(self._metric_vars, metric_values)
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
-            taps, firsts, y_pred = self._forward(xs, True)
-            loss = self.model.compute_loss(x=_pack(xs), y=y, y_pred=y_pred, training=True)
+            taps, firsts, y_pred = self._forward(xs, training)
+            loss = self.model.compute_loss(x=_pack(xs), y=y, y_pred=y_pred, training=training)
         updated = [scope.get_current_value(v) for v in self._non_trainable]
         updated = [u if u is not None else old for u, old in zip(updated, non_trainable)]
         return loss, taps, firsts, y_pred, updated
@@ -260,7 +260,7 @@ class Probe:
         if self.model.optimizer is None:
             return {}
         deltas = self._step_and_restore(grads, w0)
-        out = optimizer.graph_step(deltas, _read(self.model.optimizer.iterations))
+        out = optimizer.graph_step(deltas, read(self.model.optimizer.iterations))
         # Loss on the first rows at w0 + s·Δw: the same rows and the same dropout
         # masks (same starting state) as the forward that gave base_loss. With one
         # micro-batch (batch-coupled models) that would be the whole batch, three
@@ -269,11 +269,11 @@ class Probe:
         rows = min(self.splits[0], max(self.options.probe_rows, self.options.min_micro_batch_rows))
         x0, y0 = [t[:rows] for t in xs], y[:rows]
         if rows < self.splits[0] and self.options.lr_scales:
-            base_loss, *_ = self._stateless_loss(w0, nt0, metrics0, x0, y0)
+            base_loss, *_ = self.stateless_loss(w0, nt0, metrics0, x0, y0)
             base_loss = tf.cast(base_loss, tf.float32)
         probe_losses = []
         for scale in self.options.lr_scales:
-            loss, *_ = self._stateless_loss(_moved(w0, deltas, scale), nt0, metrics0, x0, y0)
+            loss, *_ = self.stateless_loss(moved(w0, deltas, scale), nt0, metrics0, x0, y0)
             probe_losses.append(tf.cast(loss, tf.float32))
         if probe_losses:
             out.update(optimizer.graph_lr_probe(base_loss, probe_losses))
@@ -286,8 +286,17 @@ class Probe:
         applied for real and every weight and optimizer variable (iterations
         included) is restored before the function returns.
         """
+        slots0 = [read(v) for v in self._optimizer_vars]
+        deltas = self.apply_step(grads, w0)
+        self.restore(w0, None, slots0)
+        return deltas
+
+    def apply_step(self, grads, w0) -> list[tf.Tensor]:
+        """The optimizer's real step from w0 (the variables' current values): Δw.
+
+        The variables and the optimizer's slots are left moved (the caller restores).
+        """
         model_optimizer = self.model.optimizer
-        slots0 = [_read(v) for v in self._optimizer_vars]
         # apply() unscales gradients by the loss scale (LossScaleOptimizer, or
         # loss_scale_factor): hand it gradients of the loss as fit() scales it.
         scale = tf.cast(model_optimizer.scale_loss(tf.constant(1.0)), tf.float32)
@@ -295,45 +304,29 @@ class Probe:
             [tf.cast(g * scale, v.dtype) for g, v in zip(grads, self._trainable)],
             self._trainable,
         )
-        deltas = [
-            tf.cast(_read(v), tf.float32) - tf.cast(w, tf.float32)
+        return [
+            tf.cast(read(v), tf.float32) - tf.cast(w, tf.float32)
             for v, w in zip(self._trainable, w0)
         ]
-        for var, value in zip(self._trainable, w0):
-            var.assign(value)
-        for var, value in zip(self._optimizer_vars, slots0):
-            var.assign(value)
-        return deltas
 
-    # -- remedy trials ------------------------------------------------------
-    def step_trial(self, x: Inputs, y: np.ndarray) -> tuple[float, float]:
-        """Loss on this batch before and after one optimizer step taken on it.
+    def snapshot(self) -> tuple[list[tf.Tensor], list[tf.Tensor], list[tf.Tensor]]:
+        """(trainable, non-trainable, optimizer) values as tensors, for restore()."""
+        return (
+            [read(v) for v in self._trainable],
+            [read(v) for v in self._non_trainable],
+            [read(v) for v in self._optimizer_vars],
+        )
 
-        Run on the batch as sent and on a remedied copy (e.g. standardized), it
-        measures whether the remedy helps. Compiled once per probe, on demand.
-        """
-        if self._trial_fn is None:
-            self._trial_fn = tf.function(
-                self._trial, input_signature=self._signature, jit_compile=False
-            )
-        try:
-            out = self._trial_fn([x[name] for name in self.input_order], y)
-        except tf.errors.OpError as exc:
-            raise probe_error(exc) from exc
-        return float(out[0]), float(out[1])
-
-    def _trial(self, xs, y):
-        w0 = [_read(v) for v in self._trainable]
-        nt0 = [_read(v) for v in self._non_trainable]
-        metrics0 = [_read(v) for v in self._metric_vars]
-        with tf.GradientTape() as tape:
-            tape.watch(w0)
-            before, *_ = self._stateless_loss(w0, nt0, metrics0, xs, y)
-        grads = tape.gradient(before, w0, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        grads = [tf.cast(tf.convert_to_tensor(g), tf.float32) for g in grads]
-        deltas = self._step_and_restore(grads, w0)
-        after, *_ = self._stateless_loss(_moved(w0, deltas, 1.0), nt0, metrics0, xs, y)
-        return tf.cast(before, tf.float32), tf.cast(after, tf.float32)
+    def restore(self, trainable, non_trainable, slots) -> None:
+        """Write a snapshot back (None: leave that group as it is)."""
+        groups = (
+            (self._trainable, trainable),
+            (self._non_trainable, non_trainable),
+            (self._optimizer_vars, slots),
+        )
+        for variables_, values in groups:
+            for var, value in zip(variables_, values or ()):
+                var.assign(value)
 
 
 # -- helpers (trace-time) ------------------------------------------------------
@@ -358,11 +351,11 @@ def _micro_batches(rows: int, structure: ModelStructure, options: ProbeOptions) 
     return [first] + [base + (1 if i < extra else 0) for i in range(k - 1)]
 
 
-def _moved(w0: list[tf.Tensor], deltas: list[tf.Tensor], scale: float) -> list[tf.Tensor]:
+def moved(w0: list[tf.Tensor], deltas: list[tf.Tensor], scale: float) -> list[tf.Tensor]:
     return [tf.cast(tf.cast(w, tf.float32) + scale * d, w.dtype) for w, d in zip(w0, deltas)]
 
 
-def _read(variable: Any) -> tf.Tensor:
+def read(variable: Any) -> tf.Tensor:
     """The variable's current value as a tensor (Keras's `.value` is the variable)."""
     return tf.identity(variable.value)
 

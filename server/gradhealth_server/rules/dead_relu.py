@@ -34,7 +34,7 @@ class DeadReluRule(Rule):
             and a.units >= t.min_units
             and a.dead_fraction >= t.dead_fraction
         ]
-        if not dead or m.nonfinite.weights:
+        if not dead or m.nonfinite.weights or m.one_distinct_row:
             return []
         worst = max(a.dead_fraction or 0 for a in dead)
         if ctx.learning:

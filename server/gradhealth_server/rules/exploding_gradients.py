@@ -4,6 +4,13 @@ Anchors: AutoTrainer flags a gradient-norm ratio between layers above 70; a
 gradient larger than the weights it updates (‖g‖ ≫ ‖w‖) is the other signal.
 Explosion caused by a huge learning rate is reported there as the root cause
 (see rules.EXPLAINS); this rule names the layers where the growth happens.
+
+‖g‖ ≫ ‖w‖ alone is not an explosion when the optimizer's measured step is small:
+a loss on a large scale (regression on raw targets: MSE in the thousands) has large
+gradients everywhere, which Adam-type optimizers normalize away, and depthwise
+convolutions before BatchNorm have large gradient-to-weight ratios by construction
+(the loss is scale-invariant in those weights). So that signal counts only when the
+step the optimizer would take really is large, or when no step was measured.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ class ExplodingGradientsRule(Rule):
         layer_norm_ratio: float = 70.0  # AutoTrainer: max ‖g_i‖ / ‖g_last‖
         grad_to_weight: float = 10.0  # ‖g‖/‖w‖ of one layer: a step would dwarf the weights
         min_weight_layers: int = 2
+        # ‖Δw‖/‖w‖ of the optimizer's real next step above which large gradients do
+        # move the weights too far (healthy is about 1e-3).
+        update_ratio: float = 0.01
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
@@ -42,6 +52,9 @@ class ExplodingGradientsRule(Rule):
             for layer in layers
             if layer.grad_to_weight is not None and layer.grad_to_weight > t.grad_to_weight
         ]
+        step = m.optimizer.update_ratio if m.optimizer else None
+        if heavy and step is not None and step <= t.update_ratio and not big_ratio:
+            heavy = []  # large gradients, ordinary steps: the loss's scale, not an explosion
         if not (big_ratio or heavy):
             return []
         growing = [
@@ -71,6 +84,7 @@ class ExplodingGradientsRule(Rule):
                 evidence={
                     "max_to_last_ratio": ratio,
                     "max_grad_to_weight": worst_gw,
+                    "update_ratio": step,
                     "grad_norm_profile": gradient_profile(m),
                 },
                 confidence=0.7 if big_ratio else 0.55,

@@ -1,4 +1,12 @@
-"""prediction_collapse: almost every example gets the same class, the labels do not.
+"""prediction_collapse: almost every example gets the same class, and the model knows
+nothing beyond it.
+
+Two forms: the labels are spread but the predictions are not (the classic symptom),
+or the labels themselves are mostly one class and the model answers that class for
+everything, so its accuracy is the labels' prior and nothing more (label noise or a
+broken label pipeline that rewrote most labels; an imbalance the loss does not
+weigh). The second is judged against the batch's own label distribution: a model
+that also gets the minority classes right is not collapsed however skewed the labels.
 
 Anchor: DeepDiagnosis/UMLAUT's "one class predicted" symptom. An early
 checkpoint may predict one class (docs/architecture.md: early is not collapsed), so runs with
@@ -23,6 +31,9 @@ class PredictionCollapseRule(Rule):
     class Thresholds:
         majority_fraction: float = 0.9  # share of examples given the top class
         label_gap: float = 0.3  # ... at least this far above the labels' top-class share
+        # Or: skill over the prior, (accuracy - top label share) / (1 - top label share),
+        # at most this: the model gets (almost) none of the other classes right.
+        prior_skill: float = 0.2
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
@@ -34,10 +45,18 @@ class PredictionCollapseRule(Rule):
             or out.majority_fraction is None
             or ctx.chance is None
             or m.nonfinite.weights
+            or m.one_distinct_row
         ):
             return []
         share = out.majority_fraction
-        if share < t.majority_fraction or share - ctx.chance < t.label_gap:
+        skill = (
+            (ctx.accuracy - ctx.chance) / (1 - ctx.chance)
+            if ctx.accuracy is not None and ctx.chance < 1
+            else None
+        )
+        spread_labels = share - ctx.chance >= t.label_gap
+        prior_only = skill is not None and skill <= t.prior_skill
+        if share < t.majority_fraction or not (spread_labels or prior_only):
             return []
         hist = out.predicted_histogram or []
         top = max(range(len(hist)), key=hist.__getitem__) if hist else None
@@ -49,10 +68,20 @@ class PredictionCollapseRule(Rule):
                     f"{fmt(100 * share)}% of the batch is predicted as class {top} while the "
                     f"most common label covers {fmt(100 * ctx.chance)}%"
                     f" (accuracy {fmt(ctx.accuracy)})"
+                    + (
+                        ""
+                        if spread_labels
+                        else f": the model has learned the labels' prior and {fmt(100 * skill)}%"
+                        " of the rest; most of the batch's labels are one class"
+                    )
                 ),
                 remedy=(
                     "check class_weight / sample_weight and the label pipeline (shuffled, "
                     "matching x), reset the output layer's bias, and lower the learning rate"
+                    if spread_labels
+                    else "check the label pipeline first (labels overwritten, mis-joined or "
+                    "defaulted to one class); if the imbalance is real, pass class_weight "
+                    "(or resample) and judge the run by per-class recall"
                 ),
                 layers=[m.layers[-1].name] if m.layers else [],
                 evidence={
@@ -60,6 +89,7 @@ class PredictionCollapseRule(Rule):
                     "label_histogram": m.labels.histogram if m.labels else None,
                     "majority_fraction": share,
                     "label_majority_fraction": ctx.chance,
+                    "skill_over_prior": skill,
                 },
                 confidence=0.5,
             )

@@ -34,7 +34,7 @@ class SaturatedActivationRule(Rule):
             and a.units >= t.min_units
             and a.saturated_fraction >= t.saturated_fraction
         ]
-        if not hits or m.nonfinite.weights:
+        if not hits or m.nonfinite.weights or m.one_distinct_row:
             return []
         worst = max(a.saturated_fraction or 0 for a in hits)
         listing = ", ".join(

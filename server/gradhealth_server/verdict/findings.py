@@ -48,6 +48,8 @@ class RuleFinding:
     evidence: dict[str, Any] = field(default_factory=dict)
     confidence: float = 0.5  # 0..1: how sure the rule is that this is the root cause
     explained_by: list[str] = field(default_factory=list)  # causes that account for it
+    # The remedy's measured effect on the batch, or why no trial applies.
+    trial: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -70,6 +70,7 @@ def _finding(f: RuleFinding, evidence: dict) -> verdict_pb2.Finding:
         layers=f.layers,
         confidence=f.confidence,
         explained_by=[cause_to_proto(c) for c in f.explained_by],
+        trial=f.trial,
     )
     out.evidence.CopyFrom(_struct(evidence))
     return out

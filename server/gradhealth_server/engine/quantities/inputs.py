@@ -60,3 +60,12 @@ def tensor_stats(name: str, arr: np.ndarray) -> TensorStats:
         stats.feature_std_max = float(fstd.max())
         stats.feature_mean_abs_max = float(np.abs(flat.mean(axis=0)).max())
     return stats
+
+
+def one_distinct_row(x: dict[str, np.ndarray]) -> bool:
+    """Is every row of the batch (all inputs together) the same? Such a batch cannot
+    show dead or saturated units, or a collapse: every row gives the same answer."""
+    arrays = [np.asarray(a) for a in x.values()]
+    if not arrays or arrays[0].shape[0] < 2:
+        return False
+    return all(bool((a == a[:1]).all()) for a in arrays)

@@ -1,0 +1,123 @@
+"""Remedy trials in the graph: a few real optimizer steps from a copy of the state.
+
+A rule proposes a remedy; a trial measures it on the batch before the verdict says
+so (docs/architecture.md, "Trials over thresholds"). Each trial is compiled once per
+probe, on demand, so a healthy run that no rule questions pays nothing for it.
+Every weight, statistic and optimizer slot is written back before a trial returns.
+
+- `step`: one optimizer step on a batch, the loss before and after (the input trial
+  runs it on the batch as sent and on a rescaled copy).
+- `learning_rate`: `steps` steps on the first half of the batch with the optimizer's
+  step scaled by s (for SGD, momentum, Adam, RMSprop, Adagrad and Lion the step is
+  linear in the learning rate, so this is the run at learning rate s·lr), then the
+  loss on the second half. Held-out rows keep a large step that only memorizes the
+  rows from looking like progress.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from gradhealth_server.engine.measurements import LearningRateTrial
+from gradhealth_server.engine.probe import Inputs, Probe, moved, read
+from gradhealth_server.engine.probe_errors import probe_error
+
+# Fewer rows than this on either half and the learning-rate trial is not run.
+MIN_TRIAL_ROWS = 8
+
+
+class Trials:
+    """The trials of one compiled probe (same model object, same batch signature)."""
+
+    def __init__(self, probe: Probe, lr_steps: int = 5) -> None:
+        self.probe = probe
+        self.lr_steps = lr_steps
+        self._step_fn = None
+        self._lr_fn = None
+
+    def step(self, x: Inputs, y: np.ndarray) -> tuple[float, float]:
+        """Loss on this batch before and after one optimizer step taken on it."""
+        if self._step_fn is None:
+            self._step_fn = self._compile(self._step)
+        before, after = self._call(self._step_fn, x, y)
+        return float(before), float(after)
+
+    def learning_rate(
+        self, x: Inputs, y: np.ndarray, scales: tuple[float, ...]
+    ) -> LearningRateTrial | None:
+        """Held-out loss after `lr_steps` steps at each learning-rate scale."""
+        rows = int(y.shape[0])
+        half = rows // 2
+        if half < MIN_TRIAL_ROWS or self.probe.model.optimizer is None:
+            return None
+        if self._lr_fn is None:
+            spec = tf.TensorSpec((), tf.float32)
+            self._lr_fn = tf.function(
+                self._lr_trial,
+                input_signature=[*self.probe._signature, spec],
+                jit_compile=False,
+            )
+        before, losses = None, []
+        for scale in scales:
+            b, after = self._call(self._lr_fn, x, y, np.float32(scale))
+            before = float(b)
+            losses.append(float(after))
+        return LearningRateTrial(
+            steps=self.lr_steps,
+            train_rows=half,
+            held_out_rows=rows - half,
+            loss_before=before if before is not None else float("nan"),
+            scales=[float(s) for s in scales],
+            losses=losses,
+        )
+
+    # -- compiled bodies ------------------------------------------------------
+    def _compile(self, body):
+        return tf.function(body, input_signature=self.probe._signature, jit_compile=False)
+
+    def _call(self, fn, x: Inputs, y: np.ndarray, *extra):
+        try:
+            return fn([x[name] for name in self.probe.input_order], y, *extra)
+        except tf.errors.OpError as exc:
+            raise probe_error(exc) from exc
+
+    def _step(self, xs, y):
+        p = self.probe
+        w0, nt0, _ = p.snapshot()
+        metrics0 = [read(v) for v in p._metric_vars]
+        with tf.GradientTape() as tape:
+            tape.watch(w0)
+            before, *_ = p.stateless_loss(w0, nt0, metrics0, xs, y)
+        deltas = p._step_and_restore(_gradients(tape, before, w0), w0)
+        after, *_ = p.stateless_loss(moved(w0, deltas, 1.0), nt0, metrics0, xs, y)
+        return tf.cast(before, tf.float32), tf.cast(after, tf.float32)
+
+    def _lr_trial(self, xs, y, scale):
+        p = self.probe
+        half = p.rows // 2
+        x_train, y_train = [t[:half] for t in xs], y[:half]
+        x_held, y_held = [t[half:] for t in xs], y[half:]
+        w0, nt0, slots0 = p.snapshot()
+        metrics0 = [read(v) for v in p._metric_vars]
+        before, *_ = p.stateless_loss(w0, nt0, metrics0, x_held, y_held, training=False)
+        for _ in tf.range(self.lr_steps):
+            w, nt, _slots = p.snapshot()
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                loss, _taps, _firsts, _pred, nt_next = p.stateless_loss(
+                    w, nt, metrics0, x_train, y_train
+                )
+            deltas = p.apply_step(_gradients(tape, loss, w), w)
+            # The optimizer moved the variables by Δw; the trial's run moves them s·Δw.
+            p.restore(moved(w, deltas, scale), nt_next, None)
+        w, nt, _slots = p.snapshot()
+        after, *_ = p.stateless_loss(w, nt, metrics0, x_held, y_held, training=False)
+        p.restore(w0, nt0, slots0)
+        return tf.cast(before, tf.float32), tf.cast(after, tf.float32)
+
+
+def _gradients(tape: tf.GradientTape, loss: tf.Tensor, w: list[tf.Tensor]) -> list[tf.Tensor]:
+    grads = tape.gradient(loss, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    # Embedding gradients come as IndexedSlices: densify them.
+    return [tf.cast(tf.convert_to_tensor(g), tf.float32) for g in grads]

@@ -1,0 +1,89 @@
+"""Judgments a sample batch cannot support are not made: one distinct row, one class."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from gradhealth_server.engine.quantities.inputs import one_distinct_row
+from gradhealth_server.rules import judge
+from gradhealth_server.verdict.findings import Cause
+from tests.measurement_builder import activation, healthy, stuck
+
+
+def dead_layers(**kw):
+    return stuck(
+        activations=[
+            activation("dense", dead_fraction=0.95),
+            activation("dense_1", dead_fraction=0.95),
+            activation("dense_2", "softmax", units=10, is_output=True),
+        ],
+        **kw,
+    )
+
+
+def test_dead_units_are_judged_on_a_varied_batch():
+    assert Cause.DEAD_RELU in {f.cause for f in judge(dead_layers()).findings}
+
+
+def test_dead_units_are_not_judged_on_one_distinct_row():
+    assert Cause.DEAD_RELU not in {
+        f.cause for f in judge(dead_layers(one_distinct_row=True)).findings
+    }
+
+
+def test_saturation_is_not_judged_on_one_distinct_row():
+    acts = [activation("dense", "sigmoid", saturated_fraction=0.9)]
+    seen = {f.cause for f in judge(stuck(activations=acts)).findings}
+    assert Cause.SATURATED_ACTIVATION in seen
+    m = stuck(activations=acts, one_distinct_row=True)
+    assert Cause.SATURATED_ACTIVATION not in {f.cause for f in judge(m).findings}
+
+
+def test_collapse_is_not_judged_on_one_distinct_row():
+    m = healthy(accuracy=0.1, loss=2.3)
+    collapsed = dataclasses.replace(
+        m.output, predicted_histogram=[256] + [0] * 9, majority_fraction=1.0
+    )
+    assert Cause.PREDICTION_COLLAPSE in {
+        f.cause for f in judge(dataclasses.replace(m, output=collapsed)).findings
+    }
+    same = dataclasses.replace(m, output=collapsed, one_distinct_row=True)
+    assert Cause.PREDICTION_COLLAPSE not in {f.cause for f in judge(same).findings}
+
+
+def test_one_distinct_row_looks_at_every_input():
+    rows = np.tile(np.arange(4.0), (8, 1))
+    assert one_distinct_row({"x": rows})
+    varied = rows.copy()
+    varied[5, 2] = 7.0
+    assert not one_distinct_row({"x": varied})
+    assert not one_distinct_row({"a": rows, "b": np.arange(8.0)[:, None]})
+    assert not one_distinct_row({"x": rows[:1]})
+
+
+def prior_only(accuracy: float):
+    """Labels 80 % class 0; the model answers class 0 for every row."""
+    m = healthy(accuracy=accuracy, loss=0.7)
+    labels = dataclasses.replace(m.labels, histogram=[205] + [6] * 8 + [3])
+    out = dataclasses.replace(m.output, predicted_histogram=[256] + [0] * 9, majority_fraction=1.0)
+    return dataclasses.replace(m, labels=labels, output=out)
+
+
+def test_a_model_that_learned_only_the_labels_prior_has_collapsed():
+    chance = 205 / 256
+    for skill, fires in ((0.19, True), (0.21, False)):
+        m = prior_only(chance + skill * (1 - chance))
+        found = {f.cause: f for f in judge(m).findings}
+        assert (Cause.PREDICTION_COLLAPSE in found) is fires, skill
+    f = {f.cause: f for f in judge(prior_only(chance)).findings}[Cause.PREDICTION_COLLAPSE]
+    assert "label pipeline" in f.remedy
+    assert f.evidence["skill_over_prior"] == 0
+
+
+def test_skewed_labels_with_a_model_that_knows_the_rest_are_not_a_collapse():
+    chance = 205 / 256
+    assert Cause.PREDICTION_COLLAPSE not in {
+        f.cause for f in judge(prior_only(chance + 0.9 * (1 - chance))).findings
+    }
