@@ -26,13 +26,13 @@ ONE_TRY = Retry(attempts=1)
 @pytest.mark.slow
 def test_an_out_of_memory_inside_the_probe_is_resource_exhausted_naming_memory(tmp_path):
     """2000 MiB of address space without XLA: TensorFlow's CPU allocator fails the
-    (32, 800, 800) scores of a micro-batch and raises ResourceExhaustedError inside
-    the compiled probe. The up-front estimate (3 x 156 MiB of outputs) is under its
-    1000 MiB share; the call is RESOURCE_EXHAUSTED naming memory (it was
+    (32, 1100, 1100) scores of a micro-batch and raises ResourceExhaustedError
+    inside the compiled probe. The up-front estimate (3 x 295 MiB of outputs) is
+    under its 1000 MiB share; the call is RESOURCE_EXHAUSTED naming memory (it was
     INVALID_ARGUMENT "Graph execution error"), the same worker serves on."""
     checkpoint = _self_attention_checkpoint(tmp_path / "attention.keras")
     short = _sequence_batch(tmp_path / "short.npz", 16, 16)
-    long = _sequence_batch(tmp_path / "long.npz", 64, 800)
+    long = _sequence_batch(tmp_path / "long.npz", 64, 1100)
     server = ServerProcess(tmp_path / "server", "--worker-memory-mb", "2000", "--no-xla")
     server.start()
     try:
@@ -50,6 +50,7 @@ def test_an_out_of_memory_inside_the_probe_is_resource_exhausted_naming_memory(t
             assert "--worker-memory-mb" in details and "OOM when allocating" in details
             assert "\n" not in details
             assert client.diagnose(checkpoint, batch=short, run_id="probe-oom").status
+        print(f"peak worker RSS {memory.peak_workers / MiB:,.0f} MiB: {details}")
         assert server.worker_pids() == workers  # a clean error, not a crash
         assert memory.peak_workers < 2000 * MiB, memory.peak_workers
         assert server.metric("gradhealth_rejected_total", reason="too_large") == 1
@@ -89,6 +90,7 @@ def test_a_worker_killed_by_its_memory_cap_is_resource_exhausted_and_replaced(tm
             assert server.metric("gradhealth_rejected_total", reason="out_of_memory") == 1
             verdict = client.diagnose(checkpoint, batch=short, run_id="killed-after")
             assert verdict.run_id == "killed-after"
+        print(f"peak worker RSS {memory.peak_workers / MiB:,.0f} MiB: {details}")
         assert server.worker_pids() not in ([], [worker])
         assert server.metric("gradhealth_worker_restarts_total") == 1
         assert memory.peak_workers < 3000 * MiB, memory.peak_workers
