@@ -10,7 +10,10 @@ measured against the caps, naming the largest.
 The probe keeps every layer output for the backward pass, which makes a
 gradient of each, and its taps copy some: its peak is about PEAK_FACTOR times
 the sum of the outputs (measured: a (64, 1500, 1500) float32 Dot output, 576 MiB,
-takes a worker capped at 3000 MB down; (64, 1200, 1200), 369 MiB, fits).
+takes a worker capped at 3000 MB down; (64, 1200, 1200), 369 MiB, fits without
+XLA). The estimate is not a guarantee: with XLA compiling in the same 3000 MiB,
+(64, 1200, 1200) reaches the address-space cap too. Such a death is the cap's, and
+the caller is told so (service/worker_memory.py).
 """
 
 from __future__ import annotations

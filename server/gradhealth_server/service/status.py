@@ -9,7 +9,7 @@ import errno
 import grpc
 
 from gradhealth_server.service.jobs import JobExpired, QueueFull
-from gradhealth_server.service.worker import JobError, JobTimedOut, WorkerDied
+from gradhealth_server.service.worker import JobError, JobTimedOut, WorkerDied, WorkerOutOfMemory
 
 
 class RpcFailure(Exception):
@@ -61,6 +61,8 @@ def failure_of(exc: Exception) -> RpcFailure | None:
     for one that is not the caller's to see (a bug: it propagates)."""
     if isinstance(exc, QueueFull):
         return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full", str(exc))
+    if isinstance(exc, WorkerOutOfMemory):  # killed by its memory cap: the input's size
+        return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "out_of_memory", str(exc))
     if isinstance(exc, WorkerDied):
         return RpcFailure(grpc.StatusCode.INTERNAL, "worker_died", str(exc))
     if isinstance(exc, JobExpired | JobTimedOut):

@@ -25,6 +25,7 @@ from typing import Any
 
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
 from gradhealth_server.rules.history import NO_HISTORY, CheckpointColumns, RunHistory
+from gradhealth_server.service.worker_memory import JobMemory
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,10 @@ class WorkerDied(Exception):
     """The child process ended while it held a job."""
 
 
+class WorkerOutOfMemory(WorkerDied):
+    """The child was killed by its memory cap (worker_memory.py tells)."""
+
+
 class JobTimedOut(Exception):
     """The job ran past the server's time limit; its worker was replaced."""
 
@@ -118,6 +123,8 @@ class Worker:
         self._conn: Connection | None = None
         self._cancelled_at: float | None = None  # of the job running now, if any
         self._running: int = NO_JOB
+        self._memory_cap: int | None = None  # the address-space cap the child applied
+        self._memory: JobMemory | None = None  # the running job's, watched from here
 
     @property
     def pid(self) -> int | None:
@@ -151,6 +158,7 @@ class Worker:
         except asyncio.CancelledError:
             await self._reap()
             raise
+        self._memory_cap = ready.get("memory_cap")
         log.info("%s ready, pid %s, device %s", self.name, self.pid, ready["device"])
 
     async def restart(self) -> None:
@@ -164,6 +172,7 @@ class Worker:
         assert self._conn is not None, "start() the worker first"
         self._cancelled_at = None
         self._running = job.job_id
+        memory = self._memory = JobMemory.start(self.pid or 0, self._memory_cap)
         try:
             self._conn.send(job)
             result: JobResult = await self._receive(
@@ -178,12 +187,19 @@ class Worker:
                 "its worker was replaced"
             ) from exc
         except (EOFError, OSError) as exc:
-            code = await self._reap()
+            code = await self._reap(wait=2.0)  # EOF comes as it exits: let it finish
+            if why := memory.verdict(code):
+                raise WorkerOutOfMemory(
+                    f"the diagnosis worker died on this checkpoint and batch: {why}; send "
+                    "fewer rows or a smaller model, or raise --worker-memory-mb. A fresh "
+                    "worker was started"
+                ) from exc
             raise WorkerDied(_death(code)) from exc
         finally:
             self._cancel.value = NO_JOB
             self._cancelled_at = None
             self._running = NO_JOB
+            self._memory = None
         return result
 
     def cancel(self, job_id: int) -> None:
@@ -201,6 +217,8 @@ class Worker:
         assert self._conn is not None
         grace = self.config.cancel_grace_seconds
         while not self._conn.poll():
+            if cancellable and self._memory is not None:
+                self._memory.sample()
             now = time.monotonic()
             if now >= deadline:
                 raise TimeoutError
@@ -219,14 +237,17 @@ class Worker:
         await asyncio.to_thread(self._process.join, timeout)
         await self._reap()
 
-    async def _reap(self) -> int | None:
-        """Make sure the child is gone; its exit code (negative: the signal)."""
+    async def _reap(self, wait: float = 0.0) -> int | None:
+        """Make sure the child is gone (killed if it has not ended `wait` seconds
+        from now); its exit code (negative: the signal)."""
         process, self._process = self._process, None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
         if process is None:
             return None
+        if wait:
+            await asyncio.to_thread(process.join, wait)
         if process.is_alive():
             process.kill()
         await asyncio.to_thread(process.join, 10.0)
@@ -275,7 +296,14 @@ def _worker_main(conn: Connection, cancel: Any, config: WorkerConfig) -> None:
             rules_config=config.rules_config,
             gpu_memory_mb=gpu_mb,
         )
-    conn.send({"pid": os.getpid(), "device": diagnoser.device})
+    capped = bool(config.memory_limit_bytes) and not on_gpu
+    conn.send(
+        {
+            "pid": os.getpid(),
+            "device": diagnoser.device,
+            "memory_cap": config.memory_limit_bytes if capped else None,
+        }
+    )
     while True:
         try:
             job = conn.recv()
@@ -331,6 +359,13 @@ def _run(diagnoser: Any, job: Job, cancel: Any) -> JobResult:
         return JobResult(job.job_id, error=JobError.TOO_LARGE, message=str(exc))
     except Cancelled as exc:
         return JobResult(job.job_id, error=JobError.CANCELLED, message=str(exc))
+    except MemoryError:  # an allocation past RLIMIT_AS that Python saw
+        return JobResult(
+            job.job_id,
+            error=JobError.TOO_LARGE,
+            message="the diagnosis ran out of memory in this worker (--worker-memory-mb): "
+            "send fewer rows or a smaller model, or raise --worker-memory-mb",
+        )
     except Exception as exc:  # a bug of ours, or TensorFlow failing: the call says so
         log.exception("job %s failed", job.job_id)
         text = " ".join(str(exc).split())[:300]
