@@ -24,7 +24,7 @@ from gradhealth_server.engine.structure import current_learning_rate, read_struc
 from gradhealth_server.engine.trials import input_remedy
 from gradhealth_server.engine.weights import weight_digests
 from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
-from gradhealth_server.intake.batch import Batch, make_batch, read_npz
+from gradhealth_server.intake.batch import Batch, as_model_inputs, make_batch, read_npz
 from gradhealth_server.intake.checkpoint import LoadedModel, ModelCache
 from gradhealth_server.intake.intermediates import check_intermediates
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
@@ -192,9 +192,9 @@ def _check_loss_runs(entry: LoadedModel, data: Batch) -> None:
     model = entry.model
     metric_values = [v.numpy() for v in model.metrics_variables]
     x2 = {k: v[:2] for k, v in data.x.items()}
-    xs = list(x2.values())
+    xs = as_model_inputs(model, list(x2.values()))
     try:
-        y_pred = model(xs[0] if len(xs) == 1 else xs, training=False)
+        y_pred = model(xs, training=False)
         loss = model.compute_loss(x=xs, y=data.y[:2], y_pred=y_pred, training=False)
         np.asarray(loss)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:

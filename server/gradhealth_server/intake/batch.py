@@ -161,6 +161,19 @@ def make_batch(
     return Batch(x=x, y=y, raw_x=raw_x)
 
 
+def as_model_inputs(model: Any, xs: list[Any]) -> Any:
+    """The batch's inputs (in `input_names` order, the model's flat input order) in the
+    structure the model was built with: a dict by key for `keras.Model(inputs={...})`, a
+    list for a list, one tensor for one input. Keras refuses a list for a dict whose keys
+    are not sorted, and warns when one tensor comes as a one-element list."""
+    struct = getattr(model, "_inputs_struct", None)  # a functional model's own inputs
+    if struct is not None:
+        import keras
+
+        return keras.tree.pack_sequence_as(struct, list(xs))
+    return xs[0] if len(xs) == 1 else list(xs)
+
+
 def _input_key(arrays: dict[str, np.ndarray], name: str, n_inputs: int) -> str:
     for key in (f"x_{name}", name):
         if key in arrays:
