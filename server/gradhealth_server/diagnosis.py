@@ -144,7 +144,7 @@ class Diagnoser:
                 result = probe.run(data.x, data.y)
                 t3 = time.perf_counter()
                 measurements = build_measurements(
-                    result, entry.structure, data.raw_x, data.y, options.mode
+                    result, entry.structure, data.raw_x, data.y, options.mode, data.raw_y
                 )
                 measurements.weight_digests = digests
                 if options.mode == "full":

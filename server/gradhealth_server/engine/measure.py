@@ -40,6 +40,7 @@ def build_measurements(
     x: dict[str, np.ndarray],
     y: np.ndarray,
     mode: str,
+    y_sent: np.ndarray | None = None,
 ) -> Measurements:
     raw, facts = result.raw, structure.facts
     full = mode == "full"
@@ -84,7 +85,7 @@ def build_measurements(
         activations=acts,
         inputs=batch_inputs,
         first_layer_inputs=first_inputs.decode(raw[first_inputs.KEY], structure) if full else [],
-        labels=labels.label_stats(y, facts.problem),
+        labels=labels.label_stats(y, facts.problem, y_sent),
         output=output,
         optimizer=optimizer.decode(
             raw.get(optimizer.KEY), facts, var["weight_sq"], result.lr_scales
