@@ -327,6 +327,27 @@ CONFIG_CASES = [
             )
         ),
     ),
+    # Op classes (`x + y` is keras.src.ops.numpy.Add) are accepted only when defined in
+    # Keras's ops modules; not what those modules import, nor ops that call functions.
+    _config_case(
+        "control-flow-op-as-layer",
+        r"'keras\.src\.ops\.core\.WhileLoop', which is not a Keras layer",
+        _insert(lambda base: _layer_node("keras.src.ops.core", "WhileLoop", {"name": "loop"})),
+    ),
+    _config_case(
+        "operation-base-imported-into-an-ops-module",
+        r"'keras\.src\.ops\.numpy\.Operation', which is not a Keras layer",
+        _insert(lambda base: _layer_node("keras.src.ops.numpy", "Operation", {"name": "op"})),
+    ),
+    _config_case(
+        "functional-graph-as-op",
+        r"'keras\.src\.ops\.function\.Function', which is not a Keras layer",
+        _insert(
+            lambda base: _layer_node(
+                "keras.src.ops.function", "Function", {"name": "f", "inputs": [], "outputs": []}
+            )
+        ),
+    ),
     _config_case(
         "keras-class-that-is-not-a-layer",
         r"'keras\.callbacks\.BackupAndRestore', which is not a Keras layer",

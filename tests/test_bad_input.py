@@ -159,9 +159,28 @@ def _npz(**arrays) -> bytes:
             {"x": np.zeros((ROWS, 8, 8, 1), "float32"), "y": np.zeros(ROWS - 1, "int32")},
             "has 64 rows but y has 63",
         ),
-        ({"x": np.zeros((ROWS, 8, 8, 1), "float32"), "y": np.full(ROWS, 0.5)}, "integer class ids"),
+        # Fractional ids are read as Keras reads them (truncated); beyond the output they
+        # are still unusable. (Within it they are a loss_mismatch finding, not a refusal.)
+        (
+            {"x": np.zeros((ROWS, 8, 8, 1), "float32"), "y": np.full(ROWS, 10.5)},
+            r"range over \[10, 10\] but the model has 10 output classes",
+        ),
+        (
+            {"x": np.zeros((ROWS, 8, 8, 1), "float32"), "y": np.full(ROWS, np.nan)},
+            "NaN or infinity",
+        ),
     ],
-    ids=["shape", "dtype", "no-y", "input-name", "label-range", "one-hot", "rows", "float-ids"],
+    ids=[
+        "shape",
+        "dtype",
+        "no-y",
+        "input-name",
+        "label-range",
+        "one-hot",
+        "rows",
+        "float-ids-beyond-the-output",
+        "nan-labels",
+    ],
 )
 def test_batch_that_does_not_fit(checkpoints, diagnoser, arrays, message):
     with pytest.raises(InvalidBatch, match=message):

@@ -4,6 +4,9 @@ leaky activations, BatchNorm as the input normalizer, learning-rate changes."""
 from __future__ import annotations
 
 import io
+import json
+import warnings
+import zipfile
 
 import keras
 import numpy as np
@@ -163,3 +166,86 @@ def test_learning_rate_is_read_from_each_checkpoint(tmp_path):
     assert second.cache_hit and second.fingerprint == first.fingerprint
     assert first.measurements.static.learning_rate == pytest.approx(1e-3)
     assert second.measurements.static.learning_rate == pytest.approx(0.5)
+
+
+def _attention_block() -> keras.Model:
+    """A Transformer-style block whose residual is `x + y` and whose pooling is
+    keras.ops.mean: the config records both as op classes (keras.src.ops.numpy.Add)."""
+    seq = keras.Input((8, 8), name="rows")
+    attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(seq, seq)
+    h = keras.layers.LayerNormalization()(attended + seq)
+    h = keras.ops.mean(h, axis=1)
+    out = keras.layers.Dense(10, activation="softmax")(h)
+    return keras.Model(seq, out)
+
+
+def test_functional_attention_with_keras_ops_is_diagnosed(tmp_path):
+    x, y = models.digits()
+    x = x.reshape(-1, 8, 8)
+    keras.utils.set_random_seed(0)
+    model = _attention_block()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, verbose=0)
+    path = tmp_path / "attention.keras"
+    model.save(path)
+    ops = {
+        (node["module"], node["class_name"])
+        for node in json.loads(zipfile.ZipFile(path).read("config.json"))["config"]["layers"]
+    }
+    assert {("keras.src.ops.numpy", "Add"), ("keras.src.ops.numpy", "Mean")} <= ops
+    d = Diagnoser().diagnose(path, npz(x=x[:ROWS], y=y[:ROWS]))
+    expected = eager_grad_sq(model, x[:ROWS], y[:ROWS])
+    got = np.array([v.grad_norm**2 for v in d.measurements.layers])
+    assert got.sum() == pytest.approx(expected.sum(), rel=1e-4)
+    assert np.isfinite(d.measurements.loss)
+
+
+def _dict_input_model() -> keras.Model:
+    """Two inputs declared as a dict whose keys are not in sorted order: Keras takes
+    them by key (a list in its flat order is refused)."""
+    means = keras.Input((6,), name="means")
+    extremes = keras.Input((3,), name="extremes")
+    h = keras.layers.Concatenate()(
+        [keras.layers.Dense(8, activation="relu")(means), keras.layers.Dense(4)(extremes)]
+    )
+    out = keras.layers.Dense(1, activation="sigmoid")(h)
+    return keras.Model(inputs={"means": means, "extremes": extremes}, outputs=out)
+
+
+def _dict_data() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(ROWS, 6)).astype("float32")
+    extremes = rng.normal(size=(ROWS, 3)).astype("float32")
+    y = (means[:, 0] + extremes[:, 1] > 0).astype("float32")
+    return {"means": means, "extremes": extremes}, y
+
+
+def test_dict_input_model_is_fed_by_name(tmp_path):
+    x, y = _dict_data()
+    keras.utils.set_random_seed(0)
+    model = _dict_input_model()
+    model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=10, verbose=0)
+    path = tmp_path / "dict_inputs.keras"
+    model.save(path)
+    d = Diagnoser().diagnose(path, npz(x_means=x["means"], x_extremes=x["extremes"], y=y))
+    expected = eager_grad_sq(model, x, y)
+    got = np.array([v.grad_norm**2 for v in d.measurements.layers])
+    assert got.sum() == pytest.approx(expected.sum(), rel=1e-4)
+    assert d.verdict.status == "healthy", [f.summary for f in d.verdict.findings]
+
+
+def test_a_one_element_input_list_gets_no_structure_warning(tmp_path):
+    """keras.Model([inp], out) is called with [x], as declared, so Keras does not warn."""
+    x, y = _dict_data()
+    features = keras.Input((6,), name="features")
+    out = keras.layers.Dense(1, activation="sigmoid")(features)
+    model = keras.Model([features], out)
+    model.compile("adam", "binary_crossentropy")
+    path = tmp_path / "listed.keras"
+    model.save(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        d = Diagnoser().diagnose(path, npz(x=x["means"], y=y))
+    assert np.isfinite(d.measurements.loss)
+    assert not [w for w in caught if "structure of `inputs`" in str(w.message)]

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from gradhealth_server.engine.measurements import NonFinite, OptimizerStep
+from gradhealth_server.engine.measurements import LabelStats, NonFinite, OptimizerStep
 from gradhealth_server.rules import ConfigError, build_rules, judge
 from gradhealth_server.verdict.findings import Cause, Severity
 from tests.measurement_builder import BYTE, activation, healthy, layer, stats, stuck
@@ -280,6 +280,8 @@ def test_confident_sigmoid_head_is_not_saturation():
 
 # -- loss_mismatch ------------------------------------------------------------------
 
+BINARY_LABELS = LabelStats("binary", 2, [128, 128], 0, 1, 2)
+
 
 @pytest.mark.parametrize(
     ("static", "severity", "remedy"),
@@ -317,7 +319,8 @@ def test_confident_sigmoid_head_is_not_saturation():
     ],
 )
 def test_loss_mismatch_pairings(static, severity, remedy):
-    finding = judge(stuck(static=static)).findings[0]
+    labels = BINARY_LABELS if static.get("loss") == "binary_crossentropy" else None
+    finding = judge(stuck(static=static, **({"labels": labels} if labels else {}))).findings[0]
     assert finding.cause is Cause.LOSS_MISMATCH
     assert str(finding.severity) == severity and remedy in finding.remedy
 
@@ -334,7 +337,122 @@ def test_correct_pairings_are_quiet():
         },
         {"output_activation": "linear", "loss": "mean_squared_error", "problem": "regression"},
     ):
-        assert "loss_mismatch" not in causes(healthy(static=static)), static
+        labels = BINARY_LABELS if static.get("loss") == "binary_crossentropy" else None
+        m = healthy(static=static, **({"labels": labels} if labels else {}))
+        assert "loss_mismatch" not in causes(m), static
+
+
+BCE = {
+    "output_activation": "sigmoid",
+    "output_activations": ["sigmoid"],
+    "output_units": 1,
+    "loss": "binary_crossentropy",
+    "problem": "binary",
+}
+
+
+def bce_on(labels: LabelStats, **changes) -> dict[str, str]:
+    return causes(healthy(static=BCE, labels=labels, **changes))
+
+
+@pytest.mark.parametrize(
+    ("labels", "fires"),
+    [
+        (LabelStats("continuous", None, None, 0.0, 1.0, 200), False),  # soft labels: fine
+        (LabelStats("continuous", None, None, 0.0, 1.01, 200), True),
+        (LabelStats("continuous", None, None, -0.01, 1.0, 200), True),
+        (LabelStats("binary", 2, [128, 128], 0, 1, 2), False),
+        (LabelStats("class_ids", 3, [100, 100, 56], 0, 2, 3), True),
+    ],
+    ids=["soft-in-range", "above-1", "below-0", "binary", "ids-0-2"],
+)
+def test_binary_crossentropy_on_labels_outside_0_1_is_critical(labels, fires):
+    assert bce_on(labels).get("loss_mismatch") == ("critical" if fires else None)
+
+
+def _bce_finding(labels: LabelStats, loss: float = 0.3):
+    m = healthy(static=BCE, labels=labels, loss=loss)
+    return next(f for f in judge(m).findings if f.cause is Cause.LOSS_MISMATCH)
+
+
+@pytest.mark.parametrize(
+    ("labels", "kind", "remedy"),
+    [
+        # 10 digit classes in 256 rows: repeated ids
+        (LabelStats("class_ids", 10, [26] * 10, 0, 9, 10), "class_ids", "Dense(10, activation"),
+        # distinct share at the threshold (128 of 256 rows) and just over, ids sparse in 0..999
+        (LabelStats("class_ids", 1000, None, 0, 999, 128), "class_ids", "Dense(1000,"),
+        (LabelStats("class_ids", 1000, None, 0, 999, 129), "continuous", 'loss="mse"'),
+        # coverage of 0..max at the threshold (200 of 400 ids) and just under
+        (LabelStats("class_ids", 400, None, 0, 399, 200), "class_ids", "Dense(400,"),
+        (LabelStats("class_ids", 401, None, 0, 400, 200), "continuous", 'loss="mse"'),
+        # ids start at 0 or 1; whole numbers from 25 up are a target (diabetes)
+        (LabelStats("class_ids", 11, [0] + [25] * 10, 1, 10, 10), "class_ids", "Dense(11,"),
+        (LabelStats("class_ids", 347, None, 25, 346, 100), "continuous", "standardized"),
+        (LabelStats("continuous", None, None, 31.5, 346.2, 250), "continuous", "huber"),
+        (LabelStats("continuous", None, None, -1, 1, 2), "plus_minus_one", "(y + 1) / 2"),
+    ],
+    ids=[
+        "digit-ids",
+        "distinct-at-share",
+        "distinct-over-share",
+        "coverage-at-threshold",
+        "coverage-under",
+        "one-based-ids",
+        "integer-target",
+        "float-target",
+        "plus-minus-one",
+    ],
+)
+def test_binary_crossentropy_misfit_names_what_the_labels_are(labels, kind, remedy):
+    finding = _bce_finding(labels)
+    assert finding.evidence["labels_look_like"] == kind
+    assert finding.evidence["label_range"] == [labels.min, labels.max]
+    assert remedy in finding.remedy and f"[{labels.min:g}, {labels.max:g}]" in finding.summary
+
+
+def test_a_negative_crossentropy_is_named_as_evidence():
+    ids = LabelStats("class_ids", 10, [26] * 10, 0, 9, 10)
+    assert "the loss on this batch is -4.73e+06" in _bce_finding(ids, loss=-4.73e6).summary
+    assert "the loss on this batch" not in _bce_finding(ids, loss=0.3).summary
+
+
+def sparse_sent(distinct: int, lo: float, hi: float, scale: int | None, fractional=True):
+    hist = [256 // distinct] * distinct
+    return LabelStats(
+        "class_ids", distinct, hist, 0, distinct - 1, distinct, lo, hi, fractional, scale
+    )
+
+
+@pytest.mark.parametrize(
+    ("labels", "severity", "remedy"),
+    [
+        (sparse_sent(1, 0.0, 2 / 255, 255), "critical", "np.rint(y * 255)"),  # y / 255
+        (sparse_sent(3, 0.5, 2.5, 10), "warning", "np.rint(y * 10)"),
+        (sparse_sent(3, 0.3, 2.7, None), "warning", 'y.astype("int32")'),
+        (sparse_sent(3, 0.0, 2.0, None, fractional=False), None, None),
+    ],
+    ids=["all-class-0", "merged-halves", "no-scale", "whole-numbers"],
+)
+def test_fractional_sparse_labels(labels, severity, remedy):
+    findings = [f for f in judge(healthy(labels=labels)).findings if f.cause is Cause.LOSS_MISMATCH]
+    if severity is None:
+        assert findings == []
+        return
+    (finding,) = findings
+    assert str(finding.severity) == severity and remedy in finding.remedy
+    assert finding.evidence["labels_as_sent"] == [labels.sent_min, labels.sent_max]
+
+
+def test_a_label_misfit_is_the_primary_cause_over_its_symptoms():
+    """BCE on class ids: a non-finite loss and collapsed predictions are its symptoms."""
+    ids = LabelStats("class_ids", 10, [26] * 10, 0, 9, 10)
+    m = collapsed(1.0, static=BCE, labels=ids)
+    m = dataclasses.replace(m, loss=float("nan"), nonfinite=NonFinite(True, 0, 0, 0, 0, 0, None))
+    verdict = judge(m)
+    assert str(verdict.primary_cause) == "loss_mismatch"
+    explained = {str(f.cause) for f in verdict.findings if f.explained_by == ["loss_mismatch"]}
+    assert {"non_finite"} <= explained
 
 
 # -- prediction_collapse ---------------------------------------------------------------

@@ -184,3 +184,24 @@ def test_query_with_a_bad_page_token_is_invalid_argument(server):
                 service_pb2.ListVerdictsRequest(page_token="%%%"), metadata=token_metadata()
             )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_dict_input_model_is_diagnosed_through_the_client(client):
+    """keras.Model(inputs={"means": ..., "extremes": ...}) with keys not in sorted order:
+    the client sends x_<name> arrays, the worker feeds the model a dict by key."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = {
+        "means": rng.normal(size=(96, 6)).astype("float32"),
+        "extremes": rng.normal(size=(96, 3)).astype("float32"),
+    }
+    y = (x["means"][:, 0] + x["extremes"][:, 1] > 0).astype("float32")
+    means, extremes = keras.Input((6,), name="means"), keras.Input((3,), name="extremes")
+    h = keras.layers.Concatenate()([keras.layers.Dense(8)(means), keras.layers.Dense(4)(extremes)])
+    out = keras.layers.Dense(1, activation="sigmoid")(h)
+    model = keras.Model(inputs={"means": means, "extremes": extremes}, outputs=out)
+    model.compile("adam", "binary_crossentropy")
+    verdict = client.diagnose(model, x, y, run_id="dict-inputs", step=1)
+    assert verdict.run_id == "dict-inputs"
+    assert np.isfinite(verdict.measurements["loss"])

@@ -25,7 +25,7 @@ from gradhealth_server.engine.trial_steps import Trials
 from gradhealth_server.engine.trials import input_remedy
 from gradhealth_server.engine.weights import weight_digests
 from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
-from gradhealth_server.intake.batch import Batch, make_batch, read_npz
+from gradhealth_server.intake.batch import Batch, as_model_inputs, make_batch, read_npz
 from gradhealth_server.intake.checkpoint import LoadedModel, ModelCache
 from gradhealth_server.intake.intermediates import check_intermediates
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
@@ -147,7 +147,7 @@ class Diagnoser:
                 result = probe.run(data.x, data.y)
                 t3 = time.perf_counter()
                 measurements = build_measurements(
-                    result, entry.structure, data.raw_x, data.y, options.mode
+                    result, entry.structure, data.raw_x, data.y, options.mode, data.raw_y
                 )
                 measurements.weight_digests = digests
                 if options.mode == "full":
@@ -198,9 +198,9 @@ def _check_loss_runs(entry: LoadedModel, data: Batch) -> None:
     model = entry.model
     metric_values = [v.numpy() for v in model.metrics_variables]
     x2 = {k: v[:2] for k, v in data.x.items()}
-    xs = list(x2.values())
+    xs = as_model_inputs(model, list(x2.values()))
     try:
-        y_pred = model(xs[0] if len(xs) == 1 else xs, training=False)
+        y_pred = model(xs, training=False)
         loss = model.compute_loss(x=xs, y=data.y[:2], y_pred=y_pred, training=False)
         np.asarray(loss)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:

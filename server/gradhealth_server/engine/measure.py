@@ -43,6 +43,7 @@ def build_measurements(
     x: dict[str, np.ndarray],
     y: np.ndarray,
     mode: str,
+    y_sent: np.ndarray | None = None,
 ) -> Measurements:
     raw, facts = result.raw, structure.facts
     full = mode == "full"
@@ -63,7 +64,7 @@ def build_measurements(
     one_row = inputs.one_distinct_row(x)
     if one_row:
         unavailable += NOT_ON_ONE_ROW
-    label_stats = labels.label_stats(y, facts.problem)
+    label_stats = labels.label_stats(y, facts.problem, y_sent)
     if label_stats and label_stats.histogram and sum(c > 0 for c in label_stats.histogram) == 1:
         unavailable.append("prediction_collapse")  # one class in the batch: nothing to compare
     loss = float(raw["loss"])

@@ -74,11 +74,19 @@ class TensorStats:
 
 @dataclass
 class LabelStats:
+    """The labels as the loss reads them; `sent_*` when the labels as sent differ (sparse
+    crossentropy truncates fractional labels to class ids, as Keras does)."""
+
     format: str  # class_ids | one_hot | binary | continuous
     classes: int | None
     histogram: list[int] | None
     min: float
     max: float
+    distinct: int | None = None  # distinct values of single-column labels
+    sent_min: float | None = None
+    sent_max: float | None = None
+    sent_fractional: bool = False  # some labels as sent were not whole numbers
+    sent_scale: int | None = None  # labels as sent x this are whole numbers (255: ids / 255)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from gradhealth_server.engine.quantities import (
     variables,
 )
 from gradhealth_server.engine.structure import ModelStructure
+from gradhealth_server.intake.batch import as_model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +159,18 @@ class Probe:
         """A callable returning (tap tensors, first-layer inputs, y_pred)."""
         n_taps, n_first = len(self._taps), len(self._first_inputs)
         if n_taps + n_first == 0:
-            return lambda xs, training: ([], [], model(_pack(xs), training=training))
+            return lambda xs, training: (
+                [],
+                [],
+                model(as_model_inputs(model, xs), training=training),
+            )
         outputs = [t.tensor for t in self._taps] + [t.tensor for t in self._first_inputs]
         outputs += list(model.outputs)
         tap_model = keras.Model(inputs=model.inputs, outputs=outputs, name="gradhealth_taps")
         structure = getattr(model, "_outputs_struct", None)
 
         def forward(xs, training):
-            out = tap_model(_pack(xs), training=training)
+            out = tap_model(list(xs), training=training)  # built on the flat list of inputs
             taps, firsts = out[:n_taps], out[n_taps : n_taps + n_first]
             preds = out[n_taps + n_first :]
             if structure is not None and keras.tree.is_nested(structure):
@@ -250,7 +255,8 @@ class Probe:
         mapping += zip(self._metric_vars, metric_values)
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
             taps, firsts, y_pred = self._forward(xs, training)
-            loss = self.model.compute_loss(x=_pack(xs), y=y, y_pred=y_pred, training=training)
+            x = as_model_inputs(self.model, xs)
+            loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=training)
         updated = [scope.get_current_value(v) for v in self._non_trainable]
         updated = [u if u is not None else old for u, old in zip(updated, non_trainable)]
         return loss, taps, firsts, y_pred, updated
@@ -358,7 +364,3 @@ def moved(w0: list[tf.Tensor], deltas: list[tf.Tensor], scale: float) -> list[tf
 def read(variable: Any) -> tf.Tensor:
     """The variable's current value as a tensor (Keras's `.value` is the variable)."""
     return tf.identity(variable.value)
-
-
-def _pack(xs: list[Any]) -> Any:
-    return xs[0] if len(xs) == 1 else list(xs)

@@ -30,8 +30,9 @@ class Batch:
     """Inputs by model input name (as the model expects them) and labels."""
 
     x: dict[str, np.ndarray]
-    y: np.ndarray
+    y: np.ndarray  # as the loss reads them (sparse ids truncated to integers, as Keras does)
     raw_x: dict[str, np.ndarray]  # as sent, before any dtype cast: its scale is evidence
+    raw_y: np.ndarray | None = None  # as sent: labels that do not fit the loss are evidence
 
 
 def read_npz(
@@ -157,8 +158,22 @@ def make_batch(
             )
         raw_x[name] = arr
         x[name] = _cast(arr, dtype, key) if dtype else arr
+    sent = y
     y = _check_labels(y, facts)
-    return Batch(x=x, y=y, raw_x=raw_x)
+    return Batch(x=x, y=y, raw_x=raw_x, raw_y=sent)
+
+
+def as_model_inputs(model: Any, xs: list[Any]) -> Any:
+    """The batch's inputs (in `input_names` order, the model's flat input order) in the
+    structure the model was built with: a dict by key for `keras.Model(inputs={...})`, a
+    list for a list, one tensor for one input. Keras refuses a list for a dict whose keys
+    are not sorted, and warns when one tensor comes as a one-element list."""
+    struct = getattr(model, "_inputs_struct", None)  # a functional model's own inputs
+    if struct is not None:
+        import keras
+
+        return keras.tree.pack_sequence_as(struct, list(xs))
+    return xs[0] if len(xs) == 1 else list(xs)
 
 
 def _input_key(arrays: dict[str, np.ndarray], name: str, n_inputs: int) -> str:
@@ -202,7 +217,11 @@ def _check_shape(key: str, got: tuple[int, ...], want: tuple[int | None, ...]) -
 
 
 def _check_labels(y: np.ndarray, facts: Any) -> np.ndarray:
-    """Labels that the loss cannot take (on GPU some give NaN silently)."""
+    """Labels the loss cannot take at all are refused (on GPU some give NaN silently):
+    non-finite values, one-hot rows for sparse ids, ids beyond the output, rows of the
+    wrong width. Labels it takes but misreads (binary crossentropy on class ids or on a
+    regression target, fractional sparse ids, which Keras truncates) are the user's bug:
+    they pass, as Keras would read them, and the loss_mismatch rule names them."""
     problem, units = facts.problem, facts.output_units
     if y.size == 0:
         raise InvalidBatch(f"labels y have shape {y.shape}: no label in them")
@@ -216,8 +235,8 @@ def _check_labels(y: np.ndarray, facts: Any) -> np.ndarray:
                 "sparse_categorical_crossentropy, which takes class ids; use "
                 "categorical_crossentropy or send y.argmax(-1)"
             )
-        if not np.all(np.mod(yf, 1) == 0):
-            raise InvalidBatch("sparse_categorical_crossentropy needs integer class ids in y")
+        # Keras casts sparse labels to integers, truncating: 0.7 is class 0.
+        yf = np.trunc(yf)
         if units and (yf.min() < 0 or yf.max() >= units):
             raise InvalidBatch(
                 f"labels y range over [{yf.min():g}, {yf.max():g}] but the model has {units} "
@@ -229,16 +248,10 @@ def _check_labels(y: np.ndarray, facts: Any) -> np.ndarray:
                 f"labels y range over [{yf.min():g}, {yf.max():g}]; class ids are 0 or more "
                 "and fit in int32"
             )
-        return y.astype(np.int32)
+        return yf.astype(np.int32)
     if problem == "categorical" and units and (y.ndim < 2 or y.shape[-1] != units):
         raise InvalidBatch(
             f"labels y have shape {y.shape} but {facts.loss} needs one-hot rows of {units} "
             "classes; use sparse_categorical_crossentropy for class ids"
-        )
-    binary_ce = facts.loss in ("binary_crossentropy", "binary_focal_crossentropy")
-    if problem == "binary" and binary_ce and (yf.min() < 0 or yf.max() > 1):
-        raise InvalidBatch(
-            f"binary crossentropy needs labels in [0, 1]; y ranges over "
-            f"[{yf.min():g}, {yf.max():g}]"
         )
     return _cast(y, "float32", "y") if y.dtype.kind == "f" else y

@@ -10,8 +10,10 @@ subclass of `TFSMLayer`, or a value marker whose dtype allocates gigabytes.
 So every node is resolved here exactly as Keras would resolve it, without
 importing or calling anything, and must land on one of Keras's own modeling
 classes (layer, model, optimizer, loss, metric, initializer, regularizer,
-constraint, dtype policy, learning-rate schedule) or modeling functions
-(activations, losses, metrics, ops). Anything else is refused, naming the node.
+constraint, dtype policy, learning-rate schedule), modeling functions
+(activations, losses, metrics, ops) or the op classes a functional model records
+when `keras.ops` run on its tensors (`x + y` is `keras.src.ops.numpy.Add`).
+Anything else is refused, naming the node.
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ FUNCTION_MODULES = (
     "keras.src.ops.math",
     "keras.src.ops.image",
     "keras.src.ops.linalg",
+)
+# Where the op classes of a functional model live: `x + y` or `keras.ops.mean(x)` on a
+# KerasTensor is recorded as a node of class `keras.src.ops.numpy.Add`, `...Mean`. Keras
+# imports the node's module and takes the class; an op class is accepted only when it
+# is an `Operation` defined in one of these modules (not merely imported into one).
+OP_MODULES = frozenset(
+    f"keras.src.ops.{name}" for name in ("numpy", "nn", "math", "image", "linalg", "core", "einops")
+)
+# Control-flow ops of keras.src.ops.core call Python functions they are given; a
+# checkpoint has no business carrying one.
+CALLABLE_OPS = frozenset(
+    {"AssociativeScan", "Cond", "ForiLoop", "Map", "Scan", "Switch", "VectorizedMap", "WhileLoop"}
 )
 # `"module": "builtins"` functions are looked up in these Keras namespaces.
 BUILTIN_NAMESPACES = (
@@ -195,8 +209,21 @@ def _check_class(obj: Any, name: str, qualified: str) -> None:
             "checkpoint; gradhealth does not load Lambda, TFSMLayer, TorchModuleWrapper or "
             "JAX layers"
         )
+    if _is_keras_op(obj):
+        return
     if not issubclass(obj, _modeling_bases()):
         raise InvalidCheckpoint(f"{name!r} names {qualified!r}, which is not {KIND_HINT}")
+
+
+def _is_keras_op(obj: type) -> bool:
+    """An op class of Keras's own ops modules (Add, Mean, Relu, ...), not a control-flow op."""
+    from keras.src.ops.operation import Operation
+
+    return (
+        issubclass(obj, Operation)
+        and obj.__module__ in OP_MODULES
+        and obj.__name__ not in CALLABLE_OPS
+    )
 
 
 def _screen_function(node: dict[str, Any], name: str, module: str | None, where: str) -> None:

@@ -5,13 +5,18 @@ Anchors: AutoTrainer's and UMLAUT's static checks. Facts measured on Keras 3.15
 repaired (Keras uses the cached logits) and train identically, so that pairing
 is an info note only; `Dense(1, activation="softmax")` and a double softmax are
 real failures (the loss can fall while accuracy never moves).
+
+Labels that do not fit the loss are the user's bug, not a bad batch: Keras trains on
+them silently. Binary crossentropy on labels outside [0, 1] (class ids, a regression
+target) is unbounded below (the loss falls without end while nothing is learned);
+sparse crossentropy truncates fractional labels (y / 255 makes every label class 0).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gradhealth_server.engine.measurements import Measurements
+from gradhealth_server.engine.measurements import LabelStats, Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
@@ -34,6 +39,8 @@ REGRESSION_LOSSES = frozenset(
     }
 )
 PROBABILITY_OUTPUTS = frozenset({"softmax", "sigmoid"})
+BINARY_LOSSES = frozenset({"binary_crossentropy", "binary_focal_crossentropy"})
+SEVERITY_ORDER = (Severity.INFO, Severity.WARNING, Severity.CRITICAL)
 
 
 @dataclass
@@ -41,23 +48,39 @@ class _Mismatch:
     severity: Severity
     summary: str
     remedy: str
+    evidence: dict | None = None
 
 
 class LossMismatchRule(Rule):
     cause = Cause.LOSS_MISMATCH
 
+    @dataclass(frozen=True)
+    class Thresholds:
+        # Whole-number labels from 0 (or 1) are class ids, not a regression target, when
+        # they repeat (at most this share of the rows are distinct values: 10 digit
+        # classes in 128 rows, 8%) or cover most ids up to their largest (a 1000-class
+        # batch rarely repeats). The diabetes targets 25..346 start far from 0.
+        id_distinct_share: float = 0.5
+        id_coverage: float = 0.5
+
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         s = m.static
-        if not s.functional or s.output_activation is None:
-            return []
-        mismatch = self._mismatch(
-            loss=s.loss or "",
-            from_logits=bool(s.from_logits),
-            activation=s.output_activation,
-            chain=list(s.output_activations or []),
-            units=s.output_units,
-            labels=m.labels.format if m.labels else None,
-        )
+        misfit = self._label_misfit(s.loss or "", m.labels, m.rows, m.loss)
+        mismatch = None
+        if s.functional and s.output_activation is not None:
+            mismatch = self._mismatch(
+                loss=s.loss or "",
+                from_logits=bool(s.from_logits),
+                activation=s.output_activation,
+                chain=list(s.output_activations or []),
+                units=s.output_units,
+                labels=m.labels.format if m.labels else None,
+            )
+        if misfit is not None and (
+            mismatch is None
+            or SEVERITY_ORDER.index(misfit.severity) >= SEVERITY_ORDER.index(mismatch.severity)
+        ):
+            mismatch = misfit
         if mismatch is None:
             return []
         return [
@@ -73,10 +96,97 @@ class LossMismatchRule(Rule):
                     "output_activations": list(s.output_activations),
                     "output_units": s.output_units,
                     "label_format": m.labels.format if m.labels else None,
+                    **(mismatch.evidence or {}),
                 },
                 confidence=0.95 if mismatch.severity is not Severity.INFO else 0.3,
             )
         ]
+
+    def _label_misfit(
+        self, loss: str, labels: LabelStats | None, rows: int, batch_loss: float
+    ) -> _Mismatch | None:
+        """Labels the loss takes without complaint but reads as something else."""
+        if labels is None:
+            return None
+        lo, hi = labels.min, labels.max
+        evidence = {"label_range": [lo, hi], "label_distinct": labels.distinct}
+        if loss in BINARY_LOSSES and (lo < 0 or hi > 1):
+            kind, what, remedy = self._what_labels_are(labels, rows)
+            evidence["labels_look_like"] = kind
+            negative = (
+                f"; the loss on this batch is {batch_loss:.3g}, and crossentropy on valid "
+                "labels is never negative"
+                if batch_loss < 0
+                else ""
+            )
+            return _Mismatch(
+                Severity.CRITICAL,
+                f"{loss} needs labels in [0, 1], but y ranges over [{lo:g}, {hi:g}] ({what}): "
+                "the loss is unbounded below, so it falls without end while the model learns "
+                f"nothing{negative}",
+                remedy,
+                evidence,
+            )
+        if loss == "sparse_categorical_crossentropy" and labels.sent_fractional:
+            sent_lo, sent_hi = labels.sent_min, labels.sent_max
+            evidence["labels_as_sent"] = [sent_lo, sent_hi]
+            evidence["labels_look_like"] = "fractional"
+            one_class = labels.distinct == 1
+            effect = (
+                f"so every label becomes class {lo:g}"
+                if one_class
+                else f"so they become class ids {lo:g}..{hi:g} (2.7 is class 2)"
+            )
+            if labels.sent_scale:
+                remedy = (
+                    f"send integer class ids: y = np.rint(y * {labels.sent_scale})"
+                    f'.astype("int32") (the labels look like ids divided by {labels.sent_scale})'
+                )
+            else:
+                remedy = 'send integer class ids: y.astype("int32") on the unscaled labels'
+            return _Mismatch(
+                Severity.CRITICAL if one_class else Severity.WARNING,
+                f"sparse_categorical_crossentropy reads class ids, but y holds fractional "
+                f"values in [{sent_lo:g}, {sent_hi:g}]: Keras truncates them, {effect}",
+                remedy,
+                evidence,
+            )
+        return None
+
+    def _what_labels_are(self, labels: LabelStats, rows: int) -> tuple[str, str, str]:
+        """What labels outside [0, 1] look like (kind, in words), and the loss that fits."""
+        lo, hi, distinct = labels.min, labels.max, labels.distinct
+        ids = (
+            labels.format == "class_ids"
+            and distinct is not None
+            and lo <= 1
+            and (
+                distinct <= self.t.id_distinct_share * rows
+                or distinct >= self.t.id_coverage * (hi + 1)
+            )
+        )
+        if ids:
+            classes = int(hi) + 1
+            return (
+                "class_ids",
+                f"class ids, {distinct} distinct values",
+                f'loss="sparse_categorical_crossentropy" with a softmax output of '
+                f'{classes} units: Dense({classes}, activation="softmax")',
+            )
+        if lo == -1 and hi == 1 and distinct == 2:
+            return (
+                "plus_minus_one",
+                "-1/+1 labels",
+                "map the labels to 0/1: y = (y + 1) / 2, keeping the sigmoid output and "
+                "binary_crossentropy",
+            )
+        count = f"{distinct} distinct values" if distinct is not None else "many values"
+        return (
+            "continuous",
+            f"a continuous target, {count}",
+            'for a regression target: a linear output, Dense(1), with loss="mse" (or '
+            '"huber"), and the target standardized: (y - mean) / std',
+        )
 
     @staticmethod
     def _mismatch(

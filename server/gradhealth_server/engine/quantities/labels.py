@@ -1,20 +1,54 @@
 """The labels of the sample batch: their format (class ids, one-hot, binary,
-continuous) and class histogram (host side, numpy)."""
+continuous) and class histogram (host side, numpy). `sent`: the labels as the job
+sent them, when the loss reads them otherwise (fractional sparse ids, truncated)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
 from gradhealth_server.engine.measurements import LabelStats
 
+# Scales that turn fractional labels back into whole numbers: ids divided like pixels
+# (255), percentages (100), tenths (10).
+ID_SCALES = (255, 100, 10)
 
-def label_stats(y: np.ndarray, problem: str) -> LabelStats | None:
-    y = np.asarray(y)
+
+def label_stats(y: np.ndarray, problem: str, sent: np.ndarray | None = None) -> LabelStats | None:
+    stats = _stats(np.asarray(y))
+    if stats is None or sent is None:
+        return stats
+    s = np.asarray(sent).astype(np.float64, copy=False)
+    if s.shape != np.shape(y) or s.size == 0 or np.array_equal(s, np.asarray(y)):
+        return stats
+    finite = s[np.isfinite(s)]
+    fractional = bool(np.any(np.mod(finite, 1) != 0))
+    scale = next(
+        (
+            k
+            for k in ID_SCALES
+            if fractional and np.allclose(finite * k, np.rint(finite * k), atol=1e-3)
+        ),
+        None,
+    )
+    return replace(
+        stats,
+        sent_min=float(finite.min()) if finite.size else None,
+        sent_max=float(finite.max()) if finite.size else None,
+        sent_fractional=fractional,
+        sent_scale=scale,
+    )
+
+
+def _stats(y: np.ndarray) -> LabelStats | None:
     if y.size == 0:
         return None
     f = y.astype(np.float64, copy=False)
     lo, hi = float(np.nanmin(f)), float(np.nanmax(f))
     integer = bool(np.all(np.isfinite(f))) and bool(np.all(np.mod(f, 1) == 0))
+    single = y.ndim == 1 or y.shape[-1] == 1
+    distinct = int(np.unique(f).size) if single else None
     if (
         y.ndim >= 2
         and y.shape[-1] > 1
@@ -25,11 +59,11 @@ def label_stats(y: np.ndarray, problem: str) -> LabelStats | None:
         ids = f.reshape(-1, y.shape[-1]).argmax(axis=-1)
         hist = np.bincount(ids, minlength=y.shape[-1])
         return LabelStats("one_hot", int(y.shape[-1]), hist.tolist(), lo, hi)
-    if integer and lo >= 0 and (y.ndim == 1 or y.shape[-1] == 1):
+    if integer and lo >= 0 and single:
         ids = f.reshape(-1).astype(np.int64)
         if hi > 100_000:
-            return LabelStats("continuous", None, None, lo, hi)
+            return LabelStats("continuous", None, None, lo, hi, distinct)
         hist = np.bincount(ids)
         fmt = "binary" if hi <= 1 else "class_ids"
-        return LabelStats(fmt, int(hist.size), hist.tolist(), lo, hi)
-    return LabelStats("continuous", None, None, lo, hi)
+        return LabelStats(fmt, int(hist.size), hist.tolist(), lo, hi, distinct)
+    return LabelStats("continuous", None, None, lo, hi, distinct)

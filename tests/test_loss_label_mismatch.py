@@ -1,0 +1,85 @@
+"""Labels that do not fit the loss, end to end: Keras trains on them silently, so the
+diagnosis names them (loss_mismatch first) instead of refusing the batch."""
+
+from __future__ import annotations
+
+import io
+
+import keras
+import numpy as np
+import pytest
+
+from gradhealth_server.verdict.findings import Cause, Severity
+from tests import models
+
+ROWS = 128
+
+
+def npz(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def mlp(units: int, activation: str) -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(units, activation=activation),
+        ]
+    )
+
+
+def diagnose(diagnoser, tmp_path, model, loss, x, y):
+    keras.utils.set_random_seed(0)
+    model.compile("adam", loss)
+    model.fit(x, y, epochs=2, verbose=0)  # Keras trains on these labels without a word
+    path = tmp_path / "run.keras"
+    model.save(path)
+    d = diagnoser.diagnose(path, npz(x=x[:ROWS], y=y[:ROWS]))
+    finding = d.verdict.findings[0]
+    assert d.verdict.primary_cause is Cause.LOSS_MISMATCH and finding.cause is Cause.LOSS_MISMATCH
+    return d, finding
+
+
+def test_binary_crossentropy_on_class_ids(diagnoser, tmp_path):
+    x, y = models.digits()
+    d, finding = diagnose(
+        diagnoser, tmp_path, mlp(1, "sigmoid"), "binary_crossentropy", x, y.astype("float32")
+    )
+    assert finding.severity is Severity.CRITICAL
+    assert finding.evidence["label_range"] == [0, 9]
+    assert finding.evidence["labels_look_like"] == "class_ids"
+    assert 'Dense(10, activation="softmax")' in finding.remedy
+    assert "sparse_categorical_crossentropy" in finding.remedy
+    assert np.isfinite(d.measurements.loss)  # Keras clips the sigmoid: finite, if negative
+
+
+def test_binary_crossentropy_on_a_regression_target(diagnoser, tmp_path):
+    x, _ = models.digits()
+    rng = np.random.default_rng(0)
+    target = np.round(30 + 316 * rng.random(len(x))).astype("float32")  # like diabetes: 30-346
+    d, finding = diagnose(diagnoser, tmp_path, mlp(1, "sigmoid"), "binary_crossentropy", x, target)
+    assert finding.severity is Severity.CRITICAL
+    assert finding.evidence["labels_look_like"] == "continuous"
+    assert 'loss="mse"' in finding.remedy and "standardized" in finding.remedy
+    assert np.isfinite(d.measurements.loss)
+
+
+def test_sparse_crossentropy_on_labels_divided_by_255(diagnoser, tmp_path):
+    x, y = models.digits()
+    d, finding = diagnose(
+        diagnoser,
+        tmp_path,
+        mlp(10, "softmax"),
+        "sparse_categorical_crossentropy",
+        x,
+        y.astype("float32") / 255,
+    )
+    assert finding.severity is Severity.CRITICAL
+    assert "every label becomes class 0" in finding.summary
+    assert "np.rint(y * 255)" in finding.remedy
+    assert finding.evidence["labels_as_sent"] == [0.0, pytest.approx(9 / 255)]
+    assert d.measurements.labels.histogram == [ROWS]  # what the loss reads: all class 0
