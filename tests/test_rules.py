@@ -93,6 +93,16 @@ def test_large_gradients_with_ordinary_steps_are_the_loss_scale_not_an_explosion
     assert ("exploding_gradients" in causes(m)) is fires
 
 
+@pytest.mark.parametrize(("median", "fires"), [(1010.0, True), (990.0, False)])
+def test_extreme_gradients_in_most_layers_count_whatever_the_step(median, fires):
+    # A deep stack drawn too large: Adam keeps the step small, but the median layer's
+    # gradient is a thousand times its weights.
+    layers = [layer("d0", 5.0, weight=1.0), layer("d1", median, weight=1.0)]
+    layers.append(layer("d2", 1e5, weight=1.0))
+    m = stuck(layers=layers, optimizer=optimizer(ratio=1e-4))
+    assert ("exploding_gradients" in causes(m)) is fires
+
+
 # -- unnormalized_input ------------------------------------------------------------
 
 

@@ -10,7 +10,9 @@ a loss on a large scale (regression on raw targets: MSE in the thousands) has la
 gradients everywhere, which Adam-type optimizers normalize away, and depthwise
 convolutions before BatchNorm have large gradient-to-weight ratios by construction
 (the loss is scale-invariant in those weights). So that signal counts only when the
-step the optimizer would take really is large, or when no step was measured.
+step the optimizer would take really is large, when no step was measured, or when
+it is extreme in most layers (the median layer's gradient a thousand times its
+weights: the forward pass itself has blown up, as in a deep stack drawn too large).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class ExplodingGradientsRule(Rule):
         # ‖Δw‖/‖w‖ of the optimizer's real next step above which large gradients do
         # move the weights too far (healthy is about 1e-3).
         update_ratio: float = 0.01
+        # ... or the median layer's ‖g‖/‖w‖ above this: blown up whatever the step.
+        extreme_grad_to_weight: float = 1000.0
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
@@ -53,7 +57,9 @@ class ExplodingGradientsRule(Rule):
             if layer.grad_to_weight is not None and layer.grad_to_weight > t.grad_to_weight
         ]
         step = m.optimizer.update_ratio if m.optimizer else None
-        if heavy and step is not None and step <= t.update_ratio and not big_ratio:
+        ratios = sorted(layer.grad_to_weight or 0.0 for layer in layers)
+        extreme = ratios[len(ratios) // 2] > t.extreme_grad_to_weight
+        if heavy and step is not None and step <= t.update_ratio and not (big_ratio or extreme):
             heavy = []  # large gradients, ordinary steps: the loss's scale, not an explosion
         if not (big_ratio or heavy):
             return []
