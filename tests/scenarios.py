@@ -23,7 +23,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from sklearn import datasets
+
+from bench.corpus.data import shuffled
 
 SEED = 0
 BATCH_ROWS = 256
@@ -131,17 +132,8 @@ def save_run(run: Run, directory: Path, name: str) -> tuple[Path, Path]:
 @functools.cache
 def load(dataset: str) -> tuple[np.ndarray, np.ndarray]:
     """Raw features and labels in a fixed shuffled order (so the first rows are a fair sample)."""
-    loader = {
-        "digits": datasets.load_digits,
-        "wine": datasets.load_wine,
-        "breast_cancer": datasets.load_breast_cancer,
-        "iris": datasets.load_iris,
-        "diabetes": datasets.load_diabetes,
-    }[dataset]
-    x, y = loader(return_X_y=True)
-    order = np.random.default_rng(SEED).permutation(len(x))
-    y = y[order].astype("float32" if dataset == "diabetes" else "int32")
-    return x[order].astype("float32"), y
+    x, y = shuffled(dataset)
+    return x, y.astype("float32" if dataset == "diabetes" else "int32")
 
 
 def chance(dataset: str) -> float:

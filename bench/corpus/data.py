@@ -25,7 +25,9 @@ class Data:
 
 
 @functools.cache
-def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
+def shuffled(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A scikit-learn set's features (float32) and labels in a fixed shuffled order,
+    so the first rows are a fair sample. The scenario suite loads its data here too."""
     loader = {
         "digits": datasets.load_digits,
         "wine": datasets.load_wine,
@@ -45,7 +47,7 @@ def standardize(x: np.ndarray) -> np.ndarray:
 def digits(view: str = "flat", scale: float = 1 / 16) -> Data:
     """Digits pixels (0-16) times `scale`; views: flat (64), image (8x8x1), seq (8 steps x 8),
     long_seq (64 steps x 1), tokens (64 ids in 0..16)."""
-    x, y = _raw("digits")
+    x, y = shuffled("digits")
     y = y.astype("int32")
     if view == "tokens":
         return Data(x.astype("int32"), y, "multiclass", y)
@@ -68,14 +70,14 @@ def digits_padded_seq(pad: int) -> Data:
 
 def digits_binary() -> Data:
     """Digits, binary: is the digit even."""
-    x, y = _raw("digits")
+    x, y = shuffled("digits")
     yb = (y % 2 == 0).astype("int32")
     return Data((x / 16).astype("float32"), yb.astype("float32"), "binary", yb)
 
 
 def digits_multilabel() -> Data:
     """Digits with four multi-hot attributes: even, >= 5, prime, has a closed loop."""
-    x, y = _raw("digits")
+    x, y = shuffled("digits")
     y = y.astype(int)
     attrs = np.stack(
         [y % 2 == 0, y >= 5, np.isin(y, [2, 3, 5, 7]), np.isin(y, [0, 6, 8, 9])], axis=1
@@ -85,7 +87,7 @@ def digits_multilabel() -> Data:
 
 def digits_dict(scale: float = 1 / 16) -> Data:
     """Two named inputs: the 8x8 image and 16 row/column sums."""
-    x, y = _raw("digits")
+    x, y = shuffled("digits")
     x = (x * scale).astype("float32")
     img = x.reshape(-1, 8, 8, 1)
     stats = np.concatenate([img.sum(2)[..., 0], img.sum(1)[..., 0]], axis=1) / 8
@@ -95,7 +97,7 @@ def digits_dict(scale: float = 1 / 16) -> Data:
 
 def tabular(name: str, raw: bool = False) -> Data:
     """wine / iris (multi-class), breast_cancer (binary); standardized unless raw."""
-    x, y = _raw(name)
+    x, y = shuffled(name)
     x = x if raw else standardize(x)
     y = y.astype("int32")
     if name == "breast_cancer":
@@ -111,7 +113,7 @@ def tabular_dict(raw: bool = False) -> Data:
 
 def diabetes(raw_target: bool = False, raw_x: bool = False) -> Data:
     """Diabetes regression; the target is in [25, 346] when raw, standardized otherwise."""
-    x, y = _raw("diabetes")
+    x, y = shuffled("diabetes")
     x = x if raw_x else standardize(x)
     y = y.astype("float32")
     y = y if raw_target else standardize(y[:, None])[:, 0]
