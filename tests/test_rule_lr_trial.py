@@ -60,7 +60,7 @@ def test_the_30x_gain_threshold(ratio, fires):
     assert bool(lr_low(slow(g1=0.004, g10=0.04, g30=0.04 * ratio))) is fires
 
 
-@pytest.mark.parametrize(("share", "fires"), [(0.0055, True), (0.0045, False)])
+@pytest.mark.parametrize(("share", "fires"), [(1.1e-5, True), (0.9e-5, False)])
 def test_the_gain_must_be_real(share, fires):
     g30 = share * 2.0
     assert bool(lr_low(slow(g1=g30 / 30, g10=g30 / 3, g30=g30))) is fires
