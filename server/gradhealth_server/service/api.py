@@ -30,9 +30,13 @@ from gradhealth_server.service.feed import CLOSED, FELL_BEHIND, VerdictFeed
 from gradhealth_server.service.jobs import JobExpired, JobQueue, QueueFull
 from gradhealth_server.service.status import (
     RpcFailure,
+    bad_query,
     failure_of,
+    fell_behind,
     invalid,
     job_failed,
+    not_found,
+    shutting_down,
     store_unavailable,
     unavailable,
 )
@@ -238,9 +242,8 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
     ) -> service_pb2.GetVerdictResponse:
         verdict = await asyncio.to_thread(self.store.get, request.verdict_id)
         if verdict is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"no verdict {request.verdict_id[:80]!r}"
-            )
+            failure = not_found("verdict", request.verdict_id)
+            await context.abort(failure.code, failure.message)
         return service_pb2.GetVerdictResponse(verdict=verdict)
 
     @_store_unavailable
@@ -259,7 +262,8 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
                 self.store.list_verdicts, query, request.page_size, request.page_token
             )
         except BadPageToken as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            failure = bad_query(str(exc))
+            await context.abort(failure.code, failure.message)
         return service_pb2.ListVerdictsResponse(verdicts=verdicts, next_page_token=token)
 
     @_store_unavailable
@@ -271,7 +275,8 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
                 self.store.list_runs, request.page_size, request.page_token
             )
         except BadPageToken as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            failure = bad_query(str(exc))
+            await context.abort(failure.code, failure.message)
         return service_pb2.ListRunsResponse(runs=runs, next_page_token=token)
 
     @_store_unavailable
@@ -290,7 +295,8 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
             request.reason,
         )
         if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id[:80]!r}")
+            failure = not_found("run", request.run_id)
+            await context.abort(failure.code, failure.message)
         log.info(
             "run %s closed: %s%s",
             run.run_id,
@@ -303,7 +309,8 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
         self, request: service_pb2.WatchVerdictsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[service_pb2.WatchVerdictsResponse]:
         if self.feed.closed:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            failure = shutting_down()
+            await context.abort(failure.code, failure.message)
         try:
             with self.feed.watch() as queue:
                 self.metrics.watchers.set(self.feed.watchers)
@@ -315,9 +322,5 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
                     yield service_pb2.WatchVerdictsResponse(verdict=item)
         finally:
             self.metrics.watchers.set(self.feed.watchers)
-        if item == FELL_BEHIND:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "this watcher fell too far behind the new verdicts; watch again",
-            )
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; watch again")
+        failure = fell_behind() if item == FELL_BEHIND else shutting_down("; watch again")
+        await context.abort(failure.code, failure.message)

@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 
+from gradhealth_server.service.status import unauthenticated
+
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 
 
@@ -40,10 +42,8 @@ class BearerTokenAuth(grpc.aio.ServerInterceptor):
 
 def _refusal(handler: grpc.RpcMethodHandler, why: str) -> grpc.RpcMethodHandler:
     async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
-            f"{why}: send metadata 'authorization: Bearer <token>'",
-        )
+        failure = unauthenticated(f"{why}: send metadata 'authorization: Bearer <token>'")
+        await context.abort(failure.code, failure.message)
 
     kwargs = {
         "request_deserializer": handler.request_deserializer,

@@ -30,6 +30,20 @@ def too_large(message: str) -> RpcFailure:
     return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large", message)
 
 
+def upload_late(reason: str, message: str) -> RpcFailure:
+    """An upload that stalled, crawled or ran past its time (upload_timeout, upload_too_slow)."""
+    return RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, reason, message)
+
+
+def uploads_full(message: str) -> RpcFailure:
+    """Every upload place is taken: the client retries later."""
+    return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "uploads_full", message)
+
+
+def unauthenticated(message: str) -> RpcFailure:
+    return RpcFailure(grpc.StatusCode.UNAUTHENTICATED, "unauthenticated", message)
+
+
 def unavailable(state: str) -> RpcFailure:
     """Draining or warming up: the client retries, here or on another replica."""
     return RpcFailure(grpc.StatusCode.UNAVAILABLE, state, f"the server is {state}; retry")
@@ -39,6 +53,32 @@ def store_unavailable() -> RpcFailure:
     """A store that does not answer: clients retry, on another replica or later."""
     return RpcFailure(
         grpc.StatusCode.UNAVAILABLE, "store", "the verdict store is unavailable; retry"
+    )
+
+
+def not_found(what: str, name: str) -> RpcFailure:
+    """A query for a verdict or a run the store does not hold."""
+    return RpcFailure(grpc.StatusCode.NOT_FOUND, "not_found", f"no {what} {name[:80]!r}")
+
+
+def bad_query(message: str) -> RpcFailure:
+    """A query the store cannot run as asked (e.g. a page token it did not issue)."""
+    return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "bad_query", message)
+
+
+def shutting_down(again: str = "") -> RpcFailure:
+    """A watch the server ends or refuses because it is stopping."""
+    return RpcFailure(
+        grpc.StatusCode.UNAVAILABLE, "shutting_down", f"the server is shutting down{again}"
+    )
+
+
+def fell_behind() -> RpcFailure:
+    """A watcher too slow for the verdicts it asked for."""
+    return RpcFailure(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "fell_behind",
+        "this watcher fell too far behind the new verdicts; watch again",
     )
 
 

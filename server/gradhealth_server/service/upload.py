@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import grpc
-
 from gradhealth.contract import MIN_CHUNK_BYTES
 from gradhealth.v1 import service_pb2
 from gradhealth_server.intake.limits import Limits
-from gradhealth_server.service.status import RpcFailure, invalid, too_large
+from gradhealth_server.service.status import (
+    invalid,
+    too_large,
+    upload_late,
+    uploads_full,
+)
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,199}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -167,8 +170,7 @@ async def receive_parts(
         checkpoint.finish()
         batch.finish()
     except TimeoutError as exc:
-        raise RpcFailure(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
+        raise upload_late(
             "upload_timeout",
             f"the upload took longer than this server allows ({limits.total_seconds:.0f} s)",
         ) from exc
@@ -203,9 +205,7 @@ class UploadStage:
     @contextlib.contextmanager
     def place(self) -> Iterator[None]:
         if self.active >= self.capacity:
-            raise RpcFailure(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "uploads_full",
+            raise uploads_full(
                 f"{self.capacity} uploads are in progress, the most this server takes; retry later",
             )
         self.active += 1
@@ -220,8 +220,7 @@ class UploadStage:
 def _check_rate(received: int, started: float, limits: UploadLimits) -> None:
     elapsed = time.monotonic() - started
     if elapsed > RATE_GRACE_S and received / elapsed < limits.min_bytes_per_second:
-        raise RpcFailure(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
+        raise upload_late(
             "upload_too_slow",
             f"the upload is too slow: {received / elapsed / 1024:.1f} KiB/s on average, this "
             f"server needs at least {limits.min_bytes_per_second / 1024:.0f} KiB/s",
@@ -234,8 +233,7 @@ async def _next(
     try:
         return await asyncio.wait_for(anext(requests, None), idle_seconds)
     except TimeoutError:
-        raise RpcFailure(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
+        raise upload_late(
             "upload_timeout",
             f"the upload stalled: no chunk for {idle_seconds:.0f} s",
         ) from None
