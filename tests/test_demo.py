@@ -28,7 +28,9 @@ def test_demo_names_the_bug_and_the_fix_makes_the_run_healthy(bug):
     broken, fixed = out.split("2. with the fix")
     broken_lines = re.findall(r"step +(\d+)  (\w+)", broken)
     fixed_lines = re.findall(r"step +(\d+)  (\w+)", fixed)
-    assert len(broken_lines) >= 5 and len(fixed_lines) >= 5
+    # The callback skips a checkpoint while the previous diagnosis still runs (the
+    # first one compiles the probe and, on a broken run, its trials): at least 3 of 6.
+    assert len(broken_lines) >= 3 and len(fixed_lines) >= 3
     assert {status for _, status in broken_lines} == {"critical"}
     assert max(fixed_lines, key=lambda line: int(line[0]))[1] == "healthy"
     before, after = map(
