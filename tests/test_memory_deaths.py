@@ -32,8 +32,9 @@ PROBE_OOM_STEPS = 1250
 def test_an_out_of_memory_inside_the_probe_is_resource_exhausted_naming_memory(tmp_path):
     """2400 MiB of address space without XLA: TensorFlow's CPU allocator fails the
     (32, 1250, 1250) scores of a micro-batch and raises ResourceExhaustedError
-    inside the compiled probe. The up-front estimate is under its share; the call is RESOURCE_EXHAUSTED naming memory (it was
-    INVALID_ARGUMENT "Graph execution error"), the same worker serves on."""
+    inside the compiled probe. The up-front estimate is under its share; the call
+    is RESOURCE_EXHAUSTED naming memory (it was INVALID_ARGUMENT "Graph execution
+    error"), the same worker serves on."""
     checkpoint = _self_attention_checkpoint(tmp_path / "attention.keras")
     short = _sequence_batch(tmp_path / "short.npz", 16, 16)
     long = _sequence_batch(tmp_path / "long.npz", 64, PROBE_OOM_STEPS)
