@@ -257,26 +257,18 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
             start_time=request.start_time if request.HasField("start_time") else None,
             end_time=request.end_time if request.HasField("end_time") else None,
         )
-        try:
-            verdicts, token = await asyncio.to_thread(
-                self.store.list_verdicts, query, request.page_size, request.page_token
-            )
-        except BadPageToken as exc:
-            failure = bad_query(str(exc))
-            await context.abort(failure.code, failure.message)
+        verdicts, token = await _page(
+            context, self.store.list_verdicts, query, request.page_size, request.page_token
+        )
         return service_pb2.ListVerdictsResponse(verdicts=verdicts, next_page_token=token)
 
     @_store_unavailable
     async def ListRuns(
         self, request: service_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListRunsResponse:
-        try:
-            runs, token = await asyncio.to_thread(
-                self.store.list_runs, request.page_size, request.page_token
-            )
-        except BadPageToken as exc:
-            failure = bad_query(str(exc))
-            await context.abort(failure.code, failure.message)
+        runs, token = await _page(
+            context, self.store.list_runs, request.page_size, request.page_token
+        )
         return service_pb2.ListRunsResponse(runs=runs, next_page_token=token)
 
     @_store_unavailable
@@ -324,3 +316,16 @@ class GradientHealthServicer(service_pb2_grpc.GradientHealthServiceServicer):
             self.metrics.watchers.set(self.feed.watchers)
         failure = fell_behind() if item == FELL_BEHIND else shutting_down("; watch again")
         await context.abort(failure.code, failure.message)
+
+
+async def _page(
+    context: grpc.aio.ServicerContext, query: Callable[..., tuple[list, str]], *args: Any
+) -> tuple[list, str]:
+    """One page of a store listing, off the event loop; a bad page token is the
+    caller's INVALID_ARGUMENT."""
+    try:
+        return await asyncio.to_thread(query, *args)
+    except BadPageToken as exc:
+        failure = bad_query(str(exc))
+        await context.abort(failure.code, failure.message)
+        raise  # abort raises; this line only tells the type checker so

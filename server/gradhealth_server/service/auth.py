@@ -7,31 +7,29 @@ everything else needs `authorization: Bearer <token>` when a token is set.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
+from gradhealth_server.service.interceptor import WrappingInterceptor, same_kind
 from gradhealth_server.service.status import unauthenticated
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 
 
-class BearerTokenAuth(grpc.aio.ServerInterceptor):
+class BearerTokenAuth(WrappingInterceptor):
+    passes = OPEN_SERVICES
+
     def __init__(self, token: str, on_reject: Callable[[], None] = lambda: None) -> None:
         if not token:
             raise ValueError("an empty token would let everyone in")
         self._expected = f"Bearer {token}".encode()
         self._on_reject = on_reject
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_SERVICES):
-            return handler
         sent = dict(details.invocation_metadata or ()).get("authorization", "")
         sent_bytes = sent.encode() if isinstance(sent, str) else sent
         if hmac.compare_digest(sent_bytes, self._expected):
@@ -45,14 +43,4 @@ def _refusal(handler: grpc.RpcMethodHandler, why: str) -> grpc.RpcMethodHandler:
         failure = unauthenticated(f"{why}: send metadata 'authorization: Bearer <token>'")
         await context.abort(failure.code, failure.message)
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse, **kwargs)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
+    return same_kind(handler, refuse)

@@ -22,13 +22,14 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
 
 from gradhealth.contract import enum_name
 from gradhealth.v1 import service_pb2, verdict_pb2
+from gradhealth_server.service.interceptor import WrappingInterceptor, same_kind
 
 log = logging.getLogger("gradhealth_server.calls")
 
@@ -54,38 +55,45 @@ ORDER = (
 )
 
 
-class CallLog(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
+class CallLog(WrappingInterceptor):
+    passes = QUIET_SERVICES
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(QUIET_SERVICES):
-            return handler
         method = details.method.rsplit("/", 1)[-1]
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.request_streaming and not handler.response_streaming:
-            return grpc.stream_unary_rpc_method_handler(
-                _stream_unary(method, handler.stream_unary), **kwargs
-            )
-        if handler.response_streaming and not handler.request_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                _unary_stream(method, handler.unary_stream), **kwargs
-            )
-        if not handler.request_streaming:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary_unary(method, handler.unary_unary), **kwargs
-            )
-        return handler  # no bidirectional RPC in gradhealth.v1
+        if handler.request_streaming and handler.response_streaming:
+            return handler  # no bidirectional RPC in gradhealth.v1
+        if handler.request_streaming:
+            return same_kind(handler, _stream_unary(method, handler.stream_unary))
+        if handler.response_streaming:
+            return same_kind(handler, _unary_stream(method, handler.unary_stream))
+        return same_kind(handler, _unary_unary(method, handler.unary_unary))
+
+
+@contextlib.contextmanager
+def _recorded(
+    fields: dict[str, Any],
+    context: grpc.aio.ServicerContext,
+    finish: Callable[[], None] = lambda: None,
+) -> Iterator[None]:
+    """Logs the call once it ends: its code and message, or OK; `finish` adds
+    what is only known then (the upload's header)."""
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException as exc:
+        _ended(fields, context, exc)
+        finish()
+        _emit(fields, context, started)
+        raise
+    finish()
+    fields.setdefault("code", "OK")
+    _emit(fields, context, started)
 
 
 def _stream_unary(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def logged(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
         seen: dict[str, Any] = {}
 
         async def peek() -> AsyncIterator[Any]:
@@ -97,18 +105,15 @@ def _stream_unary(method: str, behavior: Callable[..., Any]) -> Callable[..., An
                 yield message
 
         fields: dict[str, Any] = {"method": method}
-        try:
-            response = await behavior(peek(), context)
-        except BaseException as exc:
-            _ended(fields, context, exc)
+        response = None
+
+        def finish() -> None:
             _header_fields(fields, seen.get("header"))
-            _emit(fields, context, started)
-            raise
-        _header_fields(fields, seen.get("header"))
-        fields["code"] = "OK"
-        if isinstance(response, service_pb2.DiagnoseResponse):
-            fields.update(verdict_fields(response.verdict))
-        _emit(fields, context, started)
+            if isinstance(response, service_pb2.DiagnoseResponse):
+                fields.update(verdict_fields(response.verdict))
+
+        with _recorded(fields, context, finish):
+            response = await behavior(peek(), context)
         return response
 
     return logged
@@ -116,39 +121,24 @@ def _stream_unary(method: str, behavior: Callable[..., Any]) -> Callable[..., An
 
 def _unary_unary(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
         fields: dict[str, Any] = {"method": method}
         if getattr(request, "run_id", ""):
             fields["run"] = request.run_id
-        try:
-            response = await behavior(request, context)
-        except BaseException as exc:
-            _ended(fields, context, exc)
-            _emit(fields, context, started)
-            raise
-        fields["code"] = "OK"
-        _emit(fields, context, started)
-        return response
+        with _recorded(fields, context):
+            return await behavior(request, context)
 
     return logged
 
 
 def _unary_stream(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def logged(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started = time.perf_counter()
         fields: dict[str, Any] = {"method": method, "verdicts_sent": 0}
         if getattr(request, "run_id", ""):
             fields["run"] = request.run_id
-        try:
+        with _recorded(fields, context):
             async for response in behavior(request, context):
                 fields["verdicts_sent"] += 1
                 yield response
-        except BaseException as exc:
-            _ended(fields, context, exc)
-            _emit(fields, context, started)
-            raise
-        fields["code"] = "OK"
-        _emit(fields, context, started)
 
     return logged
 
