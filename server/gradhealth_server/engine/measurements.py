@@ -77,7 +77,7 @@ class LabelStats:
     """The labels as the loss reads them; `sent_*` when the labels as sent differ (sparse
     crossentropy truncates fractional labels to class ids, as Keras does)."""
 
-    format: str  # class_ids | one_hot | binary | continuous
+    format: str  # class_ids | one_hot | multi_hot | binary | continuous
     classes: int | None
     histogram: list[int] | None
     min: float
@@ -87,6 +87,8 @@ class LabelStats:
     sent_max: float | None = None
     sent_fractional: bool = False  # some labels as sent were not whole numbers
     sent_scale: int | None = None  # labels as sent x this are whole numbers (255: ids / 255)
+    mean: float | None = None
+    variance: float | None = None  # per column, averaged: what predicting the mean scores
 
 
 @dataclass

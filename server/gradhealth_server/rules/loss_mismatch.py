@@ -53,6 +53,10 @@ class _Mismatch:
 
 class LossMismatchRule(Rule):
     cause = Cause.LOSS_MISMATCH
+    no_trial = (
+        "no trial: the output, the loss and the labels disagree by construction (read "
+        "from the model and the batch), not by degree"
+    )
 
     @dataclass(frozen=True)
     class Thresholds:
@@ -65,7 +69,11 @@ class LossMismatchRule(Rule):
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         s = m.static
-        misfit = self._label_misfit(s.loss or "", m.labels, m.rows, m.loss)
+        misfit = self._label_misfit(s.loss or "", m.labels, m.rows, m.loss) or (
+            _out_of_reach(s.loss or "", s.output_activation, s.output_units, m.labels)
+            if s.functional
+            else None
+        )
         mismatch = None
         if s.functional and s.output_activation is not None:
             mismatch = self._mismatch(
@@ -250,6 +258,14 @@ class LossMismatchRule(Rule):
                 "binary_crossentropy on a softmax over several classes",
                 f'loss="{sparse if labels == "class_ids" else "categorical_crossentropy"}"',
             )
+        if activation == "softmax" and labels == "multi_hot":
+            return _Mismatch(
+                Severity.CRITICAL,
+                f"softmax output with multi-hot labels ({loss}): the outputs of a row sum to 1, "
+                "so the model can never give two labels a high probability at once",
+                f'Dense({units}, activation="sigmoid") with loss="binary_crossentropy", one '
+                "independent probability per label",
+            )
         if (
             loss in REGRESSION_LOSSES
             and activation in PROBABILITY_OUTPUTS
@@ -262,3 +278,34 @@ class LossMismatchRule(Rule):
                 f'loss="{target}"',
             )
         return None
+
+
+# What a bounded output activation can produce.
+OUTPUT_RANGES = {"sigmoid": (0.0, 1.0), "softmax": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+
+
+def _out_of_reach(
+    loss: str, activation: str | None, units: int | None, labels: LabelStats | None
+) -> _Mismatch | None:
+    """A regression loss whose targets lie outside what the output activation can
+    produce: the loss can never reach zero and the output saturates chasing them."""
+    if loss not in REGRESSION_LOSSES or labels is None or activation not in OUTPUT_RANGES:
+        return None
+    # class ids into several outputs are a classifier trained with a regression loss:
+    # _mismatch names that pairing
+    if labels.format != "continuous" and not (labels.format == "class_ids" and units == 1):
+        return None
+    low, high = OUTPUT_RANGES[activation]
+    span = max(labels.max - labels.min, 1e-12)
+    outside = max(low - labels.min, labels.max - high, 0.0)
+    if outside <= 0.1 * span:  # a little overshoot is a scaling choice, not a bug
+        return None
+    return _Mismatch(
+        Severity.CRITICAL,
+        f"{loss} on targets in [{labels.min:g}, {labels.max:g}] through a {activation} output, "
+        f"which can only produce [{low:g}, {high:g}]: the model can never fit them and the "
+        "output saturates",
+        "a linear output, Dense(n) with no activation, and the target standardized: "
+        "(y - mean) / std",
+        {"label_range": [labels.min, labels.max], "output_range": [low, high]},
+    )

@@ -1,5 +1,5 @@
-"""The labels of the sample batch: their format (class ids, one-hot, binary,
-continuous) and class histogram (host side, numpy). `sent`: the labels as the job
+"""The labels of the sample batch: their format (class ids, one-hot, multi-hot,
+binary, continuous) and class histogram (host side, numpy). `sent`: the labels as the job
 sent them, when the loss reads them otherwise (fractional sparse ids, truncated)."""
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ def label_stats(y: np.ndarray, problem: str, sent: np.ndarray | None = None) -> 
 def _stats(y: np.ndarray) -> LabelStats | None:
     if y.size == 0:
         return None
+    stats = _format(y)
+    f = y.astype(np.float64, copy=False).reshape(len(y), -1)
+    if not np.all(np.isfinite(f)):
+        return stats
+    return replace(stats, mean=float(f.mean()), variance=float(f.var(axis=0).mean()))
+
+
+def _format(y: np.ndarray) -> LabelStats:
     f = y.astype(np.float64, copy=False)
     lo, hi = float(np.nanmin(f)), float(np.nanmax(f))
     integer = bool(np.all(np.isfinite(f))) and bool(np.all(np.mod(f, 1) == 0))
@@ -59,6 +67,10 @@ def _stats(y: np.ndarray) -> LabelStats | None:
         ids = f.reshape(-1, y.shape[-1]).argmax(axis=-1)
         hist = np.bincount(ids, minlength=y.shape[-1])
         return LabelStats("one_hot", int(y.shape[-1]), hist.tolist(), lo, hi)
+    if y.ndim >= 2 and y.shape[-1] > 1 and integer and lo >= 0 and hi <= 1:
+        # several 1s in a row: multi-label targets, one sigmoid per label
+        positives = f.reshape(-1, y.shape[-1]).sum(axis=0).astype(np.int64)
+        return LabelStats("multi_hot", int(y.shape[-1]), positives.tolist(), lo, hi)
     if integer and lo >= 0 and single:
         ids = f.reshape(-1).astype(np.int64)
         if hi > 100_000:
