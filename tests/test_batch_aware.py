@@ -87,3 +87,14 @@ def test_skewed_labels_with_a_model_that_knows_the_rest_are_not_a_collapse():
     assert Cause.PREDICTION_COLLAPSE not in {
         f.cause for f in judge(prior_only(chance + 0.9 * (1 - chance))).findings
     }
+
+
+def test_counts_are_features_to_standardize_not_pixels():
+    """Integer counts in [0, 23] are standardized, not divided by 255 (the trial and
+    the remedy follow the range class)."""
+    from gradhealth_server.engine.quantities.inputs import range_class
+
+    assert range_class(0.0, 23.0, 7.2, 3.7) == "wide"
+    assert range_class(0.0, 255.0, 80.0, 100.0) == "byte"
+    assert range_class(0.0, 101.0, 40.0, 30.0) == "byte"
+    assert range_class(0.0, 100.0, 40.0, 30.0) == "wide"

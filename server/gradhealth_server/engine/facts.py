@@ -79,6 +79,7 @@ class StaticFacts:
     problem: str = "unknown"  # sparse_categorical | categorical | binary | regression | unknown
     optimizer: str | None = None
     learning_rate: float | None = None
+    momentum: float = 0.0  # SGD's: its steps add up to learning_rate / (1 - momentum)
     clipnorm: float | None = None
     global_clipnorm: float | None = None
     clipvalue: float | None = None

@@ -103,6 +103,7 @@ def read_structure(model: keras.Model) -> ModelStructure:
         problem=problem_of(loss_name),
         optimizer=type(optimizer).__name__ if optimizer is not None else None,
         learning_rate=_learning_rate(optimizer),
+        momentum=_momentum(optimizer),
         clipnorm=getattr(optimizer, "clipnorm", None),
         global_clipnorm=getattr(optimizer, "global_clipnorm", None),
         clipvalue=getattr(optimizer, "clipvalue", None),
@@ -360,6 +361,14 @@ def _inner_optimizer(optimizer: Any) -> Any:
 def current_learning_rate(model: keras.Model) -> float | None:
     """The learning rate now in the optimizer's variable (a weight reload changes it)."""
     return _learning_rate(_inner_optimizer(getattr(model, "optimizer", None)))
+
+
+def _momentum(optimizer: Any) -> float:
+    """SGD's momentum (0 for every other optimizer, whose steps are normalized)."""
+    if type(optimizer).__name__ != "SGD":
+        return 0.0
+    value = getattr(optimizer, "momentum", 0.0)
+    return float(value) if isinstance(value, (int, float)) and 0 <= value < 1 else 0.0
 
 
 def _learning_rate(optimizer: Any) -> float | None:

@@ -42,7 +42,8 @@ class ContextThresholds:
     # Fewer optimizer steps than this is an early checkpoint: chance accuracy and
     # one predicted class are normal (docs/architecture.md: "early is not stalled or collapsed").
     early_steps: int = 30
-    # "Learning" means accuracy covers this share of the way from chance to 1.
+    # "Learning" means accuracy covers this share of the way from chance to 1 (for a
+    # regression with a squared loss: R², the share of the targets' variance explained).
     learning_share: float = 0.5
 
 
@@ -51,19 +52,26 @@ class Context:
     classification: bool
     chance: float | None  # majority-class share of the batch's labels
     accuracy: float | None
+    r_squared: float | None  # regression with mean_squared_error: 1 - loss / var(y)
     learning: bool  # the model already does well on the batch
     converged: bool
     early: bool
     iterations: int | None
     optimizer: str | None
     learning_rate: float | None
+    momentum: float
     lr_range: tuple[float, float] | None  # the optimizer's usual learning rates
     thresholds: ContextThresholds
     history: RunHistory = NO_HISTORY  # the run's earlier checkpoints
 
     @property
     def lr_above_usual(self) -> bool:
-        return bool(self.lr_range and self.learning_rate and self.learning_rate > self.lr_range[1])
+        """Above the optimizer's usual range; for SGD with momentum the step it adds
+        up to, learning_rate / (1 - momentum), is what the range bounds."""
+        lr = self.learning_rate
+        if lr and self.momentum:
+            lr = lr / (1 - self.momentum)
+        return bool(self.lr_range and lr and lr > self.lr_range[1])
 
     @property
     def lr_below_usual(self) -> bool:
@@ -85,12 +93,13 @@ def build_context(
         total = sum(m.labels.histogram)
         chance = max(m.labels.histogram) / total if total else None
     accuracy = m.accuracy if classification else None
+    r_squared = _r_squared(m)
     learning = bool(
         accuracy is not None
         and chance is not None
         and chance < 1
         and (accuracy - chance) / (1 - chance) >= t.learning_share
-    )
+    ) or (r_squared is not None and r_squared >= t.learning_share)
     loss_ok = math.isfinite(m.loss) and m.loss <= t.converged_loss
     converged = loss_ok or (accuracy is not None and accuracy >= t.converged_accuracy)
     iterations = m.optimizer.iterations if m.optimizer else None
@@ -99,16 +108,33 @@ def build_context(
         classification=classification,
         chance=chance,
         accuracy=accuracy,
+        r_squared=r_squared,
         learning=learning,
         converged=converged,
         early=iterations is not None and iterations < t.early_steps,
         iterations=iterations,
         optimizer=name,
         learning_rate=m.static.learning_rate,
+        momentum=m.static.momentum,
         lr_range=USUAL_LEARNING_RATES.get(name or ""),
         thresholds=t,
         history=history,
     )
+
+
+def _r_squared(m: Measurements) -> float | None:
+    """How much of the targets' variance a squared-loss regression explains on the
+    batch: 0 is predicting their mean, 1 is exact (regularization counts as error)."""
+    labels = m.labels
+    if (
+        m.static.problem != "regression"
+        or m.static.loss != "mean_squared_error"
+        or labels is None
+        or not labels.variance
+        or not math.isfinite(m.loss)
+    ):
+        return None
+    return 1.0 - m.loss / labels.variance
 
 
 def context_thresholds(overrides: dict) -> ContextThresholds:

@@ -3,11 +3,13 @@
 Anchors: UMLAUT and DeepDiagnosis flag inputs outside [-1, 1]. Judged on what
 the first weight layer actually sees, so a 0-255 batch behind Rescaling(1/255)
 or an adapted Normalization layer is fine. Adam and RMSprop often hide 0-255
-pixels (the run still learns): then it is an info note, not an alarm.
+pixels (the run still learns): then it is an info note, not an alarm. Regression
+targets far from unit scale are the same fault on the other side of the model.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from gradhealth_server.engine.measurements import Measurements, TensorStats
@@ -19,6 +21,7 @@ from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 class UnnormalizedInputRule(Rule):
     cause = Cause.UNNORMALIZED_INPUT
+    no_trial = "no trial: the rescaled batch could not be tried on this model"
 
     @dataclass(frozen=True)
     class Thresholds:
@@ -34,8 +37,10 @@ class UnnormalizedInputRule(Rule):
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         off = [s for s in what_the_weights_see(m) if self.off_scale(s)]
-        if not off or m.nonfinite.inputs:
+        if m.nonfinite.inputs:
             return []
+        if not off:
+            return self._targets(m, ctx)
         worst = max(off, key=lambda s: max(abs(s.max), abs(s.min), s.std))
         raw = {s.name: s for s in m.inputs}
         pixels = any(s.range_class == "byte" for s in m.inputs) or worst.range_class == "byte"
@@ -64,6 +69,7 @@ class UnnormalizedInputRule(Rule):
             f"[{fmt(worst.min)}, {fmt(worst.max)}] (mean {fmt(worst.mean)}, std {fmt(worst.std)})"
         )
         confidence = 0.75
+        measured = ""
         # One step as sent raises the loss while the rescaled batch lowers it: the
         # run cannot start learning, however early it is.
         diverges = False
@@ -77,6 +83,11 @@ class UnnormalizedInputRule(Rule):
                 as_sent_loss_after=trial.baseline_after,
             )
             stuck = abs(trial.relative_drop) < 1e-3 and abs(trial.baseline_relative_drop) < 1e-3
+            measured = (
+                f"one optimizer step with `{trial.change}` takes the loss from "
+                f"{fmt(trial.loss_before, 4)} to {fmt(trial.loss_after, 4)}, against "
+                f"{fmt(trial.baseline_before, 4)} to {fmt(trial.baseline_after, 4)} as sent"
+            )
             if stuck:  # "from 2.303 to 2.303 ... against 2.303 to 2.303" read as unmeasured
                 summary += (
                     f"; one optimizer step leaves the loss at {fmt(trial.loss_before, 4)} with "
@@ -112,6 +123,54 @@ class UnnormalizedInputRule(Rule):
                 layers=[s.name for s in off],
                 evidence=evidence,
                 confidence=confidence,
+                trial=measured,
+            )
+        ]
+
+    def _targets(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
+        """Regression targets far from unit scale: the loss and every gradient carry
+        their scale (a squared loss, its square), so the step sizes that fit them are
+        far from any optimizer's defaults. An alarm only when the run does not learn:
+        Adam copes with raw targets often enough."""
+        t, labels = self.t, m.labels
+        if m.static.problem != "regression" or labels is None or labels.variance is None:
+            return []
+        mean, std = labels.mean or 0.0, math.sqrt(labels.variance)
+        if std <= t.max_std and abs(mean) <= t.max_abs_mean:
+            return []
+        learning = ctx.learning or ctx.early or ctx.converged
+        explained = (
+            f"; the model explains {fmt(100 * ctx.r_squared)}% of their variance on the batch"
+            if ctx.r_squared is not None
+            else ""
+        )
+        return [
+            RuleFinding(
+                cause=self.cause,
+                severity=Severity.INFO if learning else Severity.WARNING,
+                summary=(
+                    f"the regression targets are far from unit scale (mean {fmt(mean)}, std "
+                    f"{fmt(std)}, range [{fmt(labels.min)}, {fmt(labels.max)}]) under "
+                    f"{m.static.loss}{explained}"
+                    + ("" if learning else ": the run is not learning them")
+                ),
+                remedy=(
+                    "standardize the targets: y = (y - mean) / std with the training set's "
+                    "mean and std, and invert it on the predictions (y * std + mean)"
+                ),
+                layers=[m.layers[-1].name] if m.layers else [],
+                evidence={
+                    "target_mean": mean,
+                    "target_std": std,
+                    "target_range": [labels.min, labels.max],
+                    "r_squared": ctx.r_squared,
+                },
+                confidence=0.8,
+                trial=(
+                    "no trial: standardized targets change what the output layer must "
+                    "produce, so a few steps from this checkpoint cannot show the effect; "
+                    "judged on the targets' scale and how little of them the run has learned"
+                ),
             )
         ]
 

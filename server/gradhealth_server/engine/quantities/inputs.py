@@ -13,6 +13,7 @@ from gradhealth_server.engine.quantities.base import varying_min
 # Beyond this standard deviation or mean magnitude a tensor is off unit scale.
 OFF_SCALE_STD = 3.0
 OFF_SCALE_MEAN = 3.0
+BYTE_MIN_MAX = 100.0
 
 
 def range_class(lo: float, hi: float, mean: float, std: float) -> str:
@@ -23,7 +24,9 @@ def range_class(lo: float, hi: float, mean: float, std: float) -> str:
         return "unit"
     if lo >= -1.0 - 1e-6 and hi <= 1.0 + 1e-6:
         return "symmetric_unit"
-    if lo >= 0 and 20.0 < hi <= 255.0 + 1e-3:
+    # 8-bit pixels: a batch of images reaches well past 100 (counts and small
+    # integer features in [0, 30] are not pixels: standardize those)
+    if lo >= 0 and BYTE_MIN_MAX < hi <= 255.0 + 1e-3:
         return "byte"
     if std > OFF_SCALE_STD or abs(mean) > OFF_SCALE_MEAN:
         return "wide"
