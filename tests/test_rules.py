@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
-from gradhealth_server.engine.measurements import LabelStats, NonFinite, OptimizerStep
-from gradhealth_server.rules import ConfigError, build_rules, judge
-from gradhealth_server.verdict.findings import Cause, Severity
+from gradhealth_server.engine.measurements import (
+    LabelStats,
+    LearningRateTrial,
+    NonFinite,
+    OptimizerStep,
+)
+from gradhealth_server.rules import ConfigError, build_rules, explains, judge
+from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 from tests.measurement_builder import BYTE, activation, healthy, layer, stats, stuck
 
 
@@ -122,6 +128,44 @@ def test_byte_pixels_in_a_run_that_learns_is_only_info():
     assert judge(m).status == "healthy"
 
 
+RAW_TARGETS = LabelStats("class_ids", 347, None, 25, 346, 200, mean=152.0, variance=6000.0)
+MSE = {"loss": "mean_squared_error", "problem": "regression", "output_units": 1,
+       "output_activation": "linear", "output_activations": ["linear"]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("loss", "severity"),
+    [(5800.0, "warning"), (3050.0, "warning"), (2950.0, "info"), (500.0, "info")],
+    ids=["explains-nothing", "r2-just-under-half", "r2-just-over-half", "learns"],
+)
+def test_raw_regression_targets_are_an_alarm_only_when_the_run_does_not_learn_them(loss, severity):
+    """R² = 1 - loss / var(y) is the regression's "learning": half the variance."""
+    m = healthy(static=MSE, labels=RAW_TARGETS, loss=loss, accuracy=None)
+    finding = next(f for f in judge(m).findings if f.cause is Cause.UNNORMALIZED_INPUT)
+    assert str(finding.severity) == severity
+    assert "y = (y - mean) / std" in finding.remedy
+    assert finding.evidence["r_squared"] == pytest.approx(1 - loss / 6000.0)
+
+
+def test_standardized_regression_targets_are_fine():
+    unit = LabelStats("continuous", None, None, -2.5, 3.1, 200, mean=0.0, variance=1.0)
+    m = healthy(static=MSE, labels=unit, loss=0.9, accuracy=None)
+    assert "unnormalized_input" not in causes(m)
+
+
+def test_every_alarm_carries_a_trial_or_says_why_none_applies():
+    m = stuck(
+        inputs=[stats(**BYTE)],
+        first_layer_inputs=[stats("conv2d", **BYTE)],
+        activations=[activation("d0", dead_fraction=1.0)],
+    )
+    alarms = [f for f in judge(m).findings if f.severity is not Severity.INFO]
+    assert len(alarms) >= 2
+    assert all(f.trial for f in alarms)
+    dead = next(f for f in alarms if f.cause is Cause.DEAD_RELU)
+    assert dead.trial.startswith("no trial:")
+
+
 def test_bytes_behind_a_rescaling_layer_are_fine():
     m = stuck(inputs=[stats(**BYTE)], first_layer_inputs=[stats("conv2d")])
     assert "unnormalized_input" not in causes(m)
@@ -214,6 +258,47 @@ def test_lr_too_high_from_the_rate_and_blown_weights_with_flat_probe():
     assert dead.explained_by == ["learning_rate_too_high"]
 
 
+@pytest.mark.parametrize(("momentum", "fires"), [(0.9, True), (0.0, False)])
+def test_sgd_momentum_multiplies_the_rate_the_usual_range_bounds(momentum, fires):
+    """SGD at 0.6 is in its usual range; with momentum 0.9 its steps add up to 6."""
+    m = stuck(
+        static={"optimizer": "SGD", "learning_rate": 0.6, "momentum": momentum},
+        optimizer=optimizer(lr=0.6, ratio=1e-3, losses=(2.3, 2.3, 2.3), name="SGD"),
+        activations=[activation("d0", dead_fraction=1.0), activation("d1", dead_fraction=1.0)],
+    )
+    verdict = judge(m)
+    assert ("learning_rate_too_high" in causes(m)) is fires
+    if fires:
+        assert verdict.primary_cause is Cause.LEARNING_RATE_TOO_HIGH
+
+
+def _high_trial(own: float, smaller: float) -> LearningRateTrial:
+    """Held-out losses after 5 steps: `own` at 1x, `smaller` at 0.1x (0.3x, 0.03x worse)."""
+    return LearningRateTrial(5, 128, 128, 2.0, [0.03, 0.1, 0.3, 1.0], [2.0, smaller, 1.99, own])
+
+
+@pytest.mark.parametrize(
+    ("own", "smaller", "finding"),
+    [
+        (1.9, 1.5, "warning"),  # a smaller rate does better: confirmed even while learning
+        (1.5, 1.9, None),  # 1x does better: the trial contradicts the high rate
+        # within the 1 % margin: inconclusive, and a run that learns needs a confirmation
+        (1.9, 1.89, None),
+    ],
+    ids=["confirms", "contradicts", "inconclusive"],
+)
+def test_the_lower_rate_trial_confirms_or_contradicts_a_high_rate(own, smaller, finding):
+    m = healthy(
+        static={"learning_rate": 0.1},  # Adam at 0.1: 10x above its usual range
+        optimizer=optimizer(lr=0.1, ratio=0.2),  # and steps of 20 % of the weights
+        lr_trial=_high_trial(own, smaller),
+    )
+    assert causes(m).get("learning_rate_too_high") == finding
+    if finding and smaller < own - 0.02:
+        lr = next(f for f in judge(m).findings if f.cause is Cause.LEARNING_RATE_TOO_HIGH)
+        assert "learning_rate=0.01" in lr.trial and "1.5 against 1.9" in lr.trial
+
+
 def test_a_high_rate_that_learns_fine_is_quiet():
     m = healthy(static={"learning_rate": 0.05}, optimizer=optimizer(lr=0.05))
     assert "learning_rate_too_high" not in causes(m)
@@ -251,6 +336,28 @@ def test_converged_small_steps_are_not_a_low_learning_rate():
 
 
 # -- dead_relu / saturated_activation --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "fraction", "severity"),
+    [
+        ("dead", 0.9, "warning"),
+        ("dead", 0.89, "info"),
+        ("saturated", 0.9, "warning"),
+        ("saturated", 0.89, "info"),
+    ],
+)
+def test_a_layer_dead_or_pinned_as_a_whole_is_an_alarm_even_in_a_run_that_learns(
+    kind, fraction, severity
+):
+    unit = (
+        activation("branch", dead_fraction=fraction)
+        if kind == "dead"
+        else activation("branch", "sigmoid", saturated_fraction=fraction)
+    )
+    m = healthy(activations=[unit])
+    cause = "dead_relu" if kind == "dead" else "saturated_activation"
+    assert causes(m).get(cause) == severity
 
 
 @pytest.mark.parametrize(("fraction", "fires"), [(0.5, True), (0.49, False)])
@@ -465,6 +572,66 @@ def test_a_label_misfit_is_the_primary_cause_over_its_symptoms():
     assert {"non_finite"} <= explained
 
 
+REGRESSION = {"loss": "mean_squared_error", "problem": "regression", "output_units": 1}
+
+
+@pytest.mark.parametrize(
+    ("activation", "labels", "fires"),
+    [
+        # diabetes targets through a sigmoid: far out of reach
+        ("sigmoid", LabelStats("class_ids", 347, None, 25, 346, 200), True),
+        ("sigmoid", LabelStats("continuous", None, None, 0.0, 1.0, 200), False),
+        # overshoot of 10 % of the span is a scaling choice; just over it is not
+        ("sigmoid", LabelStats("continuous", None, None, 0.0, 1.1, 200), False),
+        ("sigmoid", LabelStats("continuous", None, None, 0.0, 1.12, 200), True),
+        ("tanh", LabelStats("continuous", None, None, -1.0, 1.0, 200), False),
+        ("tanh", LabelStats("continuous", None, None, -3.0, 3.0, 200), True),
+        ("linear", LabelStats("continuous", None, None, 25.0, 346.0, 200), False),
+    ],
+    ids=[
+        "sigmoid-raw",
+        "sigmoid-unit",
+        "sigmoid-at-margin",
+        "sigmoid-over",
+        "tanh-ok",
+        "tanh-out",
+        "linear",
+    ],
+)
+def test_a_bounded_output_cannot_reach_regression_targets(activation, labels, fires):
+    static = {**REGRESSION, "output_activation": activation, "output_activations": [activation]}
+    found = causes(healthy(static=static, labels=labels))
+    assert found.get("loss_mismatch") == ("critical" if fires else None)
+    if fires:
+        finding = next(f for f in judge(healthy(static=static, labels=labels)).findings)
+        assert "linear output" in finding.remedy and f"{labels.max:g}" in finding.summary
+
+
+def test_softmax_on_multi_hot_labels_is_a_mismatch():
+    multi_hot = LabelStats("multi_hot", 10, [40] * 10, 0, 1)
+    softmax = {"loss": "binary_crossentropy", "problem": "binary", "output_units": 10}
+    finding = next(
+        f
+        for f in judge(healthy(static=softmax, labels=multi_hot)).findings
+        if f.cause is Cause.LOSS_MISMATCH
+    )
+    assert str(finding.severity) == "critical" and 'activation="sigmoid"' in finding.remedy
+    sigmoid = {**softmax, "output_activation": "sigmoid", "output_activations": ["sigmoid"]}
+    assert "loss_mismatch" not in causes(healthy(static=sigmoid, labels=multi_hot))
+
+
+def test_multi_hot_targets_are_labels_not_a_continuous_target():
+    from gradhealth_server.engine.quantities.labels import label_stats
+
+    y = np.zeros((6, 4), np.float32)
+    y[:, 0] = 1
+    y[:3, 2] = 1
+    stats = label_stats(y, "binary")
+    assert stats.format == "multi_hot" and stats.histogram == [6, 0, 3, 0]
+    one_hot = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]
+    assert label_stats(one_hot, "categorical").format == "one_hot"
+
+
 # -- prediction_collapse ---------------------------------------------------------------
 
 
@@ -474,6 +641,32 @@ def collapsed(share: float, **changes):
     hist[4] = 256 - hist[3]
     out = dataclasses.replace(healthy().output, predicted_histogram=hist, majority_fraction=share)
     return stuck(output=out, **changes)
+
+
+@pytest.mark.parametrize(
+    ("dead", "primary"), [(0.6, "prediction_collapse"), (0.95, "dead_relu")], ids=["part", "all"]
+)
+def test_a_collapse_explains_a_partly_dead_layer_and_a_dead_layer_explains_the_collapse(
+    dead, primary
+):
+    m = collapsed(1.0, activations=[activation("dense", dead_fraction=dead)])
+    verdict = judge(m)
+    assert {"dead_relu", "prediction_collapse"} <= set(causes(m))
+    assert str(verdict.primary_cause) == primary
+
+
+def _finding(cause: Cause, layers: list[str], severity=Severity.WARNING) -> RuleFinding:
+    return RuleFinding(cause=cause, severity=severity, summary="", remedy="", layers=layers)
+
+
+def test_a_saturated_layer_explains_the_dead_relus_after_it_only():
+    order = ["d0", "sat", "d2"]
+    saturated = _finding(Cause.SATURATED_ACTIVATION, ["sat"])
+    after = _finding(Cause.DEAD_RELU, ["d2"], Severity.CRITICAL)
+    before = _finding(Cause.DEAD_RELU, ["d0"], Severity.CRITICAL)
+    assert explains(saturated, after, order) and not explains(saturated, before, order)
+    low_lr = _finding(Cause.LEARNING_RATE_TOO_LOW, [])
+    assert explains(saturated, low_lr, order) and not explains(low_lr, saturated, order)
 
 
 @pytest.mark.parametrize(("share", "fires"), [(0.9, True), (0.89, False)])

@@ -31,7 +31,8 @@ from gradhealth_server.intake.intermediates import check_intermediates
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
 from gradhealth_server.rules import build_rules, judge
 from gradhealth_server.rules.history import NO_HISTORY, RunHistory
-from gradhealth_server.rules.learning_rate_too_low import TRIAL_SCALES, LearningRateTooLowRule
+from gradhealth_server.rules.learning_rate_too_high import LearningRateTooHighRule
+from gradhealth_server.rules.learning_rate_too_low import LearningRateTooLowRule
 from gradhealth_server.rules.unnormalized_input import UnnormalizedInputRule
 from gradhealth_server.verdict.findings import RuleVerdict
 
@@ -83,6 +84,7 @@ class Diagnoser:
         # The trials run when these rules, as configured, propose their remedy.
         self._input_rule = next(r for r in self.rules if isinstance(r, UnnormalizedInputRule))
         self._lr_low_rule = next(r for r in self.rules if isinstance(r, LearningRateTooLowRule))
+        self._lr_high_rule = next(r for r in self.rules if isinstance(r, LearningRateTooHighRule))
 
     def diagnose(
         self,
@@ -175,8 +177,15 @@ class Diagnoser:
             base_before, base_after = probe.trials.step(data.x, data.y)
             before, after = probe.trials.step(remedied, data.y)
             m.trials["input_scale"] = StepTrial(change, before, after, base_before, base_after)
-        if self._lr_low_rule.proposes(m):
-            m.lr_trial = probe.trials.learning_rate(data.x, data.y, TRIAL_SCALES)
+        # One learning-rate trial, over the scales of whichever rule proposes.
+        scales = sorted(
+            {
+                *(self._lr_low_rule.TRIAL_SCALES if self._lr_low_rule.proposes(m) else ()),
+                *(self._lr_high_rule.TRIAL_SCALES if self._lr_high_rule.proposes(m) else ()),
+            }
+        )
+        if scales:
+            m.lr_trial = probe.trials.learning_rate(data.x, data.y, tuple(scales))
         m.probe_seconds += time.perf_counter() - start
 
 

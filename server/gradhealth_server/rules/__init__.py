@@ -65,8 +65,10 @@ EXPLAINS: dict[Cause, frozenset[Cause]] = {
     Cause.UNNORMALIZED_INPUT: frozenset(_SYMPTOMS | _STALL | {Cause.LEARNING_RATE_TOO_LOW}),
     Cause.LEARNING_RATE_TOO_LOW: frozenset(_STALL | {Cause.PREDICTION_COLLAPSE}),
     Cause.DEAD_RELU: frozenset(_STALL | {Cause.VANISHING_GRADIENTS, Cause.PREDICTION_COLLAPSE}),
+    # Saturated units pass back almost no gradient, so larger steps look better in
+    # the learning-rate trial; the saturation is what to fix.
     Cause.SATURATED_ACTIVATION: frozenset(
-        _STALL | {Cause.VANISHING_GRADIENTS, Cause.PREDICTION_COLLAPSE}
+        _STALL | {Cause.VANISHING_GRADIENTS, Cause.PREDICTION_COLLAPSE, Cause.LEARNING_RATE_TOO_LOW}
     ),
     Cause.EXPLODING_GRADIENTS: frozenset(
         _STALL | {Cause.DEAD_RELU, Cause.SATURATED_ACTIVATION, Cause.PREDICTION_COLLAPSE}
@@ -105,8 +107,11 @@ def judge(
     ctx = build_context(m, thresholds, history)
     findings: list[RuleFinding] = []
     for rule in rules:
-        findings.extend(rule.check(m, ctx))
-    explained = _mark_explained(findings)
+        for finding in rule.check(m, ctx):
+            if finding.severity is not Severity.INFO and not finding.trial:
+                finding.trial = rule.no_trial or "no remedy trial applies to this cause"
+            findings.append(finding)
+    explained = _mark_explained(findings, [a.layer for a in m.activations])
     verdict = RuleVerdict.from_findings(findings, explained)
     _name_the_stall(verdict)
     return verdict
@@ -121,7 +126,7 @@ def _name_the_stall(verdict: RuleVerdict) -> None:
             finding.evidence["root_cause"] = str(root)
 
 
-def _mark_explained(findings: list[RuleFinding]) -> set[int]:
+def _mark_explained(findings: list[RuleFinding], order: list[str]) -> set[int]:
     """Indices of findings accounted for by another alarming finding."""
     alarming = [f for f in findings if f.severity is not Severity.INFO]
     explained: set[int] = set()
@@ -132,7 +137,7 @@ def _mark_explained(findings: list[RuleFinding]) -> set[int]:
         causes = [
             other.cause
             for other in alarming
-            if other is not finding and finding.cause in EXPLAINS.get(other.cause, ())
+            if other is not finding and explains(other, finding, order)
         ]
         if causes:
             finding.explained_by = sorted(str(c) for c in causes)
@@ -140,4 +145,28 @@ def _mark_explained(findings: list[RuleFinding]) -> set[int]:
     return explained
 
 
-__all__ = ["EXPLAINS", "RULE_TYPES", "ConfigError", "Rule", "build_rules", "judge"]
+def explains(cause: RuleFinding, symptom: RuleFinding, order: list[str]) -> bool:
+    """Whether `cause` accounts for `symptom`: EXPLAINS, refined where severity or
+    the layers' order decide it (docs/architecture.md, "the explains graph")."""
+    pair = (cause.cause, symptom.cause)
+    if pair == (Cause.DEAD_RELU, Cause.PREDICTION_COLLAPSE):
+        # Only a layer dead as a whole cuts the input off; a partly dead one still
+        # passes the signal through its live units.
+        return cause.severity is Severity.CRITICAL
+    if pair == (Cause.PREDICTION_COLLAPSE, Cause.DEAD_RELU):
+        # Units an output collapsed onto its prior does not use go quiet (label noise,
+        # heavy L2): a partly dead layer there is the effect.
+        return symptom.severity is not Severity.CRITICAL
+    if pair == (Cause.SATURATED_ACTIVATION, Cause.DEAD_RELU):
+        # A saturated layer outputs a constant, so the ReLUs after it see nothing
+        # that varies and stay off; ReLUs before it died of something else.
+        return _first(cause.layers, order) < _first(symptom.layers, order)
+    return symptom.cause in EXPLAINS.get(cause.cause, ())
+
+
+def _first(layers: list[str], order: list[str]) -> int:
+    """The earliest of `layers` in the model's order (unknown layers last)."""
+    return min((order.index(name) for name in layers if name in order), default=len(order))
+
+
+__all__ = ["EXPLAINS", "RULE_TYPES", "ConfigError", "Rule", "build_rules", "explains", "judge"]

@@ -26,6 +26,9 @@ class Rule(ABC):
 
     cause: ClassVar[Cause]
     Thresholds: ClassVar[type] = NoThresholds
+    # Why no remedy trial backs this rule's alarms, for the findings that carry no
+    # measured trial of their own (every warning or critical says one or the other).
+    no_trial: ClassVar[str] = ""
 
     def __init__(self, **overrides: Any) -> None:
         names = {f.name for f in dataclasses.fields(self.Thresholds)}

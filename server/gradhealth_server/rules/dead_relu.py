@@ -17,6 +17,11 @@ from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 class DeadReluRule(Rule):
     cause = Cause.DEAD_RELU
+    no_trial = (
+        "no trial: dead units need a new initialization or activation, which a few steps "
+        "from this checkpoint cannot show; judged on the share of units that never fire "
+        "on the batch"
+    )
 
     @dataclass(frozen=True)
     class Thresholds:
@@ -38,7 +43,9 @@ class DeadReluRule(Rule):
             return []
         worst = max(a.dead_fraction or 0 for a in dead)
         if ctx.learning:
-            severity = Severity.INFO
+            # A layer dead as a whole carries nothing even where the run learns around
+            # it (a residual path, another input): slow is not healthy.
+            severity = Severity.WARNING if worst >= t.critical_fraction else Severity.INFO
         elif worst >= t.critical_fraction:
             severity = Severity.CRITICAL
         else:

@@ -28,6 +28,10 @@ from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 class ExplodingGradientsRule(Rule):
     cause = Cause.EXPLODING_GRADIENTS
+    no_trial = (
+        "no trial: judged on the gradient-to-weight ratios measured layer by layer and "
+        "the size of the optimizer's own step"
+    )
 
     @dataclass(frozen=True)
     class Thresholds:

@@ -1,11 +1,16 @@
 """learning_rate_too_high: the optimizer's own step makes things worse.
 
-Signals, strongest first: the learning-rate probe (the checkpoint optimizer's
-real next step raises the loss while a 10x smaller one lowers it); a large
-update ratio ‖Δw‖/‖w‖ (healthy is about 1e-3); a learning rate above the
-optimizer's usual range together with blown-up weights or a run that does not
-learn. A too-high rate also kills ReLUs and collapses predictions; those
-findings are reported as its symptoms (rules.EXPLAINS).
+Proposed by any of: a learning rate above the optimizer's usual range, a large
+update ratio ‖Δw‖/‖w‖ (healthy is about 1e-3), or the one-step probe (the real
+next step raises the loss while a 10x smaller one lowers it). A proposal runs the
+learning-rate trial at 1x, 0.3x, 0.1x and 0.03x the rate (a few steps on half the
+batch, judged on the other half): a smaller rate that does measurably better
+confirms it, even on a run that learns (slow is not healthy: a warning), and 1x
+doing measurably better than every smaller rate contradicts it (no finding). An
+inconclusive trial (dead units, blown weights: nothing moves) leaves the static
+signals: above the usual range with blown-up weights, dead units or huge steps
+on a run that does not learn. A too-high rate also kills ReLUs and collapses
+predictions; those findings are reported as its symptoms (rules.EXPLAINS).
 """
 
 from __future__ import annotations
@@ -13,14 +18,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gradhealth_server.engine.measurements import Measurements
+from gradhealth_server.engine.measurements import LearningRateTrial, Measurements
 from gradhealth_server.rules.base import Rule
-from gradhealth_server.rules.context import Context, fmt, lr_probe
+from gradhealth_server.rules.context import Context, build_context, fmt, lr_probe
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
 class LearningRateTooHighRule(Rule):
     cause = Cause.LEARNING_RATE_TOO_HIGH
+    no_trial = (
+        "no trial confirmed it: judged on a learning rate above the optimizer's usual "
+        "range, the size of its step and the run's state"
+    )
+
+    TRIAL_SCALES = (1.0, 0.3, 0.1, 0.03)  # the learning-rate scales its trial runs
 
     @dataclass(frozen=True)
     class Thresholds:
@@ -28,16 +39,60 @@ class LearningRateTooHighRule(Rule):
         update_ratio: float = 0.05  # healthy steps move weights by about 0.1 %
         # RMS of a layer's weights; Glorot/He inits start around 0.01-0.2.
         weight_rms: float = 1.0
+        # The trial: a smaller rate's held-out loss this share of the loss below 1x's
+        # confirms; 1x this far below every smaller rate contradicts.
+        trial_margin: float = 0.01
+
+    def proposes(self, m: Measurements) -> bool:
+        """Is the rate suspect enough to try smaller ones? (Runs the trial.)"""
+        if m.nonfinite.weights or m.optimizer is None or m.static.learning_rate is None:
+            return False
+        ctx = build_context(m)
+        if ctx.converged:
+            return False
+        ratio = m.optimizer.update_ratio
+        rises, _ = self._probe(m)
+        return ctx.lr_above_usual or rises or (ratio is not None and ratio > self.t.update_ratio)
+
+    def _probe(self, m: Measurements) -> tuple[bool, bool]:
+        """(the own step raises the probe loss, a smaller step lowers it)."""
+        probe = {s: v for s, v in lr_probe(m).items() if math.isfinite(v)}
+        base, full = probe.get(0.0), probe.get(1.0)
+        smaller = [v for s, v in probe.items() if 0 < s < 1]
+        rises = (
+            base is not None and full is not None and full > base * (1 + self.t.probe_rise) + 1e-9
+        )
+        return rises, bool(smaller) and base is not None and min(smaller) < base
+
+    def _trial_says(self, trial: LearningRateTrial | None) -> tuple[str, float]:
+        """("confirms" | "contradicts" | "", the best smaller scale) from the trial."""
+        if trial is None or not set(self.TRIAL_SCALES) <= set(trial.scales):
+            return "", 1.0
+        losses = dict(zip(trial.scales, trial.losses))
+        own = losses[1.0]
+        smaller = {s: v for s, v in losses.items() if s < 1 and math.isfinite(v)}
+        if not smaller or not math.isfinite(trial.loss_before):
+            return "", 1.0
+        best = min(smaller, key=smaller.get)
+        margin = self.t.trial_margin * max(abs(trial.loss_before), 1e-12)
+        if not math.isfinite(own) or smaller[best] < own - margin:
+            return "confirms", best
+        if own < smaller[best] - margin:
+            return "contradicts", best
+        return "", best
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
         if m.nonfinite.weights or ctx.learning_rate is None:
             return []
+        says, trial_scale = self._trial_says(m.lr_trial)
+        if says == "contradicts":
+            return []
+        confirmed = says == "confirms"
         probe = {s: v for s, v in lr_probe(m).items() if math.isfinite(v)}
         base, full = probe.get(0.0), probe.get(1.0)
         smaller = {s: v for s, v in probe.items() if 0 < s < 1}
-        rises = base is not None and full is not None and full > base * (1 + t.probe_rise) + 1e-9
-        smaller_helps = bool(smaller) and base is not None and min(smaller.values()) < base
+        rises, smaller_helps = self._probe(m)
         by_probe = rises and smaller_helps
         ratio = m.optimizer.update_ratio if m.optimizer else None
         big_steps = ratio is not None and ratio > t.update_ratio
@@ -50,7 +105,8 @@ class LearningRateTooHighRule(Rule):
         dead = [a.layer for a in m.activations if (a.dead_fraction or 0) >= 0.9 and not a.is_output]
         struggling = not ctx.learning and not ctx.converged
         fires = (
-            (by_probe and (big_steps or ctx.lr_above_usual or struggling))
+            confirmed
+            or (by_probe and (big_steps or ctx.lr_above_usual or struggling))
             or (big_steps and ctx.lr_above_usual and struggling)
             or (ctx.lr_above_usual and struggling and (blown or dead or big_steps))
         )
@@ -58,8 +114,8 @@ class LearningRateTooHighRule(Rule):
             return []
         lr = ctx.learning_rate
         best_scale = min(smaller, key=smaller.get) if smaller_helps else 0.1
-        suggested = lr * best_scale
-        if ctx.lr_above_usual and ctx.lr_range:
+        suggested = lr * (trial_scale if confirmed else best_scale)
+        if ctx.lr_above_usual and ctx.lr_range and not confirmed:
             suggested = min(suggested, ctx.lr_range[1] / 10)
         parts = [f"learning rate {fmt(lr)} for {ctx.optimizer}"]
         if ctx.lr_above_usual and ctx.lr_range:
@@ -71,6 +127,14 @@ class LearningRateTooHighRule(Rule):
             )
         if big_steps:
             parts.append(f"one step moves the weights by {fmt(ratio)} of their norm")
+        trial = m.lr_trial
+        if confirmed and trial is not None:
+            losses = dict(zip(trial.scales, trial.losses))
+            parts.append(
+                f"in a {trial.steps}-step trial on this batch the held-out loss goes from "
+                f"{fmt(trial.loss_before)} to {fmt(losses[1.0])} as it is and to "
+                f"{fmt(losses[trial_scale])} at {fmt(trial_scale)}x the rate"
+            )
         if blown:
             parts.append(f"weights have blown up (RMS > {fmt(t.weight_rms)}) in {', '.join(blown)}")
         if dead:
@@ -97,7 +161,33 @@ class LearningRateTooHighRule(Rule):
                 confidence=min(
                     0.95,
                     0.55
-                    + 0.15 * sum([by_probe, big_steps, ctx.lr_above_usual, bool(blown or dead)]),
+                    + 0.15
+                    * sum(
+                        [
+                            by_probe or confirmed,
+                            big_steps,
+                            ctx.lr_above_usual,
+                            bool(blown or dead),
+                        ]
+                    ),
+                ),
+                trial=self._trial_text(m.lr_trial, trial_scale, suggested)
+                if confirmed
+                else (
+                    f"with a {fmt(best_scale)}x step the loss goes from {fmt(base)} to "
+                    f"{fmt(smaller[best_scale])}, against {fmt(full)} with the optimizer's own"
+                    if by_probe
+                    else ""
                 ),
             )
         ]
+
+    @staticmethod
+    def _trial_text(trial: LearningRateTrial | None, scale: float, suggested: float) -> str:
+        if trial is None:
+            return ""
+        losses = dict(zip(trial.scales, trial.losses))
+        return (
+            f"with learning_rate={fmt(suggested)} the held-out loss after {trial.steps} steps "
+            f"is {fmt(losses[scale])} against {fmt(losses[1.0])} as-is"
+        )

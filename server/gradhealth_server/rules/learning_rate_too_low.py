@@ -24,12 +24,13 @@ from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt, lr_probe
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
-# The learning-rate scales the trial runs.
-TRIAL_SCALES = (1.0, 3.0, 10.0, 30.0)
-
 
 class LearningRateTooLowRule(Rule):
     cause = Cause.LEARNING_RATE_TOO_LOW
+    TRIAL_SCALES = (1.0, 3.0, 10.0, 30.0)  # the learning-rate scales its trial runs
+    no_trial = (
+        "no trial: judged on the learning-rate probe (the optimizer's own step against a 10x one)"
+    )
 
     @dataclass(frozen=True)
     class Thresholds:
@@ -75,7 +76,7 @@ class LearningRateTooLowRule(Rule):
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         if ctx.converged or m.nonfinite.weights or m.optimizer is None:
             return []
-        if m.lr_trial is not None:
+        if m.lr_trial is not None and set(self.TRIAL_SCALES) <= set(m.lr_trial.scales):
             return self._by_trial(m, ctx, m.lr_trial)
         return self._by_probe(m, ctx)
 
@@ -168,5 +169,9 @@ class LearningRateTooLowRule(Rule):
                     "suggested_learning_rate": suggested,
                 },
                 confidence=0.85 if tiny and ctx.lr_below_usual else 0.7,
+                trial=(
+                    f"one step at {fmt(best_scale)}x the learning rate lowers the loss by "
+                    f"{fmt(best_drop)} against {fmt(own_drop)} for the optimizer's own step"
+                ),
             )
         ]

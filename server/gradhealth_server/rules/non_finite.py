@@ -17,6 +17,7 @@ from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 class NonFiniteRule(Rule):
     cause = Cause.NON_FINITE
+    no_trial = "no trial: NaN or Inf values are read directly from the loss, weights and gradients"
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         nf = m.nonfinite

@@ -26,6 +26,7 @@ from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 class PredictionCollapseRule(Rule):
     cause = Cause.PREDICTION_COLLAPSE
+    no_trial = "no trial: judged on the predictions against the batch's own label distribution"
 
     @dataclass(frozen=True)
     class Thresholds:

@@ -18,10 +18,16 @@ from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 class SaturatedActivationRule(Rule):
     cause = Cause.SATURATED_ACTIVATION
+    no_trial = (
+        "no trial: judged on the share of units pinned at the activation's limits on the batch"
+    )
 
     @dataclass(frozen=True)
     class Thresholds:
         saturated_fraction: float = 0.5  # SageMaker SaturatedActivation
+        # A layer this saturated passes back almost no gradient: an alarm even on a
+        # run that learns around it (slow is not healthy).
+        pinned_fraction: float = 0.9
         min_units: int = 4
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
@@ -43,7 +49,9 @@ class SaturatedActivationRule(Rule):
         return [
             RuleFinding(
                 cause=self.cause,
-                severity=Severity.INFO if ctx.learning else Severity.WARNING,
+                severity=Severity.INFO
+                if ctx.learning and worst < t.pinned_fraction
+                else Severity.WARNING,
                 summary=f"saturated hidden activations on this batch: {listing}",
                 remedy=(
                     'use kernel_initializer="glorot_uniform" (no large-scale init), '

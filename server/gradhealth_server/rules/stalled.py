@@ -22,6 +22,7 @@ from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 class StalledRule(Rule):
     cause = Cause.STALLED
+    no_trial = "no trial: judged on the run's own history of checkpoints"
 
     @dataclass(frozen=True)
     class Thresholds:

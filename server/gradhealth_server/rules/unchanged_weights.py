@@ -17,6 +17,7 @@ from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 class UnchangedWeightsRule(Rule):
     cause = Cause.UNCHANGED_WEIGHTS
+    no_trial = "no trial: judged on the weights' digests across the run's checkpoints"
 
     @dataclass(frozen=True)
     class Thresholds:

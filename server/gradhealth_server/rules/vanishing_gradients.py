@@ -19,6 +19,7 @@ from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 class VanishingGradientsRule(Rule):
     cause = Cause.VANISHING_GRADIENTS
+    no_trial = "no trial: judged on the gradient norms measured layer by layer on the batch"
 
     @dataclass(frozen=True)
     class Thresholds:
