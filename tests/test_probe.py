@@ -251,3 +251,49 @@ def test_an_out_of_memory_in_the_probe_is_resource_exhausted_naming_memory():
     with pytest.raises(tf.errors.InvalidArgumentError) as bad:
         tf.function(lambda: tf.gather(tf.zeros(3), tf.constant(7)))()
     assert isinstance(probe_error(bad.value), InvalidBatch)
+
+
+def _sequence_model(layer, steps: int):
+    import keras
+
+    model = keras.Sequential(
+        [keras.Input((steps, 8)), layer, keras.layers.Dense(10, activation="softmax")]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_the_input_gradient_per_time_step_matches_the_tape_and_shows_a_fading_rnn():
+    """The digits' 8 pixel rows, then 56 blank steps, into a SimpleRNN whose recurrent
+    weights shrink the state (orthogonal x 0.3): the first rows get next to no gradient.
+    The same rows alone into a GRU get about as much as the last ones."""
+    import keras
+
+    from gradhealth_server.rules import judge
+
+    x, y = models.digits()
+    rows = x[:ROWS].reshape(ROWS, 8, 8)
+    padded = np.concatenate([rows, np.zeros((ROWS, 56, 8), np.float32)], axis=1)
+    keras.utils.set_random_seed(0)
+    rnn = _sequence_model(
+        keras.layers.SimpleRNN(32, recurrent_initializer=keras.initializers.Orthogonal(0.3)),
+        64,
+    )
+    _, _, m = run_probe(rnn, padded, y[:ROWS])
+    with tf.GradientTape() as tape:
+        xt = tf.constant(padded)
+        tape.watch(xt)
+        loss = rnn.compute_loss(x=xt, y=y[:ROWS], y_pred=rnn(xt, training=True), training=True)
+    per_step = np.sqrt(np.sum(np.square(tape.gradient(loss, xt).numpy()), axis=(0, 2)))
+    assert m.time_gradient.steps == 64
+    assert m.time_gradient.early == pytest.approx(per_step[:16].mean(), rel=1e-3)
+    assert m.time_gradient.late == pytest.approx(per_step[-16:].mean(), rel=1e-3)
+    assert m.time_gradient.early_to_late < 1e-3
+    finding = next(f for f in judge(m).findings if str(f.cause) == "vanishing_gradients")
+    assert "across time" in finding.summary and "GRU" in finding.remedy
+
+    gru = _sequence_model(keras.layers.GRU(32), 8)
+    _, _, short = run_probe(gru, rows, y[:ROWS])
+    assert short.time_gradient.early_to_late > 0.01
+    _, _, flat = run_probe(_sequence_model(keras.layers.Flatten(), 8), rows, y[:ROWS])
+    assert flat.time_gradient is None  # no recurrent layer: not measured

@@ -12,6 +12,7 @@ from gradhealth_server.engine.measurements import (
     LearningRateTrial,
     NonFinite,
     OptimizerStep,
+    TimeGradient,
 )
 from gradhealth_server.rules import ConfigError, build_rules, explains, judge
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
@@ -64,6 +65,18 @@ def test_vanishing_mean_abs_grad_everywhere():
 def test_converged_model_with_tiny_gradients_is_quiet():
     m = healthy(loss=0.001, accuracy=1.0, layers=profile(1e-6, last=1e-2))
     assert causes(m) == {}
+
+
+@pytest.mark.parametrize(("ratio", "fires"), [(0.9e-3, True), (1.1e-3, False)])
+def test_vanishing_across_time_steps(ratio, fires):
+    m = stuck(
+        layers=[layer("simple_rnn", 0.5, class_name="SimpleRNN"), layer("dense", 0.5)],
+        time_gradient=TimeGradient(steps=64, early=ratio, late=1.0, early_to_late=ratio),
+    )
+    finding = next((f for f in judge(m).findings if f.cause is Cause.VANISHING_GRADIENTS), None)
+    assert (finding is not None) is fires
+    if fires:
+        assert finding.layers == ["simple_rnn"] and str(finding.severity) == "critical"
 
 
 # -- exploding_gradients ------------------------------------------------------------

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 # Units of these output exactly 0 below the threshold and pass back no gradient:
 # they can die. (Leaky ReLU, ELU and PReLU keep a gradient for negative inputs.)
 CAN_DIE = frozenset({"relu", "relu6"})
+# Layers that carry a state across time steps: gradient flows back through every step.
+RECURRENT_LAYERS = frozenset({"SimpleRNN", "LSTM", "GRU", "RNN", "Bidirectional", "ConvLSTM1D"})
 # Layers that take token ids, not a scale: their input is not "unnormalized".
 ID_INPUT_LAYERS = frozenset({"Embedding"})
 SATURATING = frozenset({"sigmoid", "tanh", "hard_sigmoid"})

@@ -17,6 +17,7 @@ from gradhealth_server.engine.quantities import (
     noise,
     optimizer,
     outputs,
+    time_steps,
     variables,
 )
 from gradhealth_server.engine.structure import ModelStructure
@@ -102,6 +103,7 @@ def build_measurements(
         if full
         else None,
         static=facts,
+        time_gradient=time_steps.decode(raw.get(time_steps.KEY)) if full else None,
         unavailable=sorted(set(unavailable)),
         one_distinct_row=one_row,
     )

@@ -154,6 +154,17 @@ class LearningRateTrial:
 
 
 @dataclass
+class TimeGradient:
+    """The gradient a sequence input gets per time step (engine/quantities/time_steps.py):
+    the mean norm over the first and the last quarter of the steps."""
+
+    steps: int
+    early: float
+    late: float
+    early_to_late: float | None
+
+
+@dataclass
 class NonFinite:
     loss: bool
     gradients: int
@@ -193,6 +204,7 @@ class Measurements:
     one_distinct_row: bool = False
     trials: dict[str, StepTrial] = field(default_factory=dict)
     lr_trial: LearningRateTrial | None = None
+    time_gradient: TimeGradient | None = None  # models with a recurrent layer
     # Per weight layer, a digest of its trainable weights: the run history compares
     # consecutive checkpoints with it (unchanged_weights).
     weight_digests: dict[str, str] = field(default_factory=dict)

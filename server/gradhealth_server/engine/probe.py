@@ -37,6 +37,7 @@ from gradhealth_server.engine.quantities import (
     noise,
     optimizer,
     outputs,
+    time_steps,
     variables,
 )
 from gradhealth_server.engine.structure import ModelStructure
@@ -104,6 +105,14 @@ class Probe:
         self.splits = _micro_batches(rows, structure, options)
         self._taps = structure.taps if options.mode == "full" else ()
         self._first_inputs = structure.first_layer_inputs if options.mode == "full" else ()
+        self._sequence_input = (
+            time_steps.sequence_input(
+                [type(layer).__name__ for layer in model._flatten_layers(include_self=False)],
+                [(n, tuple(x[n].shape), str(x[n].dtype)) for n in self.input_order],
+            )
+            if options.mode == "full"
+            else None
+        )
         self._forward = self._build_forward(model)
         self._trainable = list(model.trainable_variables)
         self._non_trainable = list(model.non_trainable_variables)
@@ -195,6 +204,8 @@ class Probe:
         losses: list[tf.Tensor] = []
         taps: list[dict[str, tf.Tensor]] = []
         firsts: list[dict[str, tf.Tensor]] = []
+        per_step: dict[str, tf.Tensor] = {}
+        seq = self._sequence_input
         output: dict[str, tf.Tensor] = {}
         predicted: list[tf.Tensor] = []
         nt = nt0
@@ -205,10 +216,17 @@ class Probe:
             start += rows
             with tf.GradientTape() as tape:
                 tape.watch(w0)
+                if seq is not None:
+                    tape.watch(xi[seq])
                 loss, tap_values, first_values, y_pred, nt = self.stateless_loss(
                     w0, nt, metrics0, xi, yi
                 )
-            g = tape.gradient(loss, w0, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            sources = w0 + ([xi[seq]] if seq is not None else [])
+            g = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            if seq is not None:
+                # d(mean loss of the micro-batch)/dx, scaled to the whole batch's mean
+                steps = time_steps.graph(g.pop() * weights[i])
+                per_step = steps if i == 0 else time_steps.MERGE(per_step, steps)
             # Embedding gradients come as IndexedSlices: densify to add and reduce them.
             g = [tf.cast(tf.convert_to_tensor(gi), tf.float32) for gi in g]
             micro_grads.append(g)
@@ -238,6 +256,8 @@ class Probe:
         result[noise.KEY] = noise.graph(losses, micro_grads)
         result[activations.KEY] = taps
         result[first_inputs.KEY] = firsts
+        if per_step:
+            result[time_steps.KEY] = per_step
         result[outputs.KEY] = {**output, outputs.PREDICTED: tf.concat(predicted, axis=0)}
         step = self._optimizer_step(grads, w0, nt0, metrics0, xs, y, losses[0])
         if step:

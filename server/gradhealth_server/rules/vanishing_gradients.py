@@ -4,6 +4,11 @@ Anchors: AutoTrainer (Zhang et al., ICSE 2021) flags ‖g_first‖/‖g_last‖ 
 with ‖g_first‖ < 1e-4; SageMaker Debugger's VanishingGradient flags mean |g|
 < 1e-7. A converged model also has tiny gradients, but evenly across layers,
 so the ratio (not the size) is the primary signal and converged runs are skipped.
+
+The same ratio across time: in a recurrent net the input gradient of the first
+quarter of the steps against the last quarter's (engine/quantities/time_steps.py).
+Below 1e-3 the early steps cannot be learned from, a plain RNN over a long
+(padded) sequence being the usual case.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gradhealth_server.engine.facts import RECURRENT_LAYERS
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt, gradient_profile
@@ -31,8 +37,11 @@ class VanishingGradientsRule(Rule):
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
         layers = m.layers
-        if ctx.converged or len(layers) < t.min_weight_layers or m.nonfinite.weights:
+        if ctx.converged or m.nonfinite.weights:
             return []
+        over_time = self._over_time(m, ctx)
+        if len(layers) < t.min_weight_layers:
+            return over_time
         norms = [layer.grad_norm for layer in layers]
         if not all(math.isfinite(n) for n in norms):
             return []
@@ -43,7 +52,7 @@ class VanishingGradientsRule(Rule):
             layer.mean_abs_grad < t.mean_abs_grad for layer in layers
         )
         if not (by_ratio or all_tiny):
-            return []
+            return over_time
         reference = last if last > 0 else max(norms)
         starved = [
             layer.name
@@ -93,5 +102,36 @@ class VanishingGradientsRule(Rule):
                     "skip_connections": skips,
                 },
                 confidence=0.8 if by_ratio else 0.6,
+            )
+        ]
+
+    def _over_time(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
+        """The early time steps of a sequence get almost none of the gradient."""
+        tg = m.time_gradient
+        if tg is None or tg.early_to_late is None or tg.early_to_late >= self.t.first_to_last_ratio:
+            return []
+        return [
+            RuleFinding(
+                cause=self.cause,
+                severity=Severity.WARNING if ctx.learning else Severity.CRITICAL,
+                summary=(
+                    f"the gradient fades across time: over {tg.steps} steps the first quarter "
+                    f"gets {fmt(tg.early_to_late)}x the gradient of the last (input gradient "
+                    f"{fmt(tg.early)} against {fmt(tg.late)}), so what the early steps hold "
+                    "cannot be learned"
+                ),
+                remedy=(
+                    "use keras.layers.LSTM or GRU instead of SimpleRNN; pad at the front "
+                    '(padding="pre") or trim the sequences so the signal sits near the end; '
+                    "or keras.layers.Bidirectional"
+                ),
+                layers=[layer.name for layer in m.layers if layer.class_name in RECURRENT_LAYERS],
+                evidence={
+                    "steps": tg.steps,
+                    "early_input_gradient": tg.early,
+                    "late_input_gradient": tg.late,
+                    "early_to_late": tg.early_to_late,
+                },
+                confidence=0.8,
             )
         ]
