@@ -297,8 +297,10 @@ def _high_trial(own: float, smaller: float) -> LearningRateTrial:
         (1.5, 1.9, None),  # 1x does better: the trial contradicts the high rate
         # within the 1 % margin: inconclusive, and a run that learns needs a confirmation
         (1.9, 1.89, None),
+        # a smaller rate that only stands still (2.0 -> 1.995) while 1x adds noise
+        (2.1, 1.995, None),
     ],
-    ids=["confirms", "contradicts", "inconclusive"],
+    ids=["confirms", "contradicts", "inconclusive", "standing-still"],
 )
 def test_the_lower_rate_trial_confirms_or_contradicts_a_high_rate(own, smaller, finding):
     m = healthy(
@@ -310,6 +312,20 @@ def test_the_lower_rate_trial_confirms_or_contradicts_a_high_rate(own, smaller, 
     if finding and smaller < own - 0.02:
         lr = next(f for f in judge(m).findings if f.cause is Cause.LEARNING_RATE_TOO_HIGH)
         assert "learning_rate=0.01" in lr.trial and "1.5 against 1.9" in lr.trial
+
+
+def test_a_trial_from_damaged_weights_cannot_contradict_a_high_rate():
+    """All hidden units dead: only the head moves in the trial, and 1x moves it fastest."""
+    m = stuck(
+        static={"learning_rate": 1.0},
+        optimizer=optimizer(lr=1.0, ratio=1e-4, losses=(2.3, 2.3, 2.3)),
+        activations=[activation("d0", dead_fraction=1.0), activation("d1", dead_fraction=1.0)],
+        lr_trial=_high_trial(own=1.5, smaller=1.9),
+    )
+    verdict = judge(m)
+    assert verdict.primary_cause is Cause.LEARNING_RATE_TOO_HIGH
+    lr = next(f for f in verdict.findings if f.cause is Cause.LEARNING_RATE_TOO_HIGH)
+    assert lr.trial.startswith("no trial: the weights are already damaged")
 
 
 def test_a_high_rate_that_learns_fine_is_quiet():

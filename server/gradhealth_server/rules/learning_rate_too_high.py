@@ -1,15 +1,15 @@
 """learning_rate_too_high: the optimizer's own step makes things worse.
 
-Proposed by any of: a learning rate above the optimizer's usual range, a large
-update ratio ‖Δw‖/‖w‖ (healthy is about 1e-3), or the one-step probe (the real
-next step raises the loss while a 10x smaller one lowers it). A proposal runs the
-learning-rate trial at 1x, 0.3x, 0.1x and 0.03x the rate (a few steps on half the
-batch, judged on the other half): a smaller rate that does measurably better
-confirms it, even on a run that learns (slow is not healthy: a warning), and 1x
-doing measurably better than every smaller rate contradicts it (no finding). An
-inconclusive trial (dead units, blown weights: nothing moves) leaves the static
-signals: above the usual range with blown-up weights, dead units or huge steps
-on a run that does not learn. A too-high rate also kills ReLUs and collapses
+Proposed by a learning rate above the optimizer's usual range or a large update
+ratio ‖Δw‖/‖w‖ (healthy is about 1e-3). A proposal runs the learning-rate trial
+at 1x, 0.3x, 0.1x and 0.03x the rate (a few steps on half the batch, judged on
+the other half): a smaller rate that makes real progress and does measurably
+better than 1x confirms it, even on a run that learns (slow is not healthy: a
+warning); 1x doing measurably better than every smaller rate contradicts it (no
+finding). From damaged weights (dead units, blown-up weights) the trial can show
+neither: the static signals decide, above the usual range with blown-up weights,
+dead units or huge steps on a run that does not learn, or the one-step probe (the
+real next step raises the loss while a 10x smaller one lowers it). A too-high rate also kills ReLUs and collapses
 predictions; those findings are reported as its symptoms (rules.EXPLAINS).
 """
 
@@ -22,6 +22,12 @@ from gradhealth_server.engine.measurements import LearningRateTrial, Measurement
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, build_context, fmt, lr_probe
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
+
+DAMAGED = (
+    "no trial: the weights are already damaged (dead units or blown-up weights), so steps "
+    "from this checkpoint cannot show what a lower rate does; restart from an earlier "
+    "checkpoint with it"
+)
 
 
 class LearningRateTooHighRule(Rule):
@@ -51,8 +57,7 @@ class LearningRateTooHighRule(Rule):
         if ctx.converged:
             return False
         ratio = m.optimizer.update_ratio
-        rises, _ = self._probe(m)
-        return ctx.lr_above_usual or rises or (ratio is not None and ratio > self.t.update_ratio)
+        return ctx.lr_above_usual or (ratio is not None and ratio > self.t.update_ratio)
 
     def _probe(self, m: Measurements) -> tuple[bool, bool]:
         """(the own step raises the probe loss, a smaller step lowers it)."""
@@ -75,7 +80,10 @@ class LearningRateTooHighRule(Rule):
             return "", 1.0
         best = min(smaller, key=smaller.get)
         margin = self.t.trial_margin * max(abs(trial.loss_before), 1e-12)
-        if not math.isfinite(own) or smaller[best] < own - margin:
+        # A smaller rate must make real progress, not just stand still while 1x adds
+        # noise around a minimum.
+        progress = smaller[best] < trial.loss_before - margin
+        if progress and (not math.isfinite(own) or smaller[best] < own - margin):
             return "confirms", best
         if own < smaller[best] - margin:
             return "contradicts", best
@@ -85,7 +93,18 @@ class LearningRateTooHighRule(Rule):
         t = self.t
         if m.nonfinite.weights or ctx.learning_rate is None:
             return []
-        says, trial_scale = self._trial_says(m.lr_trial)
+        rms = {
+            layer.name: layer.weight_norm / math.sqrt(layer.parameters)
+            for layer in m.layers
+            if layer.weight_norm is not None and layer.parameters
+        }
+        blown = [name for name, value in rms.items() if value > t.weight_rms]
+        dead = [a.layer for a in m.activations if (a.dead_fraction or 0) >= 0.9 and not a.is_output]
+        # Dead units or blown-up weights: a few steps from here cannot show what a
+        # lower rate would have done (only the head still moves), so the trial neither
+        # confirms nor contradicts.
+        damaged = bool(blown or dead)
+        says, trial_scale = ("", 1.0) if damaged else self._trial_says(m.lr_trial)
         if says == "contradicts":
             return []
         confirmed = says == "confirms"
@@ -96,13 +115,6 @@ class LearningRateTooHighRule(Rule):
         by_probe = rises and smaller_helps
         ratio = m.optimizer.update_ratio if m.optimizer else None
         big_steps = ratio is not None and ratio > t.update_ratio
-        rms = {
-            layer.name: layer.weight_norm / math.sqrt(layer.parameters)
-            for layer in m.layers
-            if layer.weight_norm is not None and layer.parameters
-        }
-        blown = [name for name, value in rms.items() if value > t.weight_rms]
-        dead = [a.layer for a in m.activations if (a.dead_fraction or 0) >= 0.9 and not a.is_output]
         struggling = not ctx.learning and not ctx.converged
         fires = (
             confirmed
@@ -173,6 +185,8 @@ class LearningRateTooHighRule(Rule):
                 ),
                 trial=self._trial_text(m.lr_trial, trial_scale, suggested)
                 if confirmed
+                else DAMAGED
+                if damaged
                 else (
                     f"with a {fmt(best_scale)}x step the loss goes from {fmt(base)} to "
                     f"{fmt(smaller[best_scale])}, against {fmt(full)} with the optimizer's own"
