@@ -28,13 +28,14 @@ def main() -> int:
     args = parser.parse_args()
     json_path = args.json or HERE / ("results-quick.json" if args.quick else "results.json")
 
-    from bench import callback_overhead, probe_overhead, service
+    from bench import callback_overhead, probe_overhead, service, trial_cost
 
     started = time.monotonic()
     results = {
         "machine": _machine(),
         "mode": "quick" if args.quick else "full",
         "probe": probe_overhead.run(quick=args.quick),
+        "trials": trial_cost.run(quick=args.quick),
         "service": service.run(quick=args.quick),
         "callback": callback_overhead.run(quick=args.quick),
     }
@@ -76,6 +77,18 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                 f"{r['model']} ({r['parameters'] / 1e6:.2g}M) {r['rows']} rows {r['mode']}"
                 + (" XLA" if r["xla"] else " no XLA"),
                 f"{r['probe_ms']} / {r['bare_ms']} ms, {r['traces']} trace",
+                f"{r['ratio']:.2f}x",
+                f"{r['low']:.2f}-{r['high']:.2f}",
+                f"<= {r['target']}x",
+                _ok(r["meets_target"]),
+            )
+        )
+    for r in results.get("trials", []):
+        out.append(
+            (
+                "trial vs bare step",
+                f"{r['model']} ({r['parameters'] / 1e6:.2g}M) {r['rows']} rows {r['trial']} trial",
+                f"{r['trial_ms']} / {r['bare_ms']} ms",
                 f"{r['ratio']:.2f}x",
                 f"{r['low']:.2f}-{r['high']:.2f}",
                 f"<= {r['target']}x",

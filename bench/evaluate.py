@@ -191,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=1, help="diagnosing processes")
     parser.add_argument("--no-xla", action="store_true", help="probe without XLA (faster)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a run errors or no run was evaluated (CI: the figures cannot rot)",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("scenarios", nargs="*", help="scenario suite: only these names")
     args = parser.parse_args(argv)
@@ -236,7 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluated in {out['seconds']} s")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    if args.strict and (problem := _rot(out)):
+        print(f"bench.evaluate --strict: {problem}")
+        return 1
     return 0
+
+
+def _rot(out: dict[str, Any]) -> str:
+    """What makes a strict evaluation fail: errors, or nothing evaluated."""
+    reports = [out[s]["report"] for s in ("scenarios",) if s in out]
+    corpus = out.get("corpus", {})
+    reports += [corpus[s] for s in ("dev", "test") if s in corpus]
+    if not reports:
+        return "no run was evaluated"
+    errors = sum(r["errors"] for r in reports)
+    return f"{errors} run(s) ended in an error" if errors else ""
 
 
 if __name__ == "__main__":

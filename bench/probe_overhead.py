@@ -61,6 +61,20 @@ def _models():
     }
 
 
+def trained(build, loss, x: np.ndarray, y: np.ndarray):
+    """The model built (seed 0), compiled with Adam and fit one epoch on digits, and
+    its structure: a checkpoint mid-training, as the service sees them."""
+    import keras
+
+    from gradhealth_server.engine.structure import read_structure
+
+    keras.utils.set_random_seed(0)
+    model = build()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    return model, read_structure(model)
+
+
 def bare_step(model, xla: bool = True):
     """What the probe is compared against: forward, loss and gradient, compiled."""
     import tensorflow as tf
@@ -78,19 +92,13 @@ def bare_step(model, xla: bool = True):
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Every model at each batch size with XLA, and at the first size without it."""
     configure_device()
-    import keras
 
     from gradhealth_server.engine.probe import Probe, ProbeOptions
-    from gradhealth_server.engine.structure import read_structure
 
     x_all, y_all = digits()
     results = []
     for name, (build, loss, sizes, calls) in _models().items():
-        keras.utils.set_random_seed(0)
-        model = build()
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
-        model.fit(x_all, y_all, epochs=1, batch_size=64, verbose=0)
-        structure = read_structure(model)
+        model, structure = trained(build, loss, x_all, y_all)
         input_name = structure.facts.input_names[0]
         cases = [(n, True) for n in (sizes[:1] if quick else sizes)] + [(sizes[0], False)]
         for n, xla in cases:

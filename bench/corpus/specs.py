@@ -109,6 +109,20 @@ BASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("embedding", "digits_tokens", ("adam", "rmsprop", "adagrad")),
     ("multi_input", "digits_dict", ("adam", "sgd")),
     ("multi_input", "breast_cancer_dict", ("adam", "nadam")),
+    # Grown after tuning began: appended, so every earlier base keeps its index and
+    # the faults derived from it (and its cached runs) stay as they were.
+    ("residual", "digits", ("rmsprop", "adamw")),
+    ("cnn_bn", "digits_img", ("sgd",)),
+    ("depthwise", "digits_img", ("sgd", "nadam")),
+    ("lstm", "digits_seq", ("adamw",)),
+    ("gru", "digits_seq", ("rmsprop",)),
+    ("simplernn", "digits_seq", ("nadam",)),
+    ("attention", "digits_seq", ("rmsprop",)),
+    ("conv1d", "digits_seq", ("rmsprop",)),
+    ("embedding", "digits_tokens", ("nadam",)),
+    ("mlp", "wine", ("adamax",)),
+    ("mlp", "breast_cancer", ("nadam",)),
+    ("mlp", "diabetes", ("adamw",)),
 ]
 
 SCALABLE = {"digits", "digits_img", "digits_seq", "digits_dict"}  # take scale=255/16
