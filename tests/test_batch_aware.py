@@ -98,3 +98,17 @@ def test_counts_are_features_to_standardize_not_pixels():
     assert range_class(0.0, 255.0, 80.0, 100.0) == "byte"
     assert range_class(0.0, 101.0, 40.0, 30.0) == "byte"
     assert range_class(0.0, 100.0, 40.0, 30.0) == "wide"
+
+
+def test_off_scale_input_on_one_distinct_row_is_only_noted():
+    """The scale of one repeated row is real; whether it holds the run back is not
+    visible on a batch the model cannot be judged on."""
+    from tests.measurement_builder import BYTE, stats
+
+    def finding(**kw):
+        m = stuck(inputs=[stats(**BYTE)], first_layer_inputs=[stats("dense", **BYTE)], **kw)
+        return next(f for f in judge(m).findings if f.cause is Cause.UNNORMALIZED_INPUT)
+
+    assert str(finding().severity) == "warning"
+    noted = finding(one_distinct_row=True)
+    assert str(noted.severity) == "info" and "every row of this batch is the same" in noted.summary

@@ -9,8 +9,9 @@ warning); 1x doing measurably better than every smaller rate contradicts it (no
 finding). From damaged weights (dead units, blown-up weights) the trial can show
 neither: the static signals decide, above the usual range with blown-up weights,
 dead units or huge steps on a run that does not learn, or the one-step probe (the
-real next step raises the loss while a 10x smaller one lowers it). A too-high rate also kills ReLUs and collapses
-predictions; those findings are reported as its symptoms (rules.EXPLAINS).
+real next step raises the loss while a 10x smaller one lowers it). A too-high rate
+also kills ReLUs and collapses predictions; those findings are reported as its
+symptoms (rules.EXPLAINS).
 """
 
 from __future__ import annotations

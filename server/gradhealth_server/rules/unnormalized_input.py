@@ -108,12 +108,17 @@ class UnnormalizedInputRule(Rule):
         if diverges:
             severity = Severity.CRITICAL
             summary += " (as sent, one step raises the loss: this run cannot start learning)"
+        elif m.one_distinct_row:
+            # Whether the scale holds the run back needs a batch the run can be judged
+            # on; one row repeated shows its scale, not whether the model learns.
+            severity = Severity.INFO
+            summary += " (every row of this batch is the same: whether it holds the run back "
+            summary += "cannot be judged on it)"
         elif ctx.learning or ctx.early:
             severity = Severity.INFO
+            summary += " (the run learns anyway; normalizing makes it robust to the optimizer)"
         else:
             severity = Severity.WARNING
-        if severity is Severity.INFO:
-            summary += " (the run learns anyway; normalizing makes it robust to the optimizer)"
         return [
             RuleFinding(
                 cause=self.cause,
