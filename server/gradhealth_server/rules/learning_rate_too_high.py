@@ -128,7 +128,8 @@ class LearningRateTooHighRule(Rule):
         lr = ctx.learning_rate
         best_scale = min(smaller, key=smaller.get) if smaller_helps else 0.1
         suggested = lr * (trial_scale if confirmed else best_scale)
-        if ctx.lr_above_usual and ctx.lr_range and not confirmed:
+        if ctx.lr_above_usual and ctx.lr_range:
+            # back inside the optimizer's usual range, whatever the few steps preferred
             suggested = min(suggested, ctx.lr_range[1] / 10)
         parts = [f"learning rate {fmt(lr)} for {ctx.optimizer}"]
         if ctx.lr_above_usual and ctx.lr_range:
@@ -184,7 +185,7 @@ class LearningRateTooHighRule(Rule):
                         ]
                     ),
                 ),
-                trial=self._trial_text(m.lr_trial, trial_scale, suggested)
+                trial=self._trial_text(m.lr_trial, trial_scale, lr * trial_scale)
                 if confirmed
                 else DAMAGED
                 if damaged
@@ -198,11 +199,11 @@ class LearningRateTooHighRule(Rule):
         ]
 
     @staticmethod
-    def _trial_text(trial: LearningRateTrial | None, scale: float, suggested: float) -> str:
+    def _trial_text(trial: LearningRateTrial | None, scale: float, tried: float) -> str:
         if trial is None:
             return ""
         losses = dict(zip(trial.scales, trial.losses))
         return (
-            f"with learning_rate={fmt(suggested)} the held-out loss after {trial.steps} steps "
+            f"with learning_rate={fmt(tried)} the held-out loss after {trial.steps} steps "
             f"is {fmt(losses[scale])} against {fmt(losses[1.0])} as-is"
         )
