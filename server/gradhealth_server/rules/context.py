@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from gradhealth_server.engine.measurements import Measurements
+from gradhealth_server.engine.measurements import ActivationMeasurement, Measurements
 from gradhealth_server.rules.config import ConfigError, checked
 from gradhealth_server.rules.history import NO_HISTORY, RunHistory
 
@@ -161,6 +161,21 @@ def lr_probe(m: Measurements) -> dict[float, float]:
     out = {0.0: opt.base_loss}
     out.update(dict(zip(opt.lr_scales, opt.lr_losses, strict=True)))
     return out
+
+
+def units_over(
+    m: Measurements, fraction: str, threshold: float, min_units: int
+) -> list[ActivationMeasurement]:
+    """Hidden layers whose `fraction` (dead_fraction, saturated_fraction) reaches
+    `threshold`, among layers wide enough for a fraction to mean something."""
+    return [
+        a
+        for a in m.activations
+        if getattr(a, fraction) is not None
+        and not a.is_output
+        and a.units >= min_units
+        and getattr(a, fraction) >= threshold
+    ]
 
 
 def fmt(value: float | None, digits: int = 3) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
-from gradhealth_server.rules.context import Context, fmt
+from gradhealth_server.rules.context import Context, fmt, units_over
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
@@ -31,14 +31,7 @@ class DeadReluRule(Rule):
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
-        dead = [
-            a
-            for a in m.activations
-            if a.dead_fraction is not None
-            and not a.is_output
-            and a.units >= t.min_units
-            and a.dead_fraction >= t.dead_fraction
-        ]
+        dead = units_over(m, "dead_fraction", t.dead_fraction, t.min_units)
         if not dead or m.nonfinite.weights or m.one_distinct_row:
             return []
         worst = max(a.dead_fraction or 0 for a in dead)

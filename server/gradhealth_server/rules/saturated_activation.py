@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
-from gradhealth_server.rules.context import Context, fmt
+from gradhealth_server.rules.context import Context, fmt, units_over
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
@@ -32,14 +32,7 @@ class SaturatedActivationRule(Rule):
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
-        hits = [
-            a
-            for a in m.activations
-            if a.saturated_fraction is not None
-            and not a.is_output
-            and a.units >= t.min_units
-            and a.saturated_fraction >= t.saturated_fraction
-        ]
+        hits = units_over(m, "saturated_fraction", t.saturated_fraction, t.min_units)
         if not hits or m.nonfinite.weights or m.one_distinct_row:
             return []
         worst = max(a.saturated_fraction or 0 for a in hits)
