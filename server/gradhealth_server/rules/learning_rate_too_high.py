@@ -60,16 +60,6 @@ class LearningRateTooHighRule(Rule):
         ratio = m.optimizer.update_ratio
         return ctx.lr_above_usual or (ratio is not None and ratio > self.t.update_ratio)
 
-    def _probe(self, m: Measurements) -> tuple[bool, bool]:
-        """(the own step raises the probe loss, a smaller step lowers it)."""
-        probe = {s: v for s, v in lr_probe(m).items() if math.isfinite(v)}
-        base, full = probe.get(0.0), probe.get(1.0)
-        smaller = [v for s, v in probe.items() if 0 < s < 1]
-        rises = (
-            base is not None and full is not None and full > base * (1 + self.t.probe_rise) + 1e-9
-        )
-        return rises, bool(smaller) and base is not None and min(smaller) < base
-
     def _trial_says(self, trial: LearningRateTrial | None) -> tuple[str, float]:
         """("confirms" | "contradicts" | "", the best smaller scale) from the trial."""
         if trial is None or not set(self.TRIAL_SCALES) <= set(trial.scales):
@@ -112,7 +102,8 @@ class LearningRateTooHighRule(Rule):
         probe = {s: v for s, v in lr_probe(m).items() if math.isfinite(v)}
         base, full = probe.get(0.0), probe.get(1.0)
         smaller = {s: v for s, v in probe.items() if 0 < s < 1}
-        rises, smaller_helps = self._probe(m)
+        rises = base is not None and full is not None and full > base * (1 + t.probe_rise) + 1e-9
+        smaller_helps = bool(smaller) and base is not None and min(smaller.values()) < base
         by_probe = rises and smaller_helps
         ratio = m.optimizer.update_ratio if m.optimizer else None
         big_steps = ratio is not None and ratio > t.update_ratio
