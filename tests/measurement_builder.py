@@ -14,6 +14,7 @@ from gradhealth_server.engine.measurements import (
     NonFinite,
     OptimizerStep,
     OutputStats,
+    ScratchTrial,
     StepTrial,
     TensorStats,
 )
@@ -127,6 +128,10 @@ def healthy(**changes: Any) -> Measurements:
     trial = changes.pop("trial", None)
     if trial:
         m.trials["input_scale"] = StepTrial(*trial)
+    for key in ("input_scale", "target_scale"):
+        scratch = changes.pop(f"scratch_{key}", None)
+        if scratch:
+            m.scratch_trials[key] = ScratchTrial(*scratch)
     return dataclasses.replace(m, **changes)
 
 

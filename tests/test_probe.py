@@ -150,7 +150,7 @@ def test_norms_mode_measures_only_gradient_norms(checkpoints):
 def test_xla_and_plain_graph_agree(checkpoints):
     model = load(checkpoints.path("cnn"))
     x, y = models.digits()
-    _, with_xla, a = run_probe(model, x[:ROWS], y[:ROWS])
+    _, with_xla, a = run_probe(model, x[:ROWS], y[:ROWS], jit_compile=True)
     _, without, b = run_probe(model, x[:ROWS], y[:ROWS], jit_compile=False)
     assert with_xla.xla is True and without.xla is False
     grads = [r.raw["variables"]["grad_sq"] for r in (with_xla, without)]
@@ -297,3 +297,29 @@ def test_the_input_gradient_per_time_step_matches_the_tape_and_shows_a_fading_rn
     assert short.time_gradient.early_to_late > 0.01
     _, _, flat = run_probe(_sequence_model(keras.layers.Flatten(), 8), rows, y[:ROWS])
     assert flat.time_gradient is None  # no recurrent layer: not measured
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp_logits"])
+def test_the_from_scratch_trial_starts_every_arm_afresh_and_restores_the_checkpoint(
+    checkpoints, kind
+):
+    """Both arms start from one fresh initialization and a fresh optimizer: the same
+    batch twice gives the same numbers, starting near chance (log 10) rather than at
+    the trained checkpoint's loss; afterwards every variable is as it was."""
+    from gradhealth_server.engine.trial_steps import Trials
+
+    model = load(checkpoints.path(kind))
+    x, y = models.digits()
+    x, y = x[:ROWS], y[:ROWS]
+    probe, _, m = run_probe(model, x, y)
+    assert m.loss < 1.0  # the checkpoint has learned
+    before = state(model)
+    name = probe.input_order[0]
+    trials = Trials(probe)
+    sent, pixels = {name: x}, {name: (x * 255).astype(x.dtype)}
+    (a0, a1), (b0, b1), (p0, _p1) = trials.from_scratch([(sent, y), (sent, y), (pixels, y)])
+    assert (a0, a1) == pytest.approx((b0, b1), rel=1e-4)
+    assert 1.8 < a0 < 3.0 and a1 < a0  # fresh weights near chance, and they learn
+    assert p0 > a0  # the same fresh weights on 255x inputs: larger logits, larger loss
+    for old, new in zip(before, state(model), strict=True):
+        assert np.array_equal(old, new, equal_nan=True)

@@ -18,11 +18,16 @@ import numpy as np
 
 from gradhealth_server.engine.device import configure_device
 from gradhealth_server.engine.measure import build_measurements
-from gradhealth_server.engine.measurements import Measurements, StepTrial, finite_json
+from gradhealth_server.engine.measurements import (
+    Measurements,
+    ScratchTrial,
+    StepTrial,
+    finite_json,
+)
 from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
 from gradhealth_server.engine.structure import current_learning_rate, read_structure
 from gradhealth_server.engine.trial_steps import Trials
-from gradhealth_server.engine.trials import input_remedy
+from gradhealth_server.engine.trials import input_remedy, target_remedy
 from gradhealth_server.engine.weights import weight_digests
 from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
 from gradhealth_server.intake.batch import Batch, as_model_inputs, make_batch, read_npz
@@ -177,6 +182,13 @@ class Diagnoser:
             base_before, base_after = probe.trials.step(data.x, data.y)
             before, after = probe.trials.step(remedied, data.y)
             m.trials["input_scale"] = StepTrial(change, before, after, base_before, base_after)
+            self._scratch(probe, m, "input_scale", change, [(data.x, data.y), (remedied, data.y)])
+        elif self._input_rule.targets_off_scale(m):
+            remedy_y = target_remedy(data.y, m)
+            if remedy_y is not None:
+                change, y_std, unit = remedy_y
+                arms = [(data.x, data.y), (data.x, y_std)]
+                self._scratch(probe, m, "target_scale", change, arms, unit)
         # One learning-rate trial, over the scales of whichever rule proposes.
         scales = sorted(
             {
@@ -187,6 +199,25 @@ class Diagnoser:
         if scales:
             m.lr_trial = probe.trials.learning_rate(data.x, data.y, tuple(scales))
         m.probe_seconds += time.perf_counter() - start
+
+    @staticmethod
+    def _scratch(
+        probe: Probe,
+        m: Measurements,
+        key: str,
+        change: str,
+        arms: list[tuple[dict[str, np.ndarray], np.ndarray]],
+        unit: float = 1.0,
+    ) -> None:
+        """Both arms from one fresh start; the result goes into m.scratch_trials[key]."""
+        results = probe.trials.from_scratch(arms)
+        if results is None:
+            return
+        (as_before, as_after), (rem_before, rem_after) = results
+        steps = probe.trials.scratch_steps
+        m.scratch_trials[key] = ScratchTrial(
+            change, steps, as_before, as_after, rem_before, rem_after, unit
+        )
 
 
 def _input_specs(entry: LoadedModel) -> list[tuple[str, tuple[int | None, ...] | None, str]]:

@@ -136,6 +136,34 @@ class StepTrial:
 
 
 @dataclass
+class ScratchTrial:
+    """A data remedy tested from a fresh start (engine/trial_steps.py, `from_scratch`):
+    the same fresh weights trained `steps` steps on half the batch as sent and with the
+    remedy, then the loss on the other half. `unit` converts the remedied arm's loss to
+    the units of the batch as sent (standardized targets: std² for a squared loss)."""
+
+    change: str
+    steps: int
+    as_sent_before: float
+    as_sent_after: float
+    remedied_before: float
+    remedied_after: float
+    unit: float = 1.0
+
+    @property
+    def remedied_after_as_sent_units(self) -> float:
+        return self.remedied_after * self.unit
+
+    @property
+    def progress(self) -> tuple[float, float]:
+        """(remedied, as sent): how far each arm brought the held-out loss below the
+        remedied arm's starting loss. One reference for both, because the arms start
+        at different losses (raw inputs make large first logits) but the same weights."""
+        start = self.remedied_before * self.unit
+        return start - self.remedied_after_as_sent_units, start - self.as_sent_after
+
+
+@dataclass
 class LearningRateTrial:
     """The learning-rate remedy tested in the engine: `steps` optimizer steps on one
     half of the batch at each scale of the learning rate, from a copy of the state,
@@ -204,6 +232,8 @@ class Measurements:
     one_distinct_row: bool = False
     trials: dict[str, StepTrial] = field(default_factory=dict)
     lr_trial: LearningRateTrial | None = None
+    # Data remedies tried from a fresh start: "input_scale", "target_scale".
+    scratch_trials: dict[str, ScratchTrial] = field(default_factory=dict)
     time_gradient: TimeGradient | None = None  # models with a recurrent layer
     # Per weight layer, a digest of its trainable weights: the run history compares
     # consecutive checkpoints with it (unchanged_weights).

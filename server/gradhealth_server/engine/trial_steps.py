@@ -12,6 +12,12 @@ Every weight, statistic and optimizer slot is written back before a trial return
   linear in the learning rate, so this is the run at learning rate s·lr), then the
   loss on the second half. Held-out rows keep a large step that only memorizes the
   rows from looking like progress.
+- `from_scratch`: the same held-out steps, but from a fresh initialization of the
+  model (its own initializers) and a fresh optimizer, once per arm: the batch as sent
+  and the batch with a data remedy (inputs rescaled, targets standardized). Both arms
+  start from the same weights, so the comparison asks the question the remedy is
+  about, "would this run learn faster with its data fixed", without the bias of
+  weights that have already adapted to the data as sent.
 """
 
 from __future__ import annotations
@@ -25,14 +31,17 @@ from gradhealth_server.engine.probe_errors import probe_error
 
 # Fewer rows than this on either half and the learning-rate trial is not run.
 MIN_TRIAL_ROWS = 8
+# Optimizer steps of each arm of the from-scratch trial.
+SCRATCH_STEPS = 10
 
 
 class Trials:
     """The trials of one compiled probe (same model object, same batch signature)."""
 
-    def __init__(self, probe: Probe, lr_steps: int = 5) -> None:
+    def __init__(self, probe: Probe, lr_steps: int = 5, scratch_steps: int = SCRATCH_STEPS) -> None:
         self.probe = probe
         self.lr_steps = lr_steps
+        self.scratch_steps = scratch_steps
         self._step_fn = None
         self._lr_fn = None
 
@@ -51,16 +60,9 @@ class Trials:
         half = rows // 2
         if half < MIN_TRIAL_ROWS or self.probe.model.optimizer is None:
             return None
-        if self._lr_fn is None:
-            spec = tf.TensorSpec((), tf.float32)
-            self._lr_fn = tf.function(
-                self._lr_trial,
-                input_signature=[*self.probe._signature, spec],
-                jit_compile=False,
-            )
         before, losses = None, []
         for scale in scales:
-            b, after = self._call(self._lr_fn, x, y, np.float32(scale))
+            b, after = self._held_out(x, y, scale, self.lr_steps)
             before = float(b)
             losses.append(float(after))
         return LearningRateTrial(
@@ -71,6 +73,41 @@ class Trials:
             scales=[float(s) for s in scales],
             losses=losses,
         )
+
+    def from_scratch(
+        self, arms: list[tuple[Inputs, np.ndarray]]
+    ) -> list[tuple[float, float]] | None:
+        """Held-out loss (before, after) `scratch_steps` steps from a fresh start, per arm.
+
+        None when the model cannot be re-initialized (a subclassed model has no
+        config to clone), has no optimizer, or the batch is too small to hold rows out.
+        """
+        p = self.probe
+        if int(arms[0][1].shape[0]) // 2 < MIN_TRIAL_ROWS or p.model.optimizer is None:
+            return None
+        fresh = _fresh_weights(p.model, p._trainable + p._non_trainable)
+        if fresh is None:
+            return None
+        saved = [v.numpy() for v in p._trainable + p._non_trainable + p._optimizer_vars]
+        try:
+            results = []
+            for x, y in arms:
+                _fresh_start(p, fresh)
+                before, after = self._held_out(x, y, 1.0, self.scratch_steps)
+                results.append((before, after))
+            return results
+        finally:
+            for var, value in zip(p._trainable + p._non_trainable + p._optimizer_vars, saved):
+                var.assign(value)
+
+    def _held_out(self, x: Inputs, y: np.ndarray, scale: float, steps: int) -> tuple[float, float]:
+        if self._lr_fn is None:
+            specs = [tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.int32)]
+            self._lr_fn = tf.function(
+                self._lr_trial, input_signature=[*self.probe._signature, *specs], jit_compile=False
+            )
+        before, after = self._call(self._lr_fn, x, y, np.float32(scale), np.int32(steps))
+        return float(before), float(after)
 
     # -- compiled bodies ------------------------------------------------------
     def _compile(self, body):
@@ -93,7 +130,7 @@ class Trials:
         after, *_ = p.stateless_loss(moved(w0, deltas, 1.0), nt0, metrics0, xs, y)
         return tf.cast(before, tf.float32), tf.cast(after, tf.float32)
 
-    def _lr_trial(self, xs, y, scale):
+    def _lr_trial(self, xs, y, scale, steps):
         p = self.probe
         half = p.rows // 2
         x_train, y_train = [t[:half] for t in xs], y[:half]
@@ -101,7 +138,7 @@ class Trials:
         w0, nt0, slots0 = p.snapshot()
         metrics0 = [read(v) for v in p._metric_vars]
         before, *_ = p.stateless_loss(w0, nt0, metrics0, x_held, y_held, training=False)
-        for _ in tf.range(self.lr_steps):
+        for _ in tf.range(steps):
             w, nt, _slots = p.snapshot()
             with tf.GradientTape() as tape:
                 tape.watch(w)
@@ -115,6 +152,32 @@ class Trials:
         after, *_ = p.stateless_loss(w, nt, metrics0, x_held, y_held, training=False)
         p.restore(w0, nt0, slots0)
         return tf.cast(before, tf.float32), tf.cast(after, tf.float32)
+
+
+def _fresh_weights(model, variables: list) -> list[np.ndarray] | None:
+    """Values of `variables` as the model's own initializers draw them afresh."""
+    import keras
+
+    try:
+        clone = keras.models.clone_model(model)
+    except (ValueError, TypeError, NotImplementedError):
+        return None
+    values = [v.numpy() for v in clone.trainable_variables + clone.non_trainable_variables]
+    del clone
+    if [tuple(v.shape) for v in values] != [tuple(v.shape) for v in variables]:
+        return None
+    return values
+
+
+def _fresh_start(probe: Probe, fresh: list[np.ndarray]) -> None:
+    """Fresh weights, and the optimizer as before its first step: slots zero and the
+    step count 0; scalars such as the learning rate or a loss scale keep their value."""
+    for var, value in zip(probe._trainable + probe._non_trainable, fresh):
+        var.assign(value)
+    for var in probe._optimizer_vars:
+        name = var.name.rpartition("/")[2]
+        if len(var.shape) > 0 or name.startswith("iteration"):
+            var.assign(np.zeros(var.shape, var.dtype))
 
 
 def _gradients(tape: tf.GradientTape, loss: tf.Tensor, w: list[tf.Tensor]) -> list[tf.Tensor]:

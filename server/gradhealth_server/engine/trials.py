@@ -1,10 +1,15 @@
-"""Remedies the engine can try cheaply, chosen from what the probe measured.
+"""Data remedies the engine can try, chosen from what the probe measured.
 
-The only one so far: when the first weight layer sees inputs far from unit
-scale (as the unnormalized_input rule judges it: the diagnosis passes the rule's
-own test in), take one optimizer step on the batch as sent and on a rescaled
-copy (`x / 255` for 0-255 pixels, per-feature standardization otherwise) and
-report both losses, so the finding can say what the fix does on this very model.
+- inputs: when the first weight layer sees inputs far from unit scale (as the
+  unnormalized_input rule judges it: the diagnosis passes the rule's own test in),
+  a rescaled copy of the batch (`x / 255` for 0-255 pixels, per-feature
+  standardization otherwise);
+- targets: regression targets far from unit scale under a squared or absolute
+  loss, standardized, with the factor that brings the loss back to the units of
+  the targets as sent.
+
+engine/trial_steps.py runs them, so the finding can say what the fix does on this
+very model.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from collections.abc import Callable
 import numpy as np
 
 from gradhealth_server.engine.measurements import Measurements, TensorStats
+
+# Loss -> the power of the targets' std that converts a standardized-target loss back.
+TARGET_LOSS_UNITS = {"mean_squared_error": 2, "mean_absolute_error": 1}
 
 
 def what_the_weights_see(m: Measurements) -> list[TensorStats]:
@@ -52,3 +60,18 @@ def input_remedy(
     if not changes:
         return None
     return "; ".join(changes), remedied
+
+
+def target_remedy(y: np.ndarray, m: Measurements) -> tuple[str, np.ndarray, float] | None:
+    """The standardized targets to try, the change, and the loss unit factor (std**p)."""
+    power = TARGET_LOSS_UNITS.get(m.static.loss or "")
+    if power is None or m.static.problem != "regression" or y.dtype.kind != "f":
+        return None
+    flat = y.reshape(y.shape[0], -1).astype(np.float64)
+    std = float(flat.std())
+    if not np.isfinite(std) or std <= 1e-12:
+        return None
+    # One mean and std over all target columns: the loss averages them, so one
+    # factor converts it back exactly.
+    value = ((y - flat.mean()) / std).astype(y.dtype)
+    return "y = (y - mean) / std", value, std**power
