@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from gradhealth_server.engine.quantities.inputs import one_distinct_row
 from gradhealth_server.rules import judge
@@ -112,3 +113,25 @@ def test_off_scale_input_on_one_distinct_row_is_only_noted():
     assert str(finding().severity) == "warning"
     noted = finding(one_distinct_row=True)
     assert str(noted.severity) == "info" and "every row of this batch is the same" in noted.summary
+
+
+@pytest.mark.parametrize(
+    ("output", "from_logits", "predicted"),
+    [
+        ("sigmoid", True, [2, 2]),  # probabilities: Keras computes the loss from its logits
+        ("sigmoid", False, [2, 2]),
+        ("linear", True, [2, 2]),  # logits: the class is the sign
+    ],
+)
+def test_predicted_classes_read_probabilities_as_probabilities(output, from_logits, predicted):
+    """A sigmoid output under from_logits=True still predicts probabilities (Keras 3
+    uses the cached logits for the loss), so 0.2 is class 0, not class 1."""
+    import tensorflow as tf
+
+    from gradhealth_server.engine.facts import StaticFacts
+    from gradhealth_server.engine.quantities import outputs
+
+    values = [0.2, 0.3, 0.7, 0.9] if output == "sigmoid" else [-1.2, -0.3, 0.4, 2.0]
+    facts = StaticFacts(from_logits=from_logits, output_activation=output)
+    _, pred = outputs.graph(tf.constant(values, shape=(4, 1)), facts)
+    assert np.bincount(pred.numpy()).tolist() == predicted

@@ -28,6 +28,10 @@ def graph(y_pred: Any, facts: StaticFacts) -> tuple[Stats, tf.Tensor]:
         y_pred = y_pred[0]
     p = tf.cast(y_pred, tf.float32)
     units = p.shape[-1] if p.shape.rank else 1
+    # A softmax or sigmoid output is probabilities even under from_logits=True: Keras 3
+    # computes that loss from the cached logits, so the model trains (and predicts) as
+    # if the pairing were right.
+    logits = facts.from_logits and facts.output_activation not in ("softmax", "sigmoid")
     stats: Stats = {"nonfinite": nonfinite(p)}
     if p.shape.rank and p.shape.rank > 1 and units and units > 1:
         flat = tf.reshape(p, [-1, units])
@@ -36,14 +40,14 @@ def graph(y_pred: Any, facts: StaticFacts) -> tuple[Stats, tf.Tensor]:
         stats["row_sum_min"] = tf.reduce_min(rows)
         stats["row_sum_max"] = tf.reduce_max(rows)
         stats["rows"] = tf.cast(tf.shape(flat)[0], tf.float32)
-        probs = tf.nn.softmax(flat) if facts.from_logits else tf.clip_by_value(flat, 1e-12, 1.0)
-        if not facts.from_logits:
+        probs = tf.nn.softmax(flat) if logits else tf.clip_by_value(flat, 1e-12, 1.0)
+        if not logits:
             probs = probs / tf.reduce_sum(probs, axis=-1, keepdims=True)
         stats["entropy_total"] = -tf.reduce_sum(probs * tf.math.log(probs))
         pred = tf.cast(tf.argmax(flat, axis=-1), tf.int32)
     else:
         flat = tf.reshape(p, [-1])
-        threshold = 0.0 if facts.from_logits else 0.5
+        threshold = 0.0 if logits else 0.5
         stats["rows"] = tf.cast(tf.shape(flat)[0], tf.float32)
         pred = tf.cast(flat > threshold, tf.int32)
     return stats, pred
