@@ -10,7 +10,7 @@ from gradhealth_server.engine.measurements import LearningRateTrial
 from gradhealth_server.rules import build_rules, judge
 from gradhealth_server.rules.learning_rate_too_low import LearningRateTooLowRule
 from gradhealth_server.verdict.findings import Cause, Severity
-from tests.measurement_builder import healthy
+from tests.measurement_builder import activation, healthy
 
 T = LearningRateTooLowRule.Thresholds()
 
@@ -83,6 +83,14 @@ def test_a_trial_that_contradicts_is_not_emitted_even_when_the_rate_is_tiny():
 
 def test_a_converged_run_is_quiet_whatever_the_trial():
     assert not lr_low(slow(loss=0.01))
+
+
+@pytest.mark.parametrize(("dead", "fires"), [(0.9, False), (0.85, True)])
+def test_behind_a_dead_layer_the_trial_does_not_speak_for_the_rate(dead, fires):
+    """A net whose hidden ReLUs never fire: only the head learns, and its gain grows
+    with the rate whatever the rate is (the dead units are the finding)."""
+    activations = [activation("dense", dead_fraction=dead), activation("dense_1", mean=0.4)]
+    assert bool(lr_low(slow(g1=0.0, activations=activations))) is fires
 
 
 def test_the_rule_proposes_the_trial_from_the_one_step_probe():

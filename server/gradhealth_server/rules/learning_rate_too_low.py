@@ -8,7 +8,8 @@ the held-out gain grows in proportion to the learning rate (10x the rate, ~10x t
 gain; 30x, ~3x more again); near its best, curvature bends the curve well before
 10x. A run that learns that way is still "slow, not healthy" (a warning); one whose
 own step barely moves the loss at all cannot learn (critical). A converged model
-also takes tiny steps; its near-zero loss tells the two apart.
+also takes tiny steps; its near-zero loss tells the two apart. Behind a layer of
+dead ReLUs the gain grows with the rate whatever the rate is: no finding then.
 
 Without a trial (norms-only mode) the older evidence stands: a tiny update ratio or
 a learning rate below the optimizer's usual range, with the one-step probe agreeing.
@@ -21,8 +22,11 @@ from dataclasses import dataclass
 
 from gradhealth_server.engine.measurements import LearningRateTrial, Measurements
 from gradhealth_server.rules.base import Rule
-from gradhealth_server.rules.context import Context, fmt, lr_probe
+from gradhealth_server.rules.context import Context, fmt, lr_probe, units_over
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
+
+# A hidden layer this dead leaves the trial unable to speak for the rate.
+DEAD = 0.9
 
 
 class LearningRateTooLowRule(Rule):
@@ -75,6 +79,12 @@ class LearningRateTooLowRule(Rule):
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         if ctx.converged or m.nonfinite.weights or m.optimizer is None:
+            return []
+        if units_over(m, "dead_fraction", DEAD, min_units=1):
+            # Layers of dead ReLUs pass no gradient: only the layers after them learn,
+            # and their gain grows with the rate whatever the rate is. A rate too low
+            # to move the weights does not kill units either; the dead units are the
+            # finding (dead_relu), not the rate.
             return []
         if m.lr_trial is not None and set(self.TRIAL_SCALES) <= set(m.lr_trial.scales):
             return self._by_trial(m, ctx, m.lr_trial)
