@@ -41,7 +41,12 @@ def token_data():
     return x, y
 
 
-def test_embedding_model_is_probed_and_its_ids_are_not_unnormalized(tmp_path, token_data):
+def test_embedding_model_is_probed_and_its_ids_are_not_unnormalized(
+    tmp_path, token_data, monkeypatch
+):
+    # XLA as on a GPU (tried, with the plain-graph fallback), so a bad batch is shown
+    # not to pass for a model XLA cannot compile.
+    monkeypatch.setenv("GRADHEALTH_XLA", "on")
     x, y = token_data
     keras.utils.set_random_seed(0)
     model = keras.Sequential(

@@ -38,6 +38,24 @@ def native_stderr_silenced() -> Iterator[None]:
 _configured: str | None = None
 
 
+def xla_by_default() -> bool:
+    """Whether a probe left to choose (jit_compile=None) tries XLA: on a GPU, yes.
+
+    On the CPUs measured here XLA made the bare train step slower for every model
+    (README, "Performance") and its first compile takes several times longer (a
+    ResNet50 at 64 px: 793 s to the first verdict with XLA, 236 s without), so on a
+    CPU the plain graph is the default. GRADHEALTH_XLA=on|off overrides either way.
+    """
+    choice = os.environ.get("GRADHEALTH_XLA", "").strip().lower()
+    if choice in ("1", "on", "true", "yes"):
+        return True
+    if choice in ("0", "off", "false", "no"):
+        return False
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
 def configure_device(gpu_memory_mb: int | None = None) -> str:
     """Set up the GPU and return the device the probe runs on (once per process;
     later calls return the first answer).

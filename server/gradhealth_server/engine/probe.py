@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from gradhealth_server.engine.device import xla_by_default
 from gradhealth_server.engine.probe_errors import probe_error
 from gradhealth_server.engine.quantities import (
     activations,
@@ -62,7 +63,8 @@ class ProbeOptions:
     min_micro_batch_rows: int = 8
     # Step scales for the learning-rate probe, relative to the optimizer's own step.
     lr_scales: tuple[float, ...] = (0.1, 1.0, 10.0)
-    # None: try XLA and fall back when the model does not compile.
+    # None: XLA on a GPU (falling back when the model does not compile), the plain
+    # graph on a CPU (engine/device.xla_by_default); True/False force it.
     jit_compile: bool | None = None
 
 
@@ -123,7 +125,8 @@ class Probe:
         specs_x = [tf.TensorSpec(x[name].shape, x[name].dtype) for name in self.input_order]
         spec_y = tf.TensorSpec(y.shape, y.dtype)
         self._signature = [specs_x, spec_y]
-        self.xla = options.jit_compile is not False
+        # None: XLA where it pays (a GPU), with a fallback to the plain graph.
+        self.xla = options.jit_compile if options.jit_compile is not None else xla_by_default()
         self._fn = self._compile(self.xla)
         self.trials = None  # engine.trial_steps.Trials, compiled when a rule proposes one
 
