@@ -114,6 +114,9 @@ class OptimizerStep:
     lr_scales: list[float] = field(default_factory=list)
     lr_losses: list[float] = field(default_factory=list)  # loss at w + s·Δw
     iterations: int | None = None  # steps the run has taken (the optimizer's counter)
+    # A LossScaleOptimizer's current dynamic loss scale (mixed_float16): halved on
+    # every non-finite step, so a tiny one means fp16 overflows. None without one.
+    loss_scale: float | None = None
 
 
 @dataclass
