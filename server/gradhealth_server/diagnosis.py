@@ -26,6 +26,7 @@ from gradhealth_server.engine.trial_steps import Trials
 from gradhealth_server.engine.trials import input_remedy
 from gradhealth_server.engine.weights import weight_digests
 from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
+from gradhealth_server.intake.allow_list import import_allowed
 from gradhealth_server.intake.batch import Batch, as_model_inputs, make_batch, read_npz
 from gradhealth_server.intake.checkpoint import LoadedModel, ModelCache, dtype_policy_scope
 from gradhealth_server.intake.intermediates import check_intermediates
@@ -83,6 +84,9 @@ class Diagnoser:
     ) -> None:
         self.device = configure_device(gpu_memory_mb)
         self.limits = limits
+        # What the allow-list's modules register with Keras must be registered here
+        # (every worker process) before a checkpoint naming it is loaded.
+        import_allowed(limits.allowed_classes)
         self.options = options or ProbeOptions()
         self.cache = ModelCache(cache_capacity, limits)
         self.rules_config = rules_config or {}
