@@ -20,6 +20,7 @@ import numpy as np
 from gradhealth_server.engine.device import configure_device
 from gradhealth_server.engine.measure import build_measurements
 from gradhealth_server.engine.measurements import Measurements, StepTrial, finite_json
+from gradhealth_server.engine.output_losses import output_losses
 from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
 from gradhealth_server.engine.structure import current_learning_rate, loss_scale, read_structure
 from gradhealth_server.engine.trial_steps import Trials
@@ -27,7 +28,13 @@ from gradhealth_server.engine.trials import input_remedy
 from gradhealth_server.engine.weights import weight_digests
 from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
 from gradhealth_server.intake.allow_list import import_allowed
-from gradhealth_server.intake.batch import Batch, as_model_inputs, make_batch, read_npz
+from gradhealth_server.intake.batch import (
+    Batch,
+    as_model_inputs,
+    make_batch,
+    read_npz,
+    take_rows,
+)
 from gradhealth_server.intake.checkpoint import LoadedModel, ModelCache, dtype_policy_scope
 from gradhealth_server.intake.intermediates import check_intermediates
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
@@ -138,12 +145,11 @@ class Diagnoser:
             phases["load"] = t1 - t0
             checkpoint_phase()
             specs = _input_specs(entry)
-            # One array per input and y: the model says how many members a batch needs.
-            arrays = (
-                batch if isinstance(batch, dict) else read_npz(batch, self.limits, len(specs) + 1)
-            )
+            # One array per input and per output: the model says how many members it needs.
+            members = len(specs) + max(1, len(entry.structure.facts.output_names))
+            arrays = batch if isinstance(batch, dict) else read_npz(batch, self.limits, members)
             data = make_batch(arrays, specs, entry.structure.facts, self.limits)
-            key = (batch_signature(data.x, data.y), options)
+            key = (batch_signature(data.x, data.targets), options)
             probe = entry.probes.get(key)
             probe_cached = probe is not None
             if probe is None:
@@ -158,18 +164,24 @@ class Diagnoser:
             try:
                 with tf.device(self.device):
                     if probe is None:
-                        probe = Probe(entry.model, entry.structure, data.x, data.y, options)
+                        probe = Probe(entry.model, entry.structure, data.x, data.targets, options)
                         entry.probes[key] = probe
                         while len(entry.probes) > MAX_PROBES_PER_MODEL:
                             entry.probes.pop(next(iter(entry.probes)))  # the oldest
                     else:
                         probe.structure = entry.structure
-                    result = probe.run(data.x, data.y)
+                    result = probe.run(data.x, data.targets)
                     t3 = time.perf_counter()
                     measurements = build_measurements(
                         result, entry.structure, data.raw_x, data.y, options.mode, data.raw_y
                     )
                     measurements.weight_digests = digests
+                    measurements.output_losses = output_losses(
+                        entry.model,
+                        [data.x[name] for name in probe.input_order],
+                        data.ys,
+                        entry.structure.facts.output_names,
+                    )
                     if entry.optimizer_state_lost:
                         _without_optimizer_state(measurements, entry.optimizer_state_lost)
                     elif measurements.optimizer is not None:
@@ -200,8 +212,8 @@ class Diagnoser:
         if remedy is not None:
             change, remedied = remedy
             remedied = {k: v.astype(data.x[k].dtype) for k, v in remedied.items()}
-            base_before, base_after = probe.trials.step(data.x, data.y)
-            before, after = probe.trials.step(remedied, data.y)
+            base_before, base_after = probe.trials.step(data.x, data.targets)
+            before, after = probe.trials.step(remedied, data.targets)
             m.trials["input_scale"] = StepTrial(change, before, after, base_before, base_after)
         # One learning-rate trial, over the scales of whichever rule proposes.
         scales = sorted(
@@ -211,7 +223,7 @@ class Diagnoser:
             }
         )
         if scales:
-            m.lr_trial = probe.trials.learning_rate(data.x, data.y, tuple(scales))
+            m.lr_trial = probe.trials.learning_rate(data.x, data.targets, tuple(scales))
         m.probe_seconds += time.perf_counter() - start
 
 
@@ -247,7 +259,8 @@ def _check_loss_runs(entry: LoadedModel, data: Batch) -> None:
     xs = as_model_inputs(model, list(x2.values()))
     try:
         y_pred = model(xs, training=False)
-        loss = model.compute_loss(x=xs, y=data.y[:2], y_pred=y_pred, training=False)
+        y2 = take_rows(data.targets, None, 2)
+        loss = model.compute_loss(x=xs, y=y2, y_pred=y_pred, training=False)
         np.asarray(loss)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
         text = " ".join(str(exc).split())[:300]

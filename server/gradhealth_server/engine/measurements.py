@@ -208,6 +208,8 @@ class Measurements:
     trials: dict[str, StepTrial] = field(default_factory=dict)
     lr_trial: LearningRateTrial | None = None
     time_gradient: TimeGradient | None = None  # models with a recurrent layer
+    # A multi-output model's loss per output (engine/output_losses.py), unweighted.
+    output_losses: dict[str, float] = field(default_factory=dict)
     # Per weight layer, a digest of its trainable weights: the run history compares
     # consecutive checkpoints with it (unchanged_weights).
     weight_digests: dict[str, str] = field(default_factory=dict)
