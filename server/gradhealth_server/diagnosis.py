@@ -22,7 +22,8 @@ from gradhealth_server.engine.measure import build_measurements
 from gradhealth_server.engine.measurements import Measurements, StepTrial, finite_json
 from gradhealth_server.engine.output_losses import output_losses
 from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
-from gradhealth_server.engine.structure import current_learning_rate, loss_scale, read_structure
+from gradhealth_server.engine.quantities.optimizer import loss_scale
+from gradhealth_server.engine.structure import current_learning_rate, read_structure
 from gradhealth_server.engine.trial_steps import Trials
 from gradhealth_server.engine.trials import input_remedy
 from gradhealth_server.engine.weights import weight_digests
@@ -185,7 +186,7 @@ class Diagnoser:
                     if entry.optimizer_state_lost:
                         _without_optimizer_state(measurements, entry.optimizer_state_lost)
                     elif measurements.optimizer is not None:
-                        measurements.optimizer.loss_scale = loss_scale(entry.model)
+                        measurements.optimizer.loss_scale = loss_scale(entry.model.optimizer)
                     if options.mode == "full" and not entry.optimizer_state_lost:
                         self._try_remedies(probe, data, measurements)
             except tf.errors.ResourceExhaustedError as exc:

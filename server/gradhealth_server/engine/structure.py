@@ -380,17 +380,6 @@ def current_learning_rate(model: keras.Model) -> float | None:
     return _learning_rate(_inner_optimizer(getattr(model, "optimizer", None)))
 
 
-def loss_scale(model: keras.Model) -> float | None:
-    """A LossScaleOptimizer's current dynamic loss scale (None: no loss scaling)."""
-    scale = getattr(getattr(model, "optimizer", None), "dynamic_scale", None)
-    if scale is None:
-        return None
-    try:
-        return float(keras.ops.convert_to_numpy(scale))
-    except (TypeError, ValueError):
-        return None
-
-
 def _momentum(optimizer: Any) -> float:
     """SGD's momentum (0 for every other optimizer, whose steps are normalized)."""
     if type(optimizer).__name__ != "SGD":
