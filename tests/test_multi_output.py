@@ -134,3 +134,35 @@ def test_the_callback_takes_a_dict_of_targets(server):
     assert callback.wait(120)
     assert callback.sent >= 1 and callback.failed == 0, callback.last_error
     assert seen and set(seen[-1].measurements["output_losses"]) == {"kind", "size"}
+
+
+def test_dict_outputs_are_described_by_the_output_the_facts_name(tmp_path):
+    """keras.Model(outputs={"size": ..., "kind": ...}): Keras orders the outputs by
+    key; the label, output and loss facts all describe the first of that order."""
+    x, y = data(256)
+    keras.utils.set_random_seed(0)
+    features = keras.Input((8,), name="features")
+    h = keras.layers.Dense(16, activation="relu")(features)
+    model = keras.Model(
+        features,
+        {
+            "size": keras.layers.Dense(1, name="size")(h),
+            "kind": keras.layers.Dense(3, activation="softmax", name="kind")(h),
+        },
+    )
+    model.compile("adam", loss={"size": "mse", "kind": "sparse_categorical_crossentropy"})
+    model.fit(x, y, epochs=2, verbose=0)
+    path = tmp_path / "dict_outputs.keras"
+    model.save(path)
+    d = Diagnoser().diagnose(
+        path, npz(x=x[:ROWS], y_kind=y["kind"][:ROWS], y_size=y["size"][:ROWS])
+    )
+    m = d.measurements
+    assert m.static.output_names == ("kind", "size")
+    assert m.static.loss == "sparse_categorical_crossentropy" and m.static.output_units == 3
+    assert m.output is not None and len(m.output.predicted_histogram or []) == 3
+    expected = model.evaluate(
+        x[:ROWS], {k: v[:ROWS] for k, v in y.items()}, batch_size=ROWS, verbose=0, return_dict=True
+    )
+    assert m.output_losses["kind"] == pytest.approx(expected["kind_loss"], rel=1e-4)
+    assert m.output_losses["size"] == pytest.approx(expected["size_loss"], rel=1e-4)
