@@ -220,7 +220,7 @@ def _diagnose_embedded(args: argparse.Namespace) -> int:
     try:
         with native_stderr_silenced():
             diagnoser = Diagnoser(limits=limits, options=options, rules_config=rules_config)
-    except ValueError as exc:  # an --allow-class module that cannot be imported
+    except (GradhealthError, ValueError) as exc:  # a bad rules config, an --allow-class module
         return fail(str(exc))
     try:
         diagnosis = diagnoser.diagnose(args.checkpoint, args.batch)
