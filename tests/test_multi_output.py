@@ -166,3 +166,21 @@ def test_dict_outputs_are_described_by_the_output_the_facts_name(tmp_path):
     )
     assert m.output_losses["kind"] == pytest.approx(expected["kind_loss"], rel=1e-4)
     assert m.output_losses["size"] == pytest.approx(expected["size_loss"], rel=1e-4)
+
+
+def test_the_remedy_trials_run_on_every_output(trained):
+    """The trials' real optimizer steps take the labels per output as the probe does."""
+    from gradhealth_server.engine.trial_steps import Trials
+
+    _, path, x, y = trained
+    diagnoser = Diagnoser()
+    d = diagnoser.diagnose(path, npz(x=x, y_kind=y["kind"], y_size=y["size"]))
+    entry = diagnoser.cache.get(d.fingerprint)
+    assert entry is not None
+    (probe,) = entry.probes.values()
+    targets = [y["kind"], y["size"]]
+    trials = Trials(probe)
+    before, after = trials.step({"features": x}, targets)
+    assert before == pytest.approx(d.measurements.loss, rel=1e-4) and np.isfinite(after)
+    lr = trials.learning_rate({"features": x}, targets, (0.1, 1.0, 3.0))
+    assert lr is not None and len(lr.losses) == 3 and all(np.isfinite(lr.losses))
