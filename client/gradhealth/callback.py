@@ -58,7 +58,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
     ) -> None:
         """Send a checkpoint every `every_n_steps` steps or at every epoch end (the
         default), at most once per `min_interval_s` seconds. `sample` is (x, y): a
-        fixed batch, as the input pipeline feeds the model. `stop_on="critical"` (or
+        fixed batch, as the input pipeline feeds the model (x or {input name: x},
+        y or {output name: y} for a multi-output model). `stop_on="critical"` (or
         "warning") stops training when a verdict is that bad. With `close_run`, the
         end of `fit` closes the run after waiting at most `end_wait_s` for the
         upload in flight."""

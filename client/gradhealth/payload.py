@@ -82,8 +82,14 @@ def checkpoint_part(model_or_path: Any) -> Part:
 
 
 def batch_part(x: Any, y: Any) -> Part:
-    """x (an array, or {input name: array}) and y as the `.npz` the service reads."""
-    arrays: dict[str, np.ndarray] = {"y": np.asarray(y)}
+    """x (an array, or {input name: array}) and y (an array, or {output name: array}
+    for a multi-output model) as the `.npz` the service reads: x or x_<input name>,
+    y or y_<output name>."""
+    arrays: dict[str, np.ndarray] = {}
+    if isinstance(y, Mapping):
+        arrays.update({f"y_{name}": np.asarray(value) for name, value in y.items()})
+    else:
+        arrays["y"] = np.asarray(y)
     if isinstance(x, Mapping):
         arrays.update({f"x_{name}": np.asarray(value) for name, value in x.items()})
     else:

@@ -8,6 +8,7 @@ architecture reuse the loaded model and the compiled probe.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,14 +25,24 @@ from gradhealth_server.engine.measurements import (
     StepTrial,
     finite_json,
 )
+from gradhealth_server.engine.output_losses import output_losses
 from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
+from gradhealth_server.engine.quantities.optimizer import loss_scale
 from gradhealth_server.engine.structure import current_learning_rate, read_structure
 from gradhealth_server.engine.trial_steps import Trials
 from gradhealth_server.engine.trials import input_remedy, target_remedy
 from gradhealth_server.engine.weights import weight_digests
 from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
-from gradhealth_server.intake.batch import Batch, as_model_inputs, make_batch, read_npz
-from gradhealth_server.intake.checkpoint import LoadedModel, ModelCache
+from gradhealth_server.intake.allow_list import import_allowed
+from gradhealth_server.intake.batch import (
+    Batch,
+    Targets,
+    as_model_inputs,
+    make_batch,
+    read_npz,
+    take_rows,
+)
+from gradhealth_server.intake.checkpoint import LoadedModel, ModelCache, dtype_policy_scope
 from gradhealth_server.intake.intermediates import check_intermediates
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
 from gradhealth_server.rules import build_rules, judge
@@ -40,6 +51,11 @@ from gradhealth_server.rules.learning_rate_too_high import LearningRateTooHighRu
 from gradhealth_server.rules.learning_rate_too_low import LearningRateTooLowRule
 from gradhealth_server.rules.unnormalized_input import UnnormalizedInputRule
 from gradhealth_server.verdict.findings import RuleVerdict
+
+log = logging.getLogger(__name__)
+
+# What a checkpoint whose optimizer state Keras could not restore cannot show.
+NO_OPTIMIZER_STATE = ("optimizer_state", "optimizer_step", "lr_probe")
 
 # Each batch shape compiles its own probe; a client sending many shapes must not
 # fill memory with them.
@@ -82,6 +98,9 @@ class Diagnoser:
     ) -> None:
         self.device = configure_device(gpu_memory_mb)
         self.limits = limits
+        # What the allow-list's modules register with Keras must be registered here
+        # (every worker process) before a checkpoint naming it is loaded.
+        import_allowed(limits.allowed_classes)
         self.options = options or ProbeOptions()
         self.cache = ModelCache(cache_capacity, limits)
         self.rules_config = rules_config or {}
@@ -119,56 +138,77 @@ class Diagnoser:
         t0 = time.perf_counter()
         sha = checkpoint_sha256 or _sha256(checkpoint)
         entry, _info, hit = self.cache.load(checkpoint)
-        if entry.structure is None:
-            entry.structure = read_structure(entry.model)
-        elif hit:
-            # The architecture is cached, the learning rate is the checkpoint's own.
-            facts = replace(entry.structure.facts, learning_rate=current_learning_rate(entry.model))
-            entry.structure = replace(entry.structure, facts=facts)
-        t1 = time.perf_counter()
-        phases["load"] = t1 - t0
-        checkpoint_phase()
-        specs = _input_specs(entry)
-        # One array per input and y: the model says how many members a batch needs.
-        arrays = batch if isinstance(batch, dict) else read_npz(batch, self.limits, len(specs) + 1)
-        data = make_batch(arrays, specs, entry.structure.facts, self.limits)
-        key = (batch_signature(data.x, data.y), options)
-        probe = entry.probes.get(key)
-        probe_cached = probe is not None
-        if probe is None:
-            check_intermediates(entry.model, [data.x[name] for name, _, _ in specs], self.limits)
-            _check_loss_runs(entry, data)
-        digests = weight_digests(entry.model, entry.structure)  # before the probe touches them
-        t2 = time.perf_counter()
-        phases["batch"] = t2 - t1
-        checkpoint_phase()
-        try:
-            with tf.device(self.device):
-                if probe is None:
-                    probe = Probe(entry.model, entry.structure, data.x, data.y, options)
-                    entry.probes[key] = probe
-                    while len(entry.probes) > MAX_PROBES_PER_MODEL:
-                        entry.probes.pop(next(iter(entry.probes)))  # the oldest
-                else:
-                    probe.structure = entry.structure
-                result = probe.run(data.x, data.y)
-                t3 = time.perf_counter()
-                measurements = build_measurements(
-                    result, entry.structure, data.raw_x, data.y, options.mode, data.raw_y
+        # Probed under the policy it was loaded under; the next job starts clean.
+        with dtype_policy_scope(entry.dtype_policy):
+            if entry.structure is None:
+                entry.structure = read_structure(entry.model)
+            elif hit:
+                # The architecture is cached, the learning rate is the checkpoint's own.
+                facts = replace(
+                    entry.structure.facts, learning_rate=current_learning_rate(entry.model)
                 )
-                measurements.weight_digests = digests
-                if options.mode == "full":
-                    self._try_remedies(probe, data, measurements)
-        except tf.errors.ResourceExhaustedError as exc:
-            raise LimitExceeded(f"the probe ran out of device memory: {exc.message[:200]}") from exc
-        phases["probe" if probe_cached else "compile_and_probe"] = t3 - t2
-        checkpoint_phase()
-        t4 = time.perf_counter()
-        phases["trials"] = t4 - t3
-        history = history.of_model(entry.fingerprint)
-        verdict = judge(measurements, self.rules, self.rules_config, history)
-        phases["rules"] = time.perf_counter() - t4
-        return Diagnosis(verdict, measurements, entry.fingerprint, sha, hit, probe_cached, phases)
+                entry.structure = replace(entry.structure, facts=facts)
+            t1 = time.perf_counter()
+            phases["load"] = t1 - t0
+            checkpoint_phase()
+            specs = _input_specs(entry)
+            # One array per input and per output: the model says how many members it needs.
+            members = len(specs) + max(1, len(entry.structure.facts.output_names))
+            arrays = batch if isinstance(batch, dict) else read_npz(batch, self.limits, members)
+            data = make_batch(arrays, specs, entry.structure.facts, self.limits)
+            key = (batch_signature(data.x, data.targets), options)
+            probe = entry.probes.get(key)
+            probe_cached = probe is not None
+            if probe is None:
+                check_intermediates(
+                    entry.model, [data.x[name] for name, _, _ in specs], self.limits
+                )
+                _check_loss_runs(entry, data)
+            digests = weight_digests(entry.model, entry.structure)  # before the probe touches them
+            t2 = time.perf_counter()
+            phases["batch"] = t2 - t1
+            checkpoint_phase()
+            try:
+                with tf.device(self.device):
+                    if probe is None:
+                        probe = Probe(entry.model, entry.structure, data.x, data.targets, options)
+                        entry.probes[key] = probe
+                        while len(entry.probes) > MAX_PROBES_PER_MODEL:
+                            entry.probes.pop(next(iter(entry.probes)))  # the oldest
+                    else:
+                        probe.structure = entry.structure
+                    result = probe.run(data.x, data.targets)
+                    t3 = time.perf_counter()
+                    measurements = build_measurements(
+                        result, entry.structure, data.raw_x, data.y, options.mode, data.raw_y
+                    )
+                    measurements.weight_digests = digests
+                    measurements.output_losses = output_losses(
+                        entry.model,
+                        [data.x[name] for name in probe.input_order],
+                        data.ys,
+                        entry.structure.facts.output_names,
+                    )
+                    if entry.optimizer_state_lost:
+                        _without_optimizer_state(measurements, entry.optimizer_state_lost)
+                    elif measurements.optimizer is not None:
+                        measurements.optimizer.loss_scale = loss_scale(entry.model.optimizer)
+                    if options.mode == "full" and not entry.optimizer_state_lost:
+                        self._try_remedies(probe, data, measurements)
+            except tf.errors.ResourceExhaustedError as exc:
+                raise LimitExceeded(
+                    f"the probe ran out of device memory: {exc.message[:200]}"
+                ) from exc
+            phases["probe" if probe_cached else "compile_and_probe"] = t3 - t2
+            checkpoint_phase()
+            t4 = time.perf_counter()
+            phases["trials"] = t4 - t3
+            history = history.of_model(entry.fingerprint)
+            verdict = judge(measurements, self.rules, self.rules_config, history)
+            phases["rules"] = time.perf_counter() - t4
+            return Diagnosis(
+                verdict, measurements, entry.fingerprint, sha, hit, probe_cached, phases
+            )
 
     def _try_remedies(self, probe: Probe, data: Batch, m: Measurements) -> None:
         """Test the fixes the rules propose; the results go into m.trials and m.lr_trial."""
@@ -179,11 +219,12 @@ class Diagnoser:
         if remedy is not None:
             change, remedied = remedy
             remedied = {k: v.astype(data.x[k].dtype) for k, v in remedied.items()}
-            base_before, base_after = probe.trials.step(data.x, data.y)
-            before, after = probe.trials.step(remedied, data.y)
+            base_before, base_after = probe.trials.step(data.x, data.targets)
+            before, after = probe.trials.step(remedied, data.targets)
             m.trials["input_scale"] = StepTrial(change, before, after, base_before, base_after)
-            self._scratch(probe, m, "input_scale", change, [(data.x, data.y), (remedied, data.y)])
-        elif self._input_rule.targets_off_scale(m):
+            arms = [(data.x, data.targets), (remedied, data.targets)]
+            self._scratch(probe, m, "input_scale", change, arms)
+        elif len(data.ys) <= 1 and self._input_rule.targets_off_scale(m):
             remedy_y = target_remedy(data.y, m)
             if remedy_y is not None:
                 change, y_std, unit = remedy_y
@@ -197,7 +238,7 @@ class Diagnoser:
             }
         )
         if scales:
-            m.lr_trial = probe.trials.learning_rate(data.x, data.y, tuple(scales))
+            m.lr_trial = probe.trials.learning_rate(data.x, data.targets, tuple(scales))
         m.probe_seconds += time.perf_counter() - start
 
     @staticmethod
@@ -206,7 +247,7 @@ class Diagnoser:
         m: Measurements,
         key: str,
         change: str,
-        arms: list[tuple[dict[str, np.ndarray], np.ndarray]],
+        arms: list[tuple[dict[str, np.ndarray], Targets]],
         unit: float = 1.0,
     ) -> None:
         """Both arms from one fresh start; the result goes into m.scratch_trials[key]."""
@@ -218,6 +259,17 @@ class Diagnoser:
         m.scratch_trials[key] = ScratchTrial(
             change, steps, as_before, as_after, rem_before, rem_after, unit
         )
+
+
+def _without_optimizer_state(m: Measurements, why: str) -> None:
+    """The step the probe measured came from fresh optimizer state (iteration 0,
+    zero moments), not the run's: drop it, so the rules that judge the optimizer's
+    step stay silent, and say so in `unavailable`."""
+    log.warning("optimizer state not restored: %s", why)
+    m.optimizer = None
+    for layer in m.layers:
+        layer.update_norm = layer.update_ratio = None
+    m.unavailable = sorted({*m.unavailable, *NO_OPTIMIZER_STATE})
 
 
 def _input_specs(entry: LoadedModel) -> list[tuple[str, tuple[int | None, ...] | None, str]]:
@@ -241,7 +293,8 @@ def _check_loss_runs(entry: LoadedModel, data: Batch) -> None:
     xs = as_model_inputs(model, list(x2.values()))
     try:
         y_pred = model(xs, training=False)
-        loss = model.compute_loss(x=xs, y=data.y[:2], y_pred=y_pred, training=False)
+        y2 = take_rows(data.targets, None, 2)
+        loss = model.compute_loss(x=xs, y=y2, y_pred=y_pred, training=False)
         np.asarray(loss)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
         text = " ".join(str(exc).split())[:300]

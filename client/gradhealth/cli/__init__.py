@@ -92,6 +92,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Hook]]:
         type=Path,
         help='JSON of threshold overrides, e.g. {"dead_relu": {"dead_fraction": 0.7}}',
     )
+    diag.add_argument(
+        "--allow-class",
+        metavar="MODULE.CLASS[,...]",
+        help="embedded mode: classes and functions outside Keras to trust (custom layers, "
+        "losses, metrics registered with keras.saving.register_keras_serializable); each "
+        "MODULE is imported. A server has its own (gradhealth serve --allow-class)",
+    )
     remote = diag.add_argument_group("server mode")
     remote.add_argument("--server", metavar="HOST:PORT", help="diagnose on a gradhealth service")
     remote.add_argument(
@@ -134,6 +141,11 @@ def _diagnose(args: argparse.Namespace, hooks: dict[str, Hook]) -> int:
         if not path.is_file():
             return fail(f"{what} file {str(path)!r} does not exist")
     if args.server:
+        if args.allow_class:
+            return fail(
+                "--allow-class applies to embedded diagnose; a server trusts what its operator "
+                "allowed (gradhealth serve --allow-class)"
+            )
         return _diagnose_on_server(args)
     if "diagnose" not in hooks:
         return fail(f"embedded `gradhealth diagnose` {NEEDS_SERVER}; or pass --server HOST:PORT")

@@ -48,6 +48,12 @@ def needs_server_extra(command: str) -> Callable[[Callable[..., int]], Callable[
     return wrap
 
 
+ALLOW_CLASS_HELP = (
+    "classes and functions outside Keras to trust (custom layers, losses, metrics "
+    "registered with keras.saving.register_keras_serializable); each MODULE is imported"
+)
+
+
 def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add the server-side commands; return the hooks of the client's own commands
     (embedded `diagnose`)."""
@@ -107,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     serve.add_argument(
         "--allow-class",
         metavar="MODULE.CLASS[,...]",
-        help="layer classes outside Keras to trust (they must be importable by the server)",
+        help=ALLOW_CLASS_HELP + " (installed in the server image)",
     )
     serve.add_argument("--spool-dir", type=Path, help="where uploads are written (default: TMPDIR)")
     serve.add_argument("--grace", type=float, default=60.0, help="seconds to drain on SIGTERM")
@@ -206,11 +212,17 @@ def _diagnose_embedded(args: argparse.Namespace) -> int:
         from gradhealth_server.diagnosis import Diagnoser
         from gradhealth_server.engine.probe import ProbeOptions
         from gradhealth_server.errors import GradhealthError
+        from gradhealth_server.intake.allow_list import parse_allow_list
+        from gradhealth_server.intake.limits import Limits
 
         options = ProbeOptions(mode=args.mode, jit_compile=False if args.no_xla else None)
+    limits = Limits(allowed_classes=parse_allow_list(args.allow_class))
     try:
         with native_stderr_silenced():
-            diagnoser = Diagnoser(options=options, rules_config=rules_config)
+            diagnoser = Diagnoser(limits=limits, options=options, rules_config=rules_config)
+    except (GradhealthError, ValueError) as exc:  # a bad rules config, an --allow-class module
+        return fail(str(exc))
+    try:
         diagnosis = diagnoser.diagnose(args.checkpoint, args.batch)
     except GradhealthError as exc:
         return fail(str(exc))
@@ -225,6 +237,7 @@ def _diagnose_embedded(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from gradhealth_server.intake.allow_list import missing_allowed_module, parse_allow_list
     from gradhealth_server.intake.limits import Limits, MiB
     from gradhealth_server.metrics.runs import RunMetricsConfig
     from gradhealth_server.rules import build_rules
@@ -291,10 +304,10 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_bytes=int(args.max_batch_mb * MiB),
         max_batch_rows=args.max_batch_rows,
         max_parameters=args.max_parameters,
-        allowed_classes=frozenset(
-            name.strip() for name in (args.allow_class or "").split(",") if name.strip()
-        ),
+        allowed_classes=parse_allow_list(args.allow_class),
     )
+    if problem := missing_allowed_module(limits.allowed_classes):
+        return fail(problem)
     config = ServeConfig(
         host=args.host,
         port=args.port,

@@ -87,6 +87,9 @@ class StaticFacts:
     clipvalue: float | None = None
     loss_reduction: str | None = None
     input_names: tuple[str, ...] = ()
+    # The model's outputs in order (the batch's y_<name>); with several, the output,
+    # loss and label facts above are the first output's, and findings name it.
+    output_names: tuple[str, ...] = ()
     # Inputs read by an Embedding straight away: valid ids are 0 .. limit - 1.
     id_input_limits: dict[str, int] = field(default_factory=dict)
     preprocessing_layers: tuple[str, ...] = ()

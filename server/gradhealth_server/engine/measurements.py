@@ -114,6 +114,9 @@ class OptimizerStep:
     lr_scales: list[float] = field(default_factory=list)
     lr_losses: list[float] = field(default_factory=list)  # loss at w + s·Δw
     iterations: int | None = None  # steps the run has taken (the optimizer's counter)
+    # A LossScaleOptimizer's current dynamic loss scale (mixed_float16): halved on
+    # every non-finite step, so a tiny one means fp16 overflows. None without one.
+    loss_scale: float | None = None
 
 
 @dataclass
@@ -235,6 +238,8 @@ class Measurements:
     # Data remedies tried from a fresh start: "input_scale", "target_scale".
     scratch_trials: dict[str, ScratchTrial] = field(default_factory=dict)
     time_gradient: TimeGradient | None = None  # models with a recurrent layer
+    # A multi-output model's loss per output (engine/output_losses.py), unweighted.
+    output_losses: dict[str, float] = field(default_factory=dict)
     # Per weight layer, a digest of its trainable weights: the run history compares
     # consecutive checkpoints with it (unchanged_weights).
     weight_digests: dict[str, str] = field(default_factory=dict)

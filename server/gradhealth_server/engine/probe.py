@@ -42,7 +42,7 @@ from gradhealth_server.engine.quantities import (
     variables,
 )
 from gradhealth_server.engine.structure import ModelStructure
-from gradhealth_server.intake.batch import as_model_inputs
+from gradhealth_server.intake.batch import Targets, as_model_inputs, take_rows, target_rows
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,12 @@ class ProbeResult:
     lr_scales: tuple[float, ...] = ()
 
 
-def batch_signature(x: Inputs, y: np.ndarray) -> tuple:
+def batch_signature(x: Inputs, y: Targets) -> tuple:
     """Hashable shapes and dtypes: one compiled probe per signature."""
+    ys = y if isinstance(y, (list, tuple)) else [y]
     return (
         tuple((k, v.shape, str(v.dtype)) for k, v in sorted(x.items())),
-        (y.shape, str(y.dtype)),
+        tuple((t.shape, str(t.dtype)) for t in ys),
     )
 
 
@@ -93,7 +94,7 @@ class Probe:
         model: keras.Model,
         structure: ModelStructure,
         x: Inputs,
-        y: np.ndarray,
+        y: Targets,
         options: ProbeOptions | None = None,
     ) -> None:
         options = options or ProbeOptions()
@@ -102,7 +103,7 @@ class Probe:
         self.options = options
         self.trace_count = 0
         self.input_order = list(structure.facts.input_names)
-        rows = int(y.shape[0])
+        rows = target_rows(y)
         self.rows = rows
         self.splits = _micro_batches(rows, structure, options)
         self._taps = structure.taps if options.mode == "full" else ()
@@ -123,7 +124,7 @@ class Probe:
             list(model.optimizer.variables) if model.optimizer is not None else []
         )
         specs_x = [tf.TensorSpec(x[name].shape, x[name].dtype) for name in self.input_order]
-        spec_y = tf.TensorSpec(y.shape, y.dtype)
+        spec_y = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), y)
         self._signature = [specs_x, spec_y]
         # None: XLA where it pays (a GPU), with a fallback to the plain graph.
         self.xla = options.jit_compile if options.jit_compile is not None else xla_by_default()
@@ -131,7 +132,7 @@ class Probe:
         self.trials = None  # engine.trial_steps.Trials, compiled when a rule proposes one
 
     # -- public -----------------------------------------------------------
-    def run(self, x: Inputs, y: np.ndarray) -> ProbeResult:
+    def run(self, x: Inputs, y: Targets) -> ProbeResult:
         xs = [x[name] for name in self.input_order]
         start = time.perf_counter()
         try:
@@ -194,7 +195,7 @@ class Probe:
         return forward
 
     # -- the compiled body --------------------------------------------------
-    def _probe(self, xs: list[tf.Tensor], y: tf.Tensor) -> dict[str, Any]:
+    def _probe(self, xs: list[tf.Tensor], y: Targets) -> dict[str, Any]:
         self.trace_count += 1  # runs at trace time only: counts retraces
         full = self.options.mode == "full"
         # Snapshots: tensors read now, immune to the assignments that follow.
@@ -215,7 +216,7 @@ class Probe:
         start = 0
         for i, rows in enumerate(self.splits):
             xi = [t[start : start + rows] for t in xs]
-            yi = y[start : start + rows]
+            yi = take_rows(y, start, start + rows)
             start += rows
             with tf.GradientTape() as tape:
                 tape.watch(w0)
@@ -296,7 +297,7 @@ class Probe:
         # more forward passes over it: evaluate on probe_rows rows instead, with a
         # base loss of their own (four small forwards cost about one full one).
         rows = min(self.splits[0], max(self.options.probe_rows, self.options.min_micro_batch_rows))
-        x0, y0 = [t[:rows] for t in xs], y[:rows]
+        x0, y0 = [t[:rows] for t in xs], take_rows(y, None, rows)
         if rows < self.splits[0] and self.options.lr_scales:
             base_loss, *_ = self.stateless_loss(w0, nt0, metrics0, x0, y0)
             base_loss = tf.cast(base_loss, tf.float32)

@@ -80,7 +80,8 @@ def read_structure(model: keras.Model) -> ModelStructure:
     all_layers = [lyr for lyr in model._flatten_layers(include_self=False, recursive=True)]
     class_names = [type(lyr).__name__ for lyr in all_layers]
     activations = sorted({a for a in (_activation_of(lyr) for lyr in all_layers) if a})
-    loss_name, from_logits, smoothing, reduction = _loss_facts(model)
+    outputs = output_names(model)
+    loss_name, from_logits, smoothing, reduction = _loss_facts(model, outputs)
     out_chain, out_units = _output_facts(model)
     out_act = next((a for a in out_chain if a != "linear"), out_chain[0] if out_chain else None)
     optimizer = _inner_optimizer(getattr(model, "optimizer", None))
@@ -109,6 +110,7 @@ def read_structure(model: keras.Model) -> ModelStructure:
         clipvalue=getattr(optimizer, "clipvalue", None),
         loss_reduction=reduction,
         input_names=tuple(input_names(model)),
+        output_names=tuple(outputs),
         id_input_limits=id_limits,
         preprocessing_layers=tuple(c for c in class_names if c in PREPROCESSING_LAYERS),
         unavailable=tuple(unavailable),
@@ -123,6 +125,17 @@ def input_names(model: keras.Model) -> list[str]:
     if not inputs:
         return ["x"]
     return [kt._keras_history[0].name for kt in inputs]
+
+
+def output_names(model: keras.Model) -> list[str]:
+    """Names of the model's outputs in its output order (the batch's `y_<name>`);
+    none known for a subclassed model (one `y`)."""
+    if not _is_functional(model):
+        return []
+    names = getattr(model, "output_names", None)
+    if names and len(names) == len(model.outputs):
+        return [str(n) for n in names]
+    return [kt._keras_history[0].name for kt in model.outputs]
 
 
 def _is_functional(model: keras.Model) -> bool:
@@ -285,12 +298,16 @@ def _skip_connections(graph: dict[int, _Node]) -> int:
     return skips
 
 
-def _loss_facts(model: keras.Model) -> tuple[str | None, bool, float, str | None]:
+def _loss_facts(
+    model: keras.Model, outputs: list[str]
+) -> tuple[str | None, bool, float, str | None]:
+    """The first output's loss (a dict of losses is keyed by output name)."""
     loss = getattr(model, "loss", None)
     if isinstance(loss, (list, tuple)) and loss:
         loss = loss[0]
     if isinstance(loss, dict) and loss:
-        loss = next(iter(loss.values()))
+        first = outputs[0] if outputs else None
+        loss = loss[first] if first in loss else next(iter(loss.values()))
     if loss is None:
         return None, False, 0.0, None
     if isinstance(loss, str):

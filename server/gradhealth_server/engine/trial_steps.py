@@ -28,6 +28,7 @@ import tensorflow as tf
 from gradhealth_server.engine.measurements import LearningRateTrial
 from gradhealth_server.engine.probe import Inputs, Probe, moved, read
 from gradhealth_server.engine.probe_errors import probe_error
+from gradhealth_server.intake.batch import Targets, take_rows, target_rows
 
 # Fewer rows than this on either half and the learning-rate trial is not run.
 MIN_TRIAL_ROWS = 8
@@ -45,7 +46,7 @@ class Trials:
         self._step_fn = None
         self._lr_fn = None
 
-    def step(self, x: Inputs, y: np.ndarray) -> tuple[float, float]:
+    def step(self, x: Inputs, y: Targets) -> tuple[float, float]:
         """Loss on this batch before and after one optimizer step taken on it."""
         if self._step_fn is None:
             self._step_fn = self._compile(self._step)
@@ -53,10 +54,10 @@ class Trials:
         return float(before), float(after)
 
     def learning_rate(
-        self, x: Inputs, y: np.ndarray, scales: tuple[float, ...]
+        self, x: Inputs, y: Targets, scales: tuple[float, ...]
     ) -> LearningRateTrial | None:
         """Held-out loss after `lr_steps` steps at each learning-rate scale."""
-        rows = int(y.shape[0])
+        rows = target_rows(y)
         half = rows // 2
         if half < MIN_TRIAL_ROWS or self.probe.model.optimizer is None:
             return None
@@ -74,16 +75,14 @@ class Trials:
             losses=losses,
         )
 
-    def from_scratch(
-        self, arms: list[tuple[Inputs, np.ndarray]]
-    ) -> list[tuple[float, float]] | None:
+    def from_scratch(self, arms: list[tuple[Inputs, Targets]]) -> list[tuple[float, float]] | None:
         """Held-out loss (before, after) `scratch_steps` steps from a fresh start, per arm.
 
         None when the model cannot be re-initialized (a subclassed model has no
         config to clone), has no optimizer, or the batch is too small to hold rows out.
         """
         p = self.probe
-        if int(arms[0][1].shape[0]) // 2 < MIN_TRIAL_ROWS or p.model.optimizer is None:
+        if target_rows(arms[0][1]) // 2 < MIN_TRIAL_ROWS or p.model.optimizer is None:
             return None
         fresh = _fresh_weights(p.model, p._trainable + p._non_trainable)
         if fresh is None:
@@ -100,7 +99,7 @@ class Trials:
             for var, value in zip(p._trainable + p._non_trainable + p._optimizer_vars, saved):
                 var.assign(value)
 
-    def _held_out(self, x: Inputs, y: np.ndarray, scale: float, steps: int) -> tuple[float, float]:
+    def _held_out(self, x: Inputs, y: Targets, scale: float, steps: int) -> tuple[float, float]:
         if self._lr_fn is None:
             specs = [tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.int32)]
             self._lr_fn = tf.function(
@@ -113,7 +112,7 @@ class Trials:
     def _compile(self, body):
         return tf.function(body, input_signature=self.probe._signature, jit_compile=False)
 
-    def _call(self, fn, x: Inputs, y: np.ndarray, *extra):
+    def _call(self, fn, x: Inputs, y: Targets, *extra):
         try:
             return fn([x[name] for name in self.probe.input_order], y, *extra)
         except tf.errors.OpError as exc:
@@ -133,8 +132,8 @@ class Trials:
     def _lr_trial(self, xs, y, scale, steps):
         p = self.probe
         half = p.rows // 2
-        x_train, y_train = [t[:half] for t in xs], y[:half]
-        x_held, y_held = [t[half:] for t in xs], y[half:]
+        x_train, y_train = [t[:half] for t in xs], take_rows(y, None, half)
+        x_held, y_held = [t[half:] for t in xs], take_rows(y, half, None)
         w0, nt0, slots0 = p.snapshot()
         metrics0 = [read(v) for v in p._metric_vars]
         before, *_ = p.stateless_loss(w0, nt0, metrics0, x_held, y_held, training=False)

@@ -1,9 +1,10 @@
 """Decode and check the sample batch the training job sent.
 
 The batch is an `.npz` file: `x` and `y`, or `x_<input name>` per input for a
-multi-input model. It is untrusted: loaded without pickle, sized against the
-limits, and checked against the model's inputs and its loss before any of it
-reaches TensorFlow, so a wrong batch gets a message instead of a stack trace.
+multi-input model and `y_<output name>` per output for a multi-output one. It is
+untrusted: loaded without pickle, sized against the limits, and checked against
+the model's inputs, outputs and loss before any of it reaches TensorFlow, so a
+wrong batch gets a message instead of a stack trace.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import io
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ import numpy as np
 from gradhealth_server.errors import InvalidBatch, LimitExceeded
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
 from gradhealth_server.intake.zip_directory import DirectoryTooLarge, check_directory
+
+# Labels as the loss takes them: one array, or one per output in the model's order
+# (numpy arrays on the host, tensors inside the probe).
+Targets = Any
 
 # Without a model to say how many inputs it has: a generous bound on arrays.
 MAX_BATCH_MEMBERS = 64
@@ -30,9 +35,18 @@ class Batch:
     """Inputs by model input name (as the model expects them) and labels."""
 
     x: dict[str, np.ndarray]
-    y: np.ndarray  # as the loss reads them (sparse ids truncated to integers, as Keras does)
+    # The first output's labels as its loss reads them (sparse ids truncated to
+    # integers, as Keras does): what the label and output statistics describe.
+    y: np.ndarray
     raw_x: dict[str, np.ndarray]  # as sent, before any dtype cast: its scale is evidence
     raw_y: np.ndarray | None = None  # as sent: labels that do not fit the loss are evidence
+    # Every output's labels, in the model's output order (one output: [y]).
+    ys: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def targets(self) -> Targets:
+        """What the loss takes: y for one output, a list in output order for several."""
+        return self.ys[0] if len(self.ys) <= 1 else list(self.ys)
 
 
 def read_npz(
@@ -132,13 +146,20 @@ def make_batch(
     facts: Any,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Batch:
-    """Match arrays to the model's inputs and the labels to its loss."""
-    if "y" not in arrays:
-        raise InvalidBatch("batch has no labels: the .npz needs an array named y")
-    y = _numeric(arrays["y"], "y")
+    """Match arrays to the model's inputs and the labels to its outputs and loss."""
+    keys = _label_keys(arrays, tuple(getattr(facts, "output_names", ()) or ()))
+    y = _numeric(arrays[keys[0]], keys[0])
     if y.ndim == 0 or y.shape[0] < 2:
-        raise InvalidBatch("batch needs at least 2 examples (y has fewer)")
+        raise InvalidBatch(f"batch needs at least 2 examples ({keys[0]} has fewer)")
     rows = y.shape[0]
+    others = []
+    for key in keys[1:]:
+        other = _numeric(arrays[key], key)
+        if other.shape[0] != rows:
+            raise InvalidBatch(f"{key} has {other.shape[0]} rows but {keys[0]} has {rows}")
+        if not np.all(np.isfinite(other.astype(np.float64, copy=False))):
+            raise InvalidBatch(f"labels {key} contain NaN or infinity")
+        others.append(_cast(other, "float32", key) if other.dtype.kind == "f" else other)
     if rows > limits.max_batch_rows:
         raise LimitExceeded(f"batch has {rows} rows, over the limit of {limits.max_batch_rows}")
     raw_x: dict[str, np.ndarray] = {}
@@ -160,7 +181,28 @@ def make_batch(
         x[name] = _cast(arr, dtype, key) if dtype else arr
     sent = y
     y = _check_labels(y, facts)
-    return Batch(x=x, y=y, raw_x=raw_x, raw_y=sent)
+    return Batch(x=x, y=y, raw_x=raw_x, raw_y=sent, ys=[y, *others])
+
+
+def _label_keys(arrays: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[str]:
+    """The batch's label arrays in the model's output order: `y` for one output,
+    `y_<output name>` per output for several (a model's outputs are named by their
+    layers). A plain `y` for several outputs is refused, naming what is expected."""
+    if len(outputs) <= 1:
+        name = outputs[0] if outputs else None
+        for key in ("y", *((f"y_{name}",) if name else ())):
+            if key in arrays:
+                return [key]
+        raise InvalidBatch("batch has no labels: the .npz needs an array named y")
+    expected = [f"y_{name}" for name in outputs]
+    missing = [key for key in expected if key not in arrays]
+    if missing:
+        have = ", ".join(sorted(arrays)) or "nothing"
+        raise InvalidBatch(
+            f"the model has {len(outputs)} outputs: the batch needs labels "
+            f"{', '.join(expected)} (one per output), found {have}"
+        )
+    return expected
 
 
 def as_model_inputs(model: Any, xs: list[Any]) -> Any:
@@ -174,6 +216,18 @@ def as_model_inputs(model: Any, xs: list[Any]) -> Any:
 
         return keras.tree.pack_sequence_as(struct, list(xs))
     return xs[0] if len(xs) == 1 else list(xs)
+
+
+def take_rows(targets: Targets, start: int | None, stop: int | None) -> Targets:
+    """Rows [start:stop) of every label array (one, or one per output)."""
+    if isinstance(targets, (list, tuple)):
+        return [t[start:stop] for t in targets]
+    return targets[start:stop]
+
+
+def target_rows(targets: Targets) -> int:
+    first = targets[0] if isinstance(targets, (list, tuple)) else targets
+    return int(first.shape[0])
 
 
 def _input_key(arrays: dict[str, np.ndarray], name: str, n_inputs: int) -> str:

@@ -5,6 +5,12 @@ is loaded with `keras.saving.load_model(safe_mode=True)`; later ones with the
 same fingerprint only have their weights (and optimizer state) loaded into the
 cached model, so the compiled probe is reused with no retrace and no rebuild.
 
+A checkpoint trained under a mixed-precision policy is loaded (and probed, see
+diagnosis.py) under that policy, scoped: Keras only wraps the optimizer in its
+LossScaleOptimizer, whose variables the checkpoint holds, when the global policy
+says mixed_float16 at compile time. Optimizer state Keras could not restore is
+recorded, not hidden: a probe on fresh moments would judge a different run.
+
 Before Keras touches a checkpoint, each part is screened by the module that
 knows it: the zip (archive), the objects config.json names (config_screen), the
 HDF5 weights file (weights_file), and the size of the model the config declares,
@@ -17,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import tempfile
 import warnings
 from collections import OrderedDict
@@ -36,6 +43,12 @@ log = logging.getLogger(__name__)
 
 # Config keys that differ between checkpoints of one architecture.
 VOLATILE_KEYS = frozenset({"shared_object_id"})
+# The dtype policies a checkpoint may name for its model; anything else loads as float32.
+MIXED_POLICIES = frozenset({"mixed_float16", "mixed_bfloat16"})
+_SKIPPED_OPTIMIZER = re.compile(
+    r"Skipping variable loading for optimizer '([^']*)', because it has (\d+) variables "
+    r"whereas the saved optimizer has (\d+) variables"
+)
 
 
 @dataclass
@@ -46,6 +59,11 @@ class LoadedModel:
     model: Any  # keras.Model
     structure: Any = None  # engine.structure.ModelStructure, filled by the engine
     probes: dict[Any, Any] = field(default_factory=dict)  # (batch signature, options) -> Probe
+    # The global dtype policy the model was loaded under, and is probed under.
+    dtype_policy: str = "float32"
+    # Why the checkpoint's optimizer state is not in the model (None: it is, or
+    # there was none yet). Rules needing the optimizer's state then stay silent.
+    optimizer_state_lost: str | None = None
 
 
 def fingerprint(config: dict[str, Any]) -> str:
@@ -98,8 +116,11 @@ class ModelCache:
             return entry, info, True
         check_declared_size(info.config, weights, self.limits)
         # The parameter cap was checked on the exact count, before anything was built.
-        model = _load_model(info.path)
-        entry = LoadedModel(fingerprint=key, model=model)
+        policy = checkpoint_policy(info.config)
+        with dtype_policy_scope(policy):
+            model, lost = _load_model(info.path)
+        entry = LoadedModel(fingerprint=key, model=model, dtype_policy=policy)
+        entry.optimizer_state_lost = lost
         self._models[key] = entry
         while len(self._models) > self.capacity:
             evicted, _ = self._models.popitem(last=False)
@@ -108,8 +129,13 @@ class ModelCache:
 
     def _reload_weights(self, entry: LoadedModel, path: Path) -> None:
         try:
-            with _unbuilt_optimizer_quiet(), _temporary_files_in(path.parent):
+            with (
+                dtype_policy_scope(entry.dtype_policy),
+                _optimizer_warnings() as skipped,
+                _temporary_files_in(path.parent),
+            ):
                 entry.model.load_weights(str(path))
+            entry.optimizer_state_lost = _state_lost(skipped)
         except Exception as exc:  # Keras raises many types for bad weight files
             # The cached model may now hold a mix of old and new weights.
             self._models.pop(entry.fingerprint, None)
@@ -171,12 +197,55 @@ def check_declared_size(
         )
 
 
-def _load_model(path: Path):
+def checkpoint_policy(config: dict[str, Any]) -> str:
+    """The global dtype policy the checkpoint's model was built under.
+
+    The model's own `dtype` says it (a Sequential records it); a functional model
+    does not, so any layer naming a mixed policy does (Keras writes one per layer).
+    """
+    inner = config.get("config") if isinstance(config, dict) else None
+    own = inner.get("dtype") if isinstance(inner, dict) else None
+    name = _policy_name(own)
+    if name is not None:
+        return name if name in MIXED_POLICIES else "float32"
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    for layer in layers if isinstance(layers, list) else []:
+        cfg = layer.get("config") if isinstance(layer, dict) else None
+        name = _policy_name(cfg.get("dtype") if isinstance(cfg, dict) else None)
+        if name in MIXED_POLICIES:
+            return name
+    return "float32"
+
+
+def _policy_name(node: Any) -> str | None:
+    if isinstance(node, dict) and node.get("class_name") == "DTypePolicy":
+        cfg = node.get("config")
+        name = cfg.get("name") if isinstance(cfg, dict) else None
+        return name if isinstance(name, str) else None
+    return node if isinstance(node, str) else None
+
+
+@contextlib.contextmanager
+def dtype_policy_scope(name: str) -> Iterator[None]:
+    """Keras's global dtype policy set to `name` for the block, then put back: the
+    worker serves many jobs, and the next checkpoint must not inherit this one's."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _load_model(path: Path) -> tuple[Any, str | None]:
+    """The model, and why its optimizer state is missing (None: it is restored)."""
     import keras
     from tensorflow.errors import ResourceExhaustedError as ResourceExhausted
 
     try:
-        with _unbuilt_optimizer_quiet(), _temporary_files_in(path.parent):
+        with _optimizer_warnings() as skipped, _temporary_files_in(path.parent):
             model = keras.saving.load_model(str(path), compile=True, safe_mode=True)
     except InvalidCheckpoint:
         raise
@@ -207,7 +276,7 @@ def _load_model(path: Path):
             model.optimizer.build(model.trainable_variables)
         except (ValueError, TypeError) as exc:
             raise InvalidCheckpoint(f"the checkpoint's optimizer cannot be built: {exc}") from exc
-    return model
+    return model, _state_lost(skipped)
 
 
 @contextlib.contextmanager
@@ -224,14 +293,38 @@ def _temporary_files_in(directory: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _unbuilt_optimizer_quiet() -> Iterator[None]:
-    """A checkpoint saved before the first step holds no optimizer slots; Keras
-    warns on every load. We build the optimizer instead (below): not news."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Skipping variable loading for optimizer", category=UserWarning
-        )
-        yield
+def _optimizer_warnings() -> Iterator[list[str]]:
+    """The optimizers whose saved variables Keras skipped, kept out of the log.
+
+    A checkpoint saved before the first step holds fewer variables than the built
+    optimizer (no slots yet): not news, the optimizer is built instead. One holding
+    more (a LossScaleOptimizer's, loaded as its inner optimizer) lost its state.
+    """
+    skipped: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield skipped
+    for warning in caught:
+        text = str(warning.message)
+        if _SKIPPED_OPTIMIZER.search(text):
+            skipped.append(text)
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+
+
+def _state_lost(skipped: list[str]) -> str | None:
+    """Why the saved optimizer state was not restored, or None."""
+    for text in skipped:
+        match = _SKIPPED_OPTIMIZER.search(text)
+        if match and int(match.group(3)) > int(match.group(2)):
+            return (
+                f"the checkpoint holds {match.group(3)} variables for optimizer "
+                f"{match.group(1)!r} but the loaded one has {match.group(2)}: its state "
+                "(step count, moments, loss scale) could not be restored"
+            )
+    return None
 
 
 def _strip(node: Any) -> Any:

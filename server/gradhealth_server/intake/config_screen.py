@@ -135,27 +135,22 @@ def _screen_object(node: dict[str, Any], class_name: str, where: str, limits: Li
     # A function node names its function in `config`; "function" is only its kind.
     member = str(node.get("config"))[:80] if is_function else class_name
     qualified = f"{module}.{member}" if module else member
-    if qualified in limits.allowed_classes or (
-        isinstance(registered, str) and registered in limits.allowed_classes
-    ):
-        return
-    if (
-        module is not None
-        and not _is_keras_module(module)
-        and not (is_function and module == "builtins")
-    ):
-        kind = "function" if is_function else "class"
-        raise InvalidCheckpoint(
-            f"{name!r} uses {kind} {qualified!r}, which is not part of Keras; "
-            "an operator can allow-list it (--allow-class)"
-        )
     # Keras prefers a registered custom object over the module and class name.
     key = node.get("config") if is_function else registered
-    if isinstance(key, str) and _registered(key) is not None:
-        raise InvalidCheckpoint(
-            f"{name!r} resolves to {key!r}, a custom object registered in this process, "
-            "which is not part of Keras; an operator can allow-list it (--allow-class)"
-        )
+    custom = _registered(key) if isinstance(key, str) else None
+    real = _real_name(custom) if custom is not None else None
+    if _allowed(limits.allowed_classes, qualified, key, real):
+        return
+    # A function registered by a package Keras serializes as module "builtins",
+    # config "package>name": outside Keras, wherever it is defined.
+    custom_function = is_function and isinstance(key, str) and ">" in key
+    foreign = module is not None and not _is_keras_module(module)
+    if (
+        custom is not None
+        or custom_function
+        or (foreign and not (is_function and module == "builtins"))
+    ):
+        raise InvalidCheckpoint(_outside_keras(name, where, is_function, qualified, key, real))
     expected = (
         (None, class_name, "function", node.get("config")) if is_function else (None, class_name)
     )
@@ -168,6 +163,48 @@ def _screen_object(node: dict[str, Any], class_name: str, where: str, limits: Li
         _screen_function(node, name, module, where)
     else:
         _check_class(_resolve_class(name, class_name, module, where), name, qualified)
+
+
+def _allowed(allowed: frozenset[str], qualified: str, key: Any, real: str | None) -> bool:
+    """On the operator's allow-list. A custom object registered in this process
+    (its module imported for the allow-list) is what Keras will use, so its own
+    module and name must be allowed, whatever module the config claims."""
+    if isinstance(key, str) and key in allowed:
+        return True
+    if real is not None:
+        return real in allowed
+    return qualified in allowed
+
+
+def _outside_keras(
+    name: str, where: str, is_function: bool, qualified: str, key: Any, real: str | None
+) -> str:
+    """The refusal, naming the object and the exact flag that would allow it."""
+    flag = "an operator can allow-list it (--allow-class {})"
+    if not is_function:
+        shown = real or qualified
+        return f"{name!r} uses class {shown!r}, which is not part of Keras; " + flag.format(shown)
+    if real is not None:
+        return (
+            f"{where.removeprefix('config.')} uses function {real!r} (registered as {key!r}), "
+            "which is not part of Keras; " + flag.format(real)
+        )
+    if isinstance(key, str) and ">" in key:
+        package, _, function = key.partition(">")
+        return (
+            f"{where.removeprefix('config.')} uses function {function!r}, registered with "
+            f"Keras by package {package!r} outside Keras; "
+            + flag.format(f"MODULE.{function}, MODULE being the module that defines it")
+        )
+    return f"{name!r} uses function {qualified!r}, which is not part of Keras; " + flag.format(
+        qualified
+    )
+
+
+def _real_name(obj: Any) -> str:
+    """module.name of a Python object, as `--allow-class` spells it."""
+    module = getattr(obj, "__module__", None) or "?"
+    return f"{module}.{getattr(obj, '__qualname__', None) or type(obj).__name__}"
 
 
 def _resolve_class(name: str, class_name: str, module: str | None, where: str) -> Any:

@@ -111,10 +111,28 @@ def judge(
             if finding.severity is not Severity.INFO and not finding.trial:
                 finding.trial = rule.no_trial or "no remedy trial applies to this cause"
             findings.append(finding)
+    _name_the_output(findings, m.static.output_names)
     explained = _mark_explained(findings, [a.layer for a in m.activations])
     verdict = RuleVerdict.from_findings(findings, explained)
     _name_the_stall(verdict)
     return verdict
+
+
+# Causes judged on the model's output, its loss and its labels: with several
+# outputs these are the first output's (engine/facts.py), and say which it is.
+OUTPUT_CAUSES = frozenset({Cause.LOSS_MISMATCH, Cause.PREDICTION_COLLAPSE})
+
+
+def _name_the_output(findings: list[RuleFinding], outputs: tuple[str, ...]) -> None:
+    """On a multi-output model, a finding about the output names it."""
+    if len(outputs) < 2:
+        return
+    for finding in findings:
+        if finding.cause in OUTPUT_CAUSES:
+            finding.summary = f"output {outputs[0]!r}: {finding.summary}"
+            finding.evidence["output"] = outputs[0]
+            if outputs[0] not in finding.layers:
+                finding.layers = [outputs[0], *finding.layers]
 
 
 def _name_the_stall(verdict: RuleVerdict) -> None:

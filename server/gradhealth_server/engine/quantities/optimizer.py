@@ -29,6 +29,19 @@ def graph_lr_probe(base_loss: tf.Tensor, losses: list[tf.Tensor]) -> Stats:
     return {"lr_probe_losses": tf.stack(losses), "lr_probe_base_loss": base_loss}
 
 
+def loss_scale(optimizer: object) -> float | None:
+    """A LossScaleOptimizer's current dynamic loss scale, read on the host between
+    probes (None: no loss scaling). Halved on every non-finite step of fit: a tiny
+    one means float16 overflows."""
+    scale = getattr(optimizer, "dynamic_scale", None)
+    if scale is None:
+        return None
+    try:
+        return float(np.asarray(scale.numpy() if hasattr(scale, "numpy") else scale))
+    except (TypeError, ValueError):
+        return None
+
+
 def step_squares(stats: Stats | None) -> np.ndarray | None:
     """Per-variable squared step norms, for the per-layer update ratios."""
     return stats.get("step_sq") if stats else None

@@ -4,7 +4,6 @@ labels."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -22,10 +21,9 @@ MERGE = Merge(maxima=frozenset({"row_sum_max"}), minima=frozenset({"row_sum_min"
 
 def graph(y_pred: Any, facts: StaticFacts) -> tuple[Stats, tf.Tensor]:
     """Statistics of the first output, and its predicted class per example."""
-    if isinstance(y_pred, Mapping):
-        y_pred = next(iter(y_pred.values()))
-    elif isinstance(y_pred, (list, tuple)):
-        y_pred = y_pred[0]
+    # The model's flat output order (a dict of outputs by sorted key, as Keras
+    # flattens it): the output the static facts and output_names[0] describe.
+    y_pred = tf.nest.flatten(y_pred)[0]
     p = tf.cast(y_pred, tf.float32)
     units = p.shape[-1] if p.shape.rank else 1
     # A softmax or sigmoid output is probabilities even under from_logits=True: Keras 3
