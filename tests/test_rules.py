@@ -179,6 +179,15 @@ def test_every_alarm_carries_a_trial_or_says_why_none_applies():
     assert dead.trial.startswith("no trial:")
 
 
+@pytest.mark.parametrize(("class_name", "severity"), [("LSTM", "warning"), ("Dense", "info")])
+def test_pixels_into_a_recurrent_layer_are_a_warning_even_while_it_learns(class_name, severity):
+    """0-255 values saturate an LSTM's gates: the run learns, held back (slow is not
+    healthy); the same pixels into a Dense layer under Adam are only noted."""
+    layers = [layer("rnn", 0.1, class_name=class_name), layer("out", 0.1, activation="softmax")]
+    m = healthy(layers=layers, inputs=[stats(**BYTE)], first_layer_inputs=[stats("rnn", **BYTE)])
+    assert causes(m)["unnormalized_input"] == severity
+
+
 def test_bytes_behind_a_rescaling_layer_are_fine():
     m = stuck(inputs=[stats(**BYTE)], first_layer_inputs=[stats("conv2d")])
     assert "unnormalized_input" not in causes(m)
@@ -396,6 +405,18 @@ def test_the_lower_rate_trial_confirms_or_contradicts_a_high_rate(own, smaller, 
     if finding and (own, smaller) == (1.9, 1.5):
         lr = next(f for f in judge(m).findings if f.cause is Cause.LEARNING_RATE_TOO_HIGH)
         assert "learning_rate=0.01" in lr.trial and "1.5 against 1.9" in lr.trial
+
+
+@pytest.mark.parametrize(("lr", "fires"), [(0.1, True), (5e-3, False)])
+def test_a_rate_above_its_range_that_blew_the_weights_up_is_a_warning_while_learning(lr, fires):
+    """Adam at 0.1 on a run that still learns, with weights at RMS 3 (inits start near
+    0.05): the damage such a rate does, so a warning; inside the range, no finding."""
+    m = healthy(
+        static={"learning_rate": lr},
+        optimizer=optimizer(lr=lr, ratio=1e-3),
+        layers=[layer("d0", 0.1, weight=300.0, params=10_000), layer("out", 0.1)],
+    )
+    assert causes(m).get("learning_rate_too_high") == ("warning" if fires else None)
 
 
 def test_inside_the_usual_range_standing_still_does_not_confirm_a_high_rate():

@@ -3,7 +3,8 @@
 Anchors: UMLAUT and DeepDiagnosis flag inputs outside [-1, 1]. Judged on what
 the first weight layer actually sees, so a 0-255 batch behind Rescaling(1/255)
 or an adapted Normalization layer is fine. Adam and RMSprop often hide 0-255
-pixels (the run still learns): then it is an info note, not an alarm. Regression
+pixels (the run still learns): then it is an info note, not an alarm, except
+into a recurrent layer, whose saturated gates hold a run back even while it learns. Regression
 targets far from unit scale are the same fault on the other side of the model.
 
 Two trials measure the remedy: one step from the checkpoint on the rescaled batch
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gradhealth_server.engine.facts import RECURRENT_LAYERS
 from gradhealth_server.engine.measurements import Measurements, ScratchTrial, TensorStats
 from gradhealth_server.engine.trials import what_the_weights_see
 from gradhealth_server.rules.base import Rule
@@ -123,6 +125,11 @@ class UnnormalizedInputRule(Rule):
                 remedy += "; retrain from the start with the fix, not from this checkpoint"
         scratch = m.scratch_trials.get("input_scale")
         verdict_of_scratch = self._scratch_verdict(scratch)
+        # Pixels straight into an LSTM/GRU/SimpleRNN: its sigmoid and tanh gates read
+        # W·x with x up to 255, and a run that "learns anyway" is held back.
+        gates_saturated = worst.range_class == "byte" and any(
+            layer.name == worst.name and layer.class_name in RECURRENT_LAYERS for layer in m.layers
+        )
         if scratch is not None:
             evidence.update(_scratch_evidence(scratch))
             measured = (measured + "; " if measured else "") + _scratch_text(scratch)
@@ -140,6 +147,12 @@ class UnnormalizedInputRule(Rule):
             severity = Severity.INFO
             summary += " (every row of this batch is the same: whether it holds the run back "
             summary += "cannot be judged on it)"
+        elif gates_saturated:
+            severity = Severity.WARNING
+            summary += (
+                f" (0-255 values drive the gates of the recurrent layer {worst.name!r} into "
+                "saturation: it may learn, but slower and worse than with the fix)"
+            )
         elif ctx.learning or ctx.early:
             severity = Severity.INFO
             summary += " (the run learns anyway; normalizing makes it robust to the optimizer)"
