@@ -3,13 +3,15 @@
 Proposed by a learning rate above the optimizer's usual range or a large update
 ratio ‖Δw‖/‖w‖ (healthy is about 1e-3). A proposal runs the learning-rate trial
 at 1x, 0.3x, 0.1x and 0.03x the rate (a few steps on half the batch, judged on
-the other half): a smaller rate that makes real progress and does measurably
+the other half): a smaller rate that makes real progress (or, above the usual
+range, merely holds the loss while 1x bounces off the minimum) and does measurably
 better than 1x confirms it, even on a run that learns (slow is not healthy: a
 warning); 1x doing measurably better than every smaller rate contradicts it (no
 finding). From damaged weights (dead units, blown-up weights) the trial can show
-neither: the static signals decide, above the usual range with blown-up weights,
-dead units or huge steps on a run that does not learn, or the one-step probe (the
-real next step raises the loss while a 10x smaller one lowers it). A too-high rate
+neither: the static signals decide, above the usual range with blown-up weights or
+dead units (a warning while the run learns), huge steps on a run that does not
+learn, or the one-step probe (the real next step raises the loss while a 10x
+smaller one lowers it). A too-high rate
 also kills ReLUs and collapses predictions; those findings are reported as its
 symptoms (rules.EXPLAINS).
 """
@@ -60,8 +62,15 @@ class LearningRateTooHighRule(Rule):
         ratio = m.optimizer.update_ratio
         return ctx.lr_above_usual or (ratio is not None and ratio > self.t.update_ratio)
 
-    def _trial_says(self, trial: LearningRateTrial | None) -> tuple[str, float]:
-        """("confirms" | "contradicts" | "", the best smaller scale) from the trial."""
+    def _trial_says(
+        self, trial: LearningRateTrial | None, above_usual: bool = False
+    ) -> tuple[str, float]:
+        """("confirms" | "contradicts" | "", the best smaller scale) from the trial.
+
+        Above the optimizer's usual range a rate that only bounces around a minimum
+        (1x measurably worse than a smaller rate that merely holds the loss) is the
+        fault itself: the run cannot settle. Inside the range that is noise, and a
+        smaller rate must also make real progress."""
         if trial is None or not set(self.TRIAL_SCALES) <= set(trial.scales):
             return "", 1.0
         losses = dict(zip(trial.scales, trial.losses))
@@ -74,7 +83,7 @@ class LearningRateTooHighRule(Rule):
         # A smaller rate must make real progress, not just stand still while 1x adds
         # noise around a minimum.
         progress = smaller[best] < trial.loss_before - margin
-        if progress and (not math.isfinite(own) or smaller[best] < own - margin):
+        if (progress or above_usual) and (not math.isfinite(own) or smaller[best] < own - margin):
             return "confirms", best
         if own < smaller[best] - margin:
             return "contradicts", best
@@ -95,7 +104,9 @@ class LearningRateTooHighRule(Rule):
         # lower rate would have done (only the head still moves), so the trial neither
         # confirms nor contradicts.
         damaged = bool(blown or dead)
-        says, trial_scale = ("", 1.0) if damaged else self._trial_says(m.lr_trial)
+        says, trial_scale = (
+            ("", 1.0) if damaged else self._trial_says(m.lr_trial, ctx.lr_above_usual)
+        )
         if says == "contradicts":
             return []
         confirmed = says == "confirms"
@@ -113,6 +124,9 @@ class LearningRateTooHighRule(Rule):
             or (by_probe and (big_steps or ctx.lr_above_usual or struggling))
             or (big_steps and ctx.lr_above_usual and struggling)
             or (ctx.lr_above_usual and struggling and (blown or dead or big_steps))
+            # Above the usual range with the damage such a rate does (weights blown
+            # up, layers of dead ReLUs): a warning even while the run still learns.
+            or (ctx.lr_above_usual and (blown or dead))
         )
         if not fires:
             return []
