@@ -5,8 +5,12 @@ Trials run only when a rule proposes a remedy (a healthy run pays nothing), and
 then their cost is the steps they take: the learning-rate trial runs 5 optimizer
 steps on half the batch at each of 4 scales (20 half-batch steps, about 10 full
 ones, plus 4 held-out losses); the input trial takes one step on the batch as
-sent and one on the rescaled copy. Targets: that step count plus 20 % (the
-snapshot and restore of weights and optimizer slots).
+sent and one on the rescaled copy; the from-scratch trial (a data remedy from one
+fresh initialization) 10 half-batch steps per arm, two arms (about 10 full steps),
+plus drawing the fresh weights (`clone_model`) and saving and restoring every
+variable on the host. Targets: that step count plus 20 % (the snapshot and restore
+of weights and optimizer slots), and for the from-scratch trial plus 50 % (the
+fresh weights and the host round trip).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from bench.timing import side_by_side
 from gradhealth_server.commands.examples import digits
 from gradhealth_server.engine.device import configure_device
 
-TARGETS = {"learning_rate": 12.0, "input_scale": 2.4}
+TARGETS = {"learning_rate": 12.0, "input_scale": 2.4, "from_scratch": 15.0}
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -55,6 +59,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 "input_scale": lambda t=trials, b=batch, s=scaled, y=y: (
                     t.step(b, y),
                     t.step(s, y),
+                ),
+                "from_scratch": lambda t=trials, b=batch, s=scaled, y=y: t.from_scratch(
+                    [(b, y), (s, y)]
                 ),
             },
             repetitions=2 if quick else 5,

@@ -303,8 +303,8 @@ def test_the_input_gradient_per_time_step_matches_the_tape_and_shows_a_fading_rn
 def test_the_from_scratch_trial_starts_every_arm_afresh_and_restores_the_checkpoint(
     checkpoints, kind
 ):
-    """Both arms start from one fresh initialization and a fresh optimizer: the same
-    batch twice gives the same numbers, starting near chance (log 10) rather than at
+    """Both arms start from one fresh (seeded) initialization and a fresh optimizer:
+    the same batch twice gives the same numbers, starting near chance (log 10) rather than at
     the trained checkpoint's loss; afterwards every variable is as it was."""
     from gradhealth_server.engine.trial_steps import Trials
 
@@ -319,6 +319,8 @@ def test_the_from_scratch_trial_starts_every_arm_afresh_and_restores_the_checkpo
     sent, pixels = {name: x}, {name: (x * 255).astype(x.dtype)}
     (a0, a1), (b0, b1), (p0, _p1) = trials.from_scratch([(sent, y), (sent, y), (pixels, y)])
     assert (a0, a1) == pytest.approx((b0, b1), rel=1e-4)
+    # Seeded initializers: the same checkpoint gets the same trial, call after call.
+    assert trials.from_scratch([(sent, y)])[0] == pytest.approx((a0, a1), rel=1e-4)
     assert 1.8 < a0 < 3.0 and a1 < a0  # fresh weights near chance, and they learn
     assert p0 > a0  # the same fresh weights on 255x inputs: larger logits, larger loss
     for old, new in zip(before, state(model), strict=True):

@@ -154,18 +154,51 @@ class Trials:
 
 
 def _fresh_weights(model, variables: list) -> list[np.ndarray] | None:
-    """Values of `variables` as the model's own initializers draw them afresh."""
+    """Values of `variables` as the model's own initializers draw them afresh, with
+    fixed seeds: the same checkpoint gets the same trial, so the same verdict."""
     import keras
 
+    counter = iter(range(1, 1 << 30))
+
+    def seeded(layer):
+        config = _seed_initializers(layer.get_config(), counter)
+        try:
+            return layer.__class__.from_config(config)
+        except (ValueError, TypeError):
+            return layer.__class__.from_config(layer.get_config())
+
     try:
-        clone = keras.models.clone_model(model)
+        clone = keras.models.clone_model(model, clone_function=seeded)
     except (ValueError, TypeError, NotImplementedError):
         return None
     values = [v.numpy() for v in clone.trainable_variables + clone.non_trainable_variables]
     del clone
     if [tuple(v.shape) for v in values] != [tuple(v.shape) for v in variables]:
         return None
-    return values
+    # Dropout's random state stays the checkpoint's: only weights are drawn afresh.
+    return [
+        var.numpy() if "seed_generator" in str(getattr(var, "path", "")) else value
+        for var, value in zip(variables, values)
+    ]
+
+
+def _seed_initializers(config, counter):
+    """The layer config with a seed on every random initializer (they serialize
+    `seed: None`), nested configs (a wrapped layer, an RNN cell) included."""
+    if isinstance(config, list):
+        return [_seed_initializers(item, counter) for item in config]
+    if not isinstance(config, dict):
+        return config
+    out = {key: _seed_initializers(value, counter) for key, value in config.items()}
+    inner = out.get("config")
+    if (
+        str(out.get("module", "")).startswith("keras.initializers")
+        and isinstance(inner, dict)
+        and "seed" in inner
+        and inner["seed"] is None
+    ):
+        out["config"] = {**inner, "seed": next(counter)}
+    return out
 
 
 def _fresh_start(probe: Probe, fresh: list[np.ndarray]) -> None:
