@@ -162,8 +162,12 @@ class ScratchTrial:
         """(remedied, as sent): how far each arm brought the held-out loss below the
         remedied arm's starting loss. One reference for both, because the arms start
         at different losses (raw inputs make large first logits) but the same weights."""
-        start = self.remedied_before * self.unit
-        return start - self.remedied_after_as_sent_units, start - self.as_sent_after
+        return self.progress_below(self.remedied_before * self.unit)
+
+    def progress_below(self, reference: float) -> tuple[float, float]:
+        """(remedied, as sent) progress below `reference` (e.g. the labels' prior loss:
+        an arm that only sheds its huge first logits down to the prior learned nothing)."""
+        return reference - self.remedied_after_as_sent_units, reference - self.as_sent_after
 
 
 @dataclass

@@ -124,7 +124,7 @@ class UnnormalizedInputRule(Rule):
                 summary += " (the weights are already damaged: one step cannot recover them)"
                 remedy += "; retrain from the start with the fix, not from this checkpoint"
         scratch = m.scratch_trials.get("input_scale")
-        verdict_of_scratch = self._scratch_verdict(scratch)
+        verdict_of_scratch = self._scratch_verdict(scratch, m)
         # Pixels straight into an LSTM/GRU/SimpleRNN: its sigmoid and tanh gates read
         # W·x with x up to 255, and a run that "learns anyway" is held back.
         gates_saturated = worst.range_class == "byte" and any(
@@ -182,7 +182,7 @@ class UnnormalizedInputRule(Rule):
         mean, std = labels.mean or 0.0, math.sqrt(labels.variance)
         learning = ctx.learning or ctx.early or ctx.converged
         scratch = m.scratch_trials.get("target_scale")
-        verdict_of_scratch = self._scratch_verdict(scratch)
+        verdict_of_scratch = self._scratch_verdict(scratch, m)
         if verdict_of_scratch == "contradicts":
             return []
         severity = Severity.INFO if learning else Severity.WARNING
@@ -235,12 +235,19 @@ class UnnormalizedInputRule(Rule):
         std = math.sqrt(labels.variance)
         return std > self.t.max_std or abs(labels.mean or 0.0) > self.t.max_abs_mean
 
-    def _scratch_verdict(self, trial: ScratchTrial | None) -> str | None:
-        """helps | contradicts | neutral, by this rule's thresholds; None: no trial."""
+    def _scratch_verdict(self, trial: ScratchTrial | None, m: Measurements) -> str | None:
+        """helps | contradicts | neutral, by this rule's thresholds; None: no trial.
+
+        Progress counts below the remedied arm's start, or below the labels' prior
+        loss when that is lower: an arm that only sheds huge first logits down to
+        predicting the class frequencies has learned nothing."""
         if trial is None:
             return None
-        remedied, as_sent = trial.progress
         start = trial.remedied_before * trial.unit
+        prior = prior_loss(m)
+        if prior is not None and math.isfinite(start):
+            start = min(start, prior)
+        remedied, as_sent = trial.progress_below(start)
         if not math.isfinite(remedied) or not math.isfinite(start) or start <= 0:
             return None
         if not math.isfinite(as_sent):  # as sent the loss overflowed
@@ -285,3 +292,20 @@ def _scratch_evidence(trial: ScratchTrial) -> dict[str, object]:
         "scratch_remedied_loss": trial.remedied_after_as_sent_units,
         "scratch_progress": list(trial.progress),
     }
+
+
+def prior_loss(m: Measurements) -> float | None:
+    """Cross-entropy of predicting the batch's class frequencies: the loss of a model
+    that learned nothing from the inputs (None for other losses or label formats)."""
+    labels = m.labels
+    if (
+        labels is None
+        or not labels.histogram
+        or m.static.problem not in ("sparse_categorical", "categorical", "binary")
+        or labels.format not in ("class_ids", "one_hot", "binary")
+    ):
+        return None
+    total = sum(labels.histogram)
+    if total <= 0:
+        return None
+    return -sum((n / total) * math.log(n / total) for n in labels.histogram if n > 0)
