@@ -82,6 +82,7 @@ def diagnose(names: list[str], server: str | None = None) -> None:
         try:
             lock.mkdir()  # two loops may share the list
         except FileExistsError:
+            print(f"{name}: skipped, {lock} exists (another loop, or a stale lock)", flush=True)
             continue
         try:
             rec = _diagnose_one(d, server)
