@@ -222,8 +222,6 @@ class Diagnoser:
             base_before, base_after = probe.trials.step(data.x, data.targets)
             before, after = probe.trials.step(remedied, data.targets)
             m.trials["input_scale"] = StepTrial(change, before, after, base_before, base_after)
-            arms = [(data.x, data.targets), (remedied, data.targets)]
-            self._scratch(probe, m, "input_scale", change, arms)
         elif len(data.ys) <= 1 and self._input_rule.targets_off_scale(m):
             remedy_y = target_remedy(data.y, m)
             if remedy_y is not None:

@@ -162,12 +162,8 @@ class ScratchTrial:
         """(remedied, as sent): how far each arm brought the held-out loss below the
         remedied arm's starting loss. One reference for both, because the arms start
         at different losses (raw inputs make large first logits) but the same weights."""
-        return self.progress_below(self.remedied_before * self.unit)
-
-    def progress_below(self, reference: float) -> tuple[float, float]:
-        """(remedied, as sent) progress below `reference` (e.g. the labels' prior loss:
-        an arm that only sheds its huge first logits down to the prior learned nothing)."""
-        return reference - self.remedied_after_as_sent_units, reference - self.as_sent_after
+        start = self.remedied_before * self.unit
+        return start - self.remedied_after_as_sent_units, start - self.as_sent_after
 
 
 @dataclass
@@ -239,7 +235,7 @@ class Measurements:
     one_distinct_row: bool = False
     trials: dict[str, StepTrial] = field(default_factory=dict)
     lr_trial: LearningRateTrial | None = None
-    # Data remedies tried from a fresh start: "input_scale", "target_scale".
+    # Data remedies tried from a fresh start: "target_scale".
     scratch_trials: dict[str, ScratchTrial] = field(default_factory=dict)
     time_gradient: TimeGradient | None = None  # models with a recurrent layer
     # A multi-output model's loss per output (engine/output_losses.py), unweighted.

@@ -13,8 +13,9 @@ Every weight, statistic and optimizer slot is written back before a trial return
   loss on the second half. Held-out rows keep a large step that only memorizes the
   rows from looking like progress.
 - `from_scratch`: the same held-out steps, but from a fresh initialization of the
-  model (its own initializers) and a fresh optimizer, once per arm: the batch as sent
-  and the batch with a data remedy (inputs rescaled, targets standardized). Both arms
+  model (its own initializers, seeded) and a fresh optimizer, once per arm: the batch
+  as sent and the batch with a data remedy (the diagnosis uses it for standardized
+  regression targets). Both arms
   start from the same weights, so the comparison asks the question the remedy is
   about, "would this run learn faster with its data fixed", without the bias of
   weights that have already adapted to the data as sent.
