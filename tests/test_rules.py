@@ -394,6 +394,20 @@ def test_a_rate_above_its_range_that_blew_the_weights_up_is_a_warning_while_lear
     assert causes(m).get("learning_rate_too_high") == ("warning" if fires else None)
 
 
+def test_large_weights_of_a_raw_target_regression_are_not_damage():
+    """Nadam at 0.05 fitting targets around 152 (R² 0.73): its output weights must be
+    large; above the usual range that alone is no finding while the run learns."""
+    m = healthy(
+        static={**MSE, "learning_rate": 0.05, "optimizer": "Nadam"},
+        labels=RAW_TARGETS,
+        loss=1600.0,
+        accuracy=None,
+        optimizer=optimizer(lr=0.05, ratio=7e-3, name="Nadam"),
+        layers=[layer("d0", 0.1, weight=300.0, params=10_000), layer("out", 0.1)],
+    )
+    assert "learning_rate_too_high" not in causes(m)
+
+
 def test_inside_the_usual_range_standing_still_does_not_confirm_a_high_rate():
     """Adam at 5e-3 with large steps: a smaller rate that stands still while 1x adds
     noise near a minimum is no evidence that the rate is too high."""

@@ -126,7 +126,9 @@ class LearningRateTooHighRule(Rule):
             or (ctx.lr_above_usual and struggling and (blown or dead or big_steps))
             # Above the usual range with the damage such a rate does (weights blown
             # up, layers of dead ReLUs): a warning even while the run still learns.
-            or (ctx.lr_above_usual and (blown or dead))
+            # A regression's weights grow with its targets' scale, so there large
+            # weights alone are not damage.
+            or (ctx.lr_above_usual and (dead or (blown and m.static.problem != "regression")))
         )
         if not fires:
             return []
