@@ -66,7 +66,9 @@ def test_an_out_of_memory_inside_the_probe_is_resource_exhausted_naming_memory(t
 
 
 @pytest.mark.slow
-def test_a_worker_killed_by_its_memory_cap_is_resource_exhausted_and_replaced(tmp_path):
+def test_a_worker_killed_by_its_memory_cap_is_resource_exhausted_and_replaced(
+    tmp_path, monkeypatch
+):
     """3000 MiB of address space with XLA: (64, 1200, 1200) scores pass the
     up-front estimate, but XLA's compiler and the probe reach the cap and
     TensorFlow dies on an allocation it does not check (SIGSEGV; SIGABRT when a
@@ -76,6 +78,9 @@ def test_a_worker_killed_by_its_memory_cap_is_resource_exhausted_and_replaced(tm
     checkpoint = _self_attention_checkpoint(tmp_path / "attention.keras")
     short = _sequence_batch(tmp_path / "short.npz", 16, 16)
     long = _sequence_batch(tmp_path / "long.npz", 64, 1200)
+    # XLA as on a GPU (on a CPU the default is the plain graph): its compiler is what
+    # reaches the cap here. The server inherits the variable.
+    monkeypatch.setenv("GRADHEALTH_XLA", "on")
     server = ServerProcess(tmp_path / "server", "--worker-memory-mb", "3000").start()
     try:
         with (
