@@ -120,9 +120,17 @@ class ServerProcess:
     def metric(self, name: str, **labels: str) -> float:
         return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
 
-    def wait_metric(self, name: str, value: float, timeout: float = 60.0, **labels: str) -> None:
+    def wait_metric(
+        self, name: str, value: float, timeout: float = 60.0, at_least: bool = False, **labels: str
+    ) -> None:
+        """Until the metric equals `value` (or, with at_least, reaches it: a counter
+        that several workers bump at once can step over it between two polls)."""
         deadline = time.monotonic() + timeout
-        while self.metric(name, **labels) != value:
+
+        def reached(current: float) -> bool:
+            return current >= value if at_least else current == value
+
+        while not reached(self.metric(name, **labels)):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name}{labels} never became {value}")
             time.sleep(0.02)

@@ -176,7 +176,10 @@ def test_sigkill_mid_write_then_restart_loses_and_duplicates_nothing(
     threads = [threading.Thread(target=call, args=(i,)) for i in range(calls)]
     for thread in threads:
         thread.start()
-    server.wait_metric("gradhealth_diagnoses_total", 2, timeout=120, status="healthy")
+    # Two verdicts in (two workers can finish together: the counter may step over 2).
+    server.wait_metric(
+        "gradhealth_diagnoses_total", 2, timeout=120, at_least=True, status="healthy"
+    )
     old_workers = server.worker_pids()
     kill(server.process.pid)  # mid-stream: some calls uploading, queued, or being stored
     server.process.wait(30)
