@@ -4,9 +4,7 @@ state that cannot be restored is reported instead of judged on zero moments."""
 
 from __future__ import annotations
 
-import contextlib
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 
 from gradhealth_server.diagnosis import Diagnoser
+from gradhealth_server.intake.checkpoint import dtype_policy_scope
 from tests import models
 
 ROWS = 128
@@ -25,21 +24,11 @@ def npz(**arrays) -> bytes:
     return buffer.getvalue()
 
 
-@contextlib.contextmanager
-def policy(name: str) -> Iterator[None]:
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
 def train(path: Path, dtype_policy: str, lr: float, epochs: int) -> tuple[Path, int]:
     """A digits MLP (float32 head, as Keras advises under mixed precision), saved."""
     x, y = models.digits()
     x = x.reshape(len(x), -1)
-    with policy(dtype_policy):
+    with dtype_policy_scope(dtype_policy):
         keras.utils.set_random_seed(0)
         model = keras.Sequential(
             [
