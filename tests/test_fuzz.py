@@ -108,6 +108,12 @@ headers = st.builds(
 @FUZZ
 @given(header=headers)
 @example(header=service_pb2.DiagnoseHeader(run_id="r", step=-1))
+@example(
+    header=service_pb2.DiagnoseHeader(
+        checkpoint=service_pb2.UploadInfo(size_bytes=1, sha256="0" * 64),
+        batch=service_pb2.UploadInfo(size_bytes=1, sha256="0" * 64),
+    )
+)
 def test_check_header_refuses_only_with_a_status(header):
     try:
         check_header(header, LIMITS)
@@ -119,8 +125,9 @@ def test_check_header_refuses_only_with_a_status(header):
         )
         assert failure.message and failure.reason
         return
-    # Accepted: then every field is what the service relies on.
-    assert RUN_ID.fullmatch(header.run_id) and header.step >= 0
+    # Accepted: then every field is what the service relies on (an empty run id is
+    # an ad-hoc diagnosis: the server names its run).
+    assert (not header.run_id or RUN_ID.fullmatch(header.run_id)) and header.step >= 0
     assert not header.request_id or REQUEST_ID.fullmatch(header.request_id)
     for info, cap in (
         (header.checkpoint, LIMITS.max_checkpoint_bytes),
