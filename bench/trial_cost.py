@@ -8,9 +8,12 @@ ones, plus 4 held-out losses); the input trial takes one step on the batch as
 sent and one on the rescaled copy; the from-scratch trial (a data remedy from one
 fresh initialization) 10 half-batch steps per arm, two arms (about 10 full steps),
 plus drawing the fresh weights (`clone_model`) and saving and restoring every
-variable on the host. Targets: that step count plus 20 % (the snapshot and restore
-of weights and optimizer slots), and for the from-scratch trial plus 50 % (the
-fresh weights and the host round trip).
+variable on the host. The exploding-gradients trials: clipping runs the
+learning-rate trial's 5 held-out steps twice (as is, clipped: about 5 full steps);
+the standard-init trial is the from-scratch trial with a second draw of fresh
+weights (Keras's default initializers). Targets: that step count plus 20 % (the
+snapshot and restore of weights and optimizer slots), and for the from-scratch
+trials plus 50 % (the fresh weights and the host round trip).
 """
 
 from __future__ import annotations
@@ -24,11 +27,17 @@ from bench.timing import side_by_side
 from gradhealth_server.commands.examples import digits
 from gradhealth_server.engine.device import configure_device
 
-TARGETS = {"learning_rate": 12.0, "input_scale": 2.4, "from_scratch": 15.0}
+TARGETS = {
+    "learning_rate": 12.0,
+    "input_scale": 2.4,
+    "from_scratch": 15.0,
+    "clipped": 6.0,
+    "standard_init": 15.0,
+}
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    """Both trials on the small CNN and the 1M-parameter MLP at 256 rows, no XLA
+    """The trials on the small CNN and the 1M-parameter MLP at 256 rows, no XLA
     (trials are compiled without it)."""
     configure_device()
 
@@ -62,6 +71,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 ),
                 "from_scratch": lambda t=trials, b=batch, s=scaled, y=y: t.from_scratch(
                     [(b, y), (s, y)]
+                ),
+                "clipped": lambda t=trials, b=batch, y=y: t.clipped(b, y, 1.0),
+                "standard_init": lambda t=trials, b=batch, y=y: t.from_scratch(
+                    [(b, y), (b, y)], (False, True)
                 ),
             },
             repetitions=2 if quick else 5,

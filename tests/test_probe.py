@@ -325,3 +325,35 @@ def test_the_from_scratch_trial_starts_every_arm_afresh_and_restores_the_checkpo
     assert p0 > a0  # the same fresh weights on 255x inputs: larger logits, larger loss
     for old, new in zip(before, state(model), strict=True):
         assert np.array_equal(old, new, equal_nan=True)
+
+
+def test_the_exploding_gradient_trials_draw_a_standard_init_and_clip_then_restore():
+    """A deep linear stack drawn with std 1 kernels: from a fresh draw of its own init
+    the held-out loss is huge, from Keras's standard initializers it is near chance;
+    the clipping trial cuts every weight's gradient; the model is left as it was."""
+    import keras
+
+    from gradhealth_server.engine.trial_steps import Trials
+
+    x, y = models.digits()
+    x, y = x[:ROWS], y[:ROWS]
+    large = keras.initializers.RandomNormal(stddev=1.0)
+    inputs = keras.Input((8, 8))
+    h = keras.layers.Flatten()(inputs)
+    for _ in range(6):
+        h = keras.layers.Dense(32, kernel_initializer=large)(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, kernel_initializer=large)(h))
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(True))
+    model.optimizer.build(model.trainable_variables)  # as intake does for an unstepped one
+    probe, _, _ = run_probe(model, x, y)
+    before = state(model)
+    trials = Trials(probe)
+    sent = {probe.input_order[0]: x}
+    (_, own), (_, standard) = trials.from_scratch([(sent, y), (sent, y)], (False, True))
+    assert standard < 3.0 and own > 100 * standard
+    clip = trials.clipped(sent, y, clipnorm=1.0)
+    assert 7 <= clip.clipped_layers <= 14  # every kernel's gradient is above 1, some biases
+    assert clip.loss_before == pytest.approx(trials.clipped(sent, y, 1.0).loss_before)
+    assert clip.clipped_after != clip.as_is_after
+    for old, new in zip(before, state(model), strict=True):
+        assert np.array_equal(old, new, equal_nan=True)

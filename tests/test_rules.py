@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from gradhealth_server.engine.measurements import (
+    ClipTrial,
     LabelStats,
     LearningRateTrial,
     NonFinite,
     OptimizerStep,
+    ScratchTrial,
     TimeGradient,
 )
 from gradhealth_server.rules import ConfigError, build_rules, explains, judge
@@ -120,6 +122,42 @@ def test_extreme_gradients_in_most_layers_count_whatever_the_step(median, fires)
     layers.append(layer("d2", 1e5, weight=1.0))
     m = stuck(layers=layers, optimizer=optimizer(ratio=1e-4))
     assert ("exploding_gradients" in causes(m)) is fires
+
+
+def _exploding(clip: tuple[float, float] | None, init: tuple[float, float] | None):
+    """A stuck run whose gradients grow 100x towards the input, with the clipping
+    trial's (as is, clipped) and the init trial's (own, standard) held-out losses."""
+    layers = [layer("d0", 10.0, weight=1000), layer("d1", 1.0, weight=1000)]
+    m = stuck(layers=[*layers, layer("d2", 0.1, weight=1000)])
+    if clip is not None:
+        m.clip_trial = ClipTrial(1.0, 5, 2.5, clip[0], clip[1], clipped_layers=3)
+    if init is not None:
+        change = 'kernel_initializer="glorot_uniform"'
+        m.scratch_trials["standard_init"] = ScratchTrial(change, 10, 9.0, init[0], 2.3, init[1])
+    return next((f for f in judge(m).findings if f.cause is Cause.EXPLODING_GRADIENTS), None)
+
+
+@pytest.mark.parametrize(
+    ("clip", "init", "fires", "leads_with"),
+    [
+        ((2.0, 1.89), (2.0, 2.0), True, "clip"),  # clipping 5.5 % better
+        ((2.0, 1.91), (2.0, 2.0), False, None),  # 4.5 %: neither helps, not emitted
+        ((2.0, 2.0), (2.01, 1.0), True, "use kernel_initializer"),  # own init 2.01x standard
+        ((2.0, 2.0), (1.99, 1.0), False, None),
+        ((float("nan"), 2.0), (2.0, 2.0), True, "clip"),  # as-is diverges, clipped does not
+        ((2.0, 2.0), (float("inf"), 1.0), True, "use kernel_initializer"),
+        ((2.0, 2.0), None, True, "clip"),  # one trial missing: judged on the gradients
+        (None, None, True, "clip"),
+    ],
+)
+def test_exploding_gradients_trials_at_their_thresholds(clip, init, fires, leads_with):
+    finding = _exploding(clip, init)
+    assert (finding is not None) is fires
+    if fires:
+        assert finding.remedy.startswith(leads_with)
+        assert finding.trial  # a measured trial, or why none applies
+        if clip is not None and init is not None:
+            assert finding.confidence >= 0.7 and "held-out loss" in finding.trial
 
 
 # -- unnormalized_input ------------------------------------------------------------

@@ -46,6 +46,7 @@ from gradhealth_server.intake.checkpoint import LoadedModel, ModelCache, dtype_p
 from gradhealth_server.intake.intermediates import check_intermediates
 from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
 from gradhealth_server.rules import build_rules, judge
+from gradhealth_server.rules.exploding_gradients import ExplodingGradientsRule
 from gradhealth_server.rules.history import NO_HISTORY, RunHistory
 from gradhealth_server.rules.learning_rate_too_high import LearningRateTooHighRule
 from gradhealth_server.rules.learning_rate_too_low import LearningRateTooLowRule
@@ -109,6 +110,7 @@ class Diagnoser:
         self._input_rule = next(r for r in self.rules if isinstance(r, UnnormalizedInputRule))
         self._lr_low_rule = next(r for r in self.rules if isinstance(r, LearningRateTooLowRule))
         self._lr_high_rule = next(r for r in self.rules if isinstance(r, LearningRateTooHighRule))
+        self._exploding_rule = next(r for r in self.rules if isinstance(r, ExplodingGradientsRule))
 
     def diagnose(
         self,
@@ -211,7 +213,8 @@ class Diagnoser:
             )
 
     def _try_remedies(self, probe: Probe, data: Batch, m: Measurements) -> None:
-        """Test the fixes the rules propose; the results go into m.trials and m.lr_trial."""
+        """Test the fixes the rules propose; the results go into m.trials, m.lr_trial,
+        m.clip_trial and m.scratch_trials."""
         if probe.trials is None:
             probe.trials = Trials(probe)
         start = time.perf_counter()
@@ -227,7 +230,7 @@ class Diagnoser:
             if remedy_y is not None:
                 change, y_std, unit = remedy_y
                 arms = [(data.x, data.y), (data.x, y_std)]
-                self._scratch(probe, m, "target_scale", change, arms, unit)
+                self._scratch(probe, m, "target_scale", change, arms, unit=unit)
         # One learning-rate trial, over the scales of whichever rule proposes.
         scales = sorted(
             {
@@ -237,6 +240,11 @@ class Diagnoser:
         )
         if scales:
             m.lr_trial = probe.trials.learning_rate(data.x, data.targets, tuple(scales))
+        if self._exploding_rule.proposes(m):
+            rule = self._exploding_rule
+            m.clip_trial = probe.trials.clipped(data.x, data.targets, rule.CLIPNORM)
+            arms = [(data.x, data.targets), (data.x, data.targets)]
+            self._scratch(probe, m, "standard_init", rule.INIT_CHANGE, arms, (False, True))
         m.probe_seconds += time.perf_counter() - start
 
     @staticmethod
@@ -246,10 +254,12 @@ class Diagnoser:
         key: str,
         change: str,
         arms: list[tuple[dict[str, np.ndarray], Targets]],
+        standard_init: tuple[bool, ...] = (),
         unit: float = 1.0,
     ) -> None:
-        """Both arms from one fresh start; the result goes into m.scratch_trials[key]."""
-        results = probe.trials.from_scratch(arms)
+        """Both arms from a fresh start (the model's own initializers, or Keras's
+        standard ones where standard_init says so); into m.scratch_trials[key]."""
+        results = probe.trials.from_scratch(arms, standard_init)
         if results is None:
             return
         (as_before, as_after), (rem_before, rem_after) = results

@@ -140,10 +140,11 @@ class StepTrial:
 
 @dataclass
 class ScratchTrial:
-    """A data remedy tested from a fresh start (engine/trial_steps.py, `from_scratch`):
-    the same fresh weights trained `steps` steps on half the batch as sent and with the
-    remedy, then the loss on the other half. `unit` converts the remedied arm's loss to
-    the units of the batch as sent (standardized targets: std² for a squared loss)."""
+    """A remedy tested from a fresh start (engine/trial_steps.py, `from_scratch`):
+    `steps` steps on half the batch as sent and with the remedy (a data remedy from the
+    same fresh weights, or weights drawn by standard initializers), then the loss on
+    the other half. `unit` converts the remedied arm's loss to the units of the batch
+    as sent (standardized targets: std² for a squared loss)."""
 
     change: str
     steps: int
@@ -182,6 +183,20 @@ class LearningRateTrial:
     def gains(self) -> dict[float, float]:
         """How much each scale lowered the held-out loss (negative: raised it)."""
         return {s: self.loss_before - loss for s, loss in zip(self.scales, self.losses)}
+
+
+@dataclass
+class ClipTrial:
+    """Gradient clipping tested in the engine: the held-out steps of the learning-rate
+    trial, as the run is and with each weight's gradient clipped to `clipnorm` (Keras's
+    `clipnorm`), from the same copy of the state."""
+
+    clipnorm: float
+    steps: int
+    loss_before: float  # held-out loss at the checkpoint's weights
+    as_is_after: float  # held-out loss after the steps as the run is
+    clipped_after: float  # ... with the gradients clipped
+    clipped_layers: int  # weights whose gradient norm the clip cuts on this batch
 
 
 @dataclass
@@ -235,7 +250,9 @@ class Measurements:
     one_distinct_row: bool = False
     trials: dict[str, StepTrial] = field(default_factory=dict)
     lr_trial: LearningRateTrial | None = None
-    # Data remedies tried from a fresh start: "target_scale".
+    clip_trial: ClipTrial | None = None
+    # Remedies tried from a fresh start: "target_scale" (standardized regression
+    # targets), "standard_init" (Keras's default initializers).
     scratch_trials: dict[str, ScratchTrial] = field(default_factory=dict)
     time_gradient: TimeGradient | None = None  # models with a recurrent layer
     # A multi-output model's loss per output (engine/output_losses.py), unweighted.

@@ -12,13 +12,18 @@ Every weight, statistic and optimizer slot is written back before a trial return
   linear in the learning rate, so this is the run at learning rate s·lr), then the
   loss on the second half. Held-out rows keep a large step that only memorizes the
   rows from looking like progress.
+- `clipped`: the learning-rate trial's held-out steps at the run's own rate, as the
+  run is and with each weight's gradient clipped to a norm (Keras's `clipnorm`), for
+  the exploding-gradients remedy.
 - `from_scratch`: the same held-out steps, but from a fresh initialization of the
   model (its own initializers, seeded) and a fresh optimizer, once per arm: the batch
   as sent and the batch with a data remedy (the diagnosis uses it for standardized
   regression targets). Both arms
   start from the same weights, so the comparison asks the question the remedy is
   about, "would this run learn faster with its data fixed", without the bias of
-  weights that have already adapted to the data as sent.
+  weights that have already adapted to the data as sent. An arm may instead start
+  from Keras's standard initializers (the exploding-gradients remedy: "would this
+  run learn faster from a standard init").
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from gradhealth_server.engine.measurements import LearningRateTrial
+from gradhealth_server.engine.measurements import ClipTrial, LearningRateTrial
 from gradhealth_server.engine.probe import Inputs, Probe, moved, read
 from gradhealth_server.engine.probe_errors import probe_error
 from gradhealth_server.intake.batch import Targets, take_rows, target_rows
@@ -64,7 +69,7 @@ class Trials:
             return None
         before, losses = None, []
         for scale in scales:
-            b, after = self._held_out(x, y, scale, self.lr_steps)
+            b, after, _ = self._held_out(x, y, scale, self.lr_steps)
             before = float(b)
             losses.append(float(after))
         return LearningRateTrial(
@@ -76,7 +81,17 @@ class Trials:
             losses=losses,
         )
 
-    def from_scratch(self, arms: list[tuple[Inputs, Targets]]) -> list[tuple[float, float]] | None:
+    def clipped(self, x: Inputs, y: Targets, clipnorm: float) -> ClipTrial | None:
+        """Held-out loss after `lr_steps` steps as the run is and with clipped gradients."""
+        if target_rows(y) // 2 < MIN_TRIAL_ROWS or self.probe.model.optimizer is None:
+            return None
+        before, as_is, _ = self._held_out(x, y, 1.0, self.lr_steps)
+        _, clipped, cut = self._held_out(x, y, 1.0, self.lr_steps, clipnorm)
+        return ClipTrial(clipnorm, self.lr_steps, before, as_is, clipped, cut)
+
+    def from_scratch(
+        self, arms: list[tuple[Inputs, Targets]], standard_init: tuple[bool, ...] = ()
+    ) -> list[tuple[float, float]] | None:
         """Held-out loss (before, after) `scratch_steps` steps from a fresh start, per arm.
 
         None when the model cannot be re-initialized (a subclassed model has no
@@ -85,29 +100,39 @@ class Trials:
         p = self.probe
         if target_rows(arms[0][1]) // 2 < MIN_TRIAL_ROWS or p.model.optimizer is None:
             return None
-        fresh = _fresh_weights(p.model, p._trainable + p._non_trainable)
-        if fresh is None:
+        variables = p._trainable + p._non_trainable
+        standard = tuple(standard_init) + (False,) * (len(arms) - len(standard_init))
+        draws = {flag: _fresh_weights(p.model, variables, flag) for flag in set(standard)}
+        if any(fresh is None for fresh in draws.values()):
             return None
         saved = [v.numpy() for v in p._trainable + p._non_trainable + p._optimizer_vars]
         try:
             results = []
-            for x, y in arms:
-                _fresh_start(p, fresh)
-                before, after = self._held_out(x, y, 1.0, self.scratch_steps)
+            for (x, y), flag in zip(arms, standard):
+                _fresh_start(p, draws[flag])
+                before, after, _ = self._held_out(x, y, 1.0, self.scratch_steps)
                 results.append((before, after))
             return results
         finally:
             for var, value in zip(p._trainable + p._non_trainable + p._optimizer_vars, saved):
                 var.assign(value)
 
-    def _held_out(self, x: Inputs, y: Targets, scale: float, steps: int) -> tuple[float, float]:
+    def _held_out(
+        self, x: Inputs, y: Targets, scale: float, steps: int, clipnorm: float = 0.0
+    ) -> tuple[float, float, int]:
+        """(held-out loss before, after, weights whose first gradient the clip cut);
+        clipnorm 0 clips nothing."""
         if self._lr_fn is None:
+            # scale, steps, clipnorm
             specs = [tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.int32)]
+            specs.append(tf.TensorSpec((), tf.float32))
             self._lr_fn = tf.function(
                 self._lr_trial, input_signature=[*self.probe._signature, *specs], jit_compile=False
             )
-        before, after = self._call(self._lr_fn, x, y, np.float32(scale), np.int32(steps))
-        return float(before), float(after)
+        before, after, cut = self._call(
+            self._lr_fn, x, y, np.float32(scale), np.int32(steps), np.float32(clipnorm)
+        )
+        return float(before), float(after), int(cut)
 
     # -- compiled bodies ------------------------------------------------------
     def _compile(self, body):
@@ -130,7 +155,7 @@ class Trials:
         after, *_ = p.stateless_loss(moved(w0, deltas, 1.0), nt0, metrics0, xs, y)
         return tf.cast(before, tf.float32), tf.cast(after, tf.float32)
 
-    def _lr_trial(self, xs, y, scale, steps):
+    def _lr_trial(self, xs, y, scale, steps, clipnorm):
         p = self.probe
         half = p.rows // 2
         x_train, y_train = [t[:half] for t in xs], take_rows(y, None, half)
@@ -138,6 +163,7 @@ class Trials:
         w0, nt0, slots0 = p.snapshot()
         metrics0 = [read(v) for v in p._metric_vars]
         before, *_ = p.stateless_loss(w0, nt0, metrics0, x_held, y_held, training=False)
+        cut = tf.constant(-1)
         for _ in tf.range(steps):
             w, nt, _slots = p.snapshot()
             with tf.GradientTape() as tape:
@@ -145,24 +171,45 @@ class Trials:
                 loss, _taps, _firsts, _pred, nt_next = p.stateless_loss(
                     w, nt, metrics0, x_train, y_train
                 )
-            deltas = p.apply_step(_gradients(tape, loss, w), w)
+            grads, clipped = _clip(_gradients(tape, loss, w), clipnorm)
+            cut = tf.where(cut < 0, clipped, cut)
+            deltas = p.apply_step(grads, w)
             # The optimizer moved the variables by Δw; the trial's run moves them s·Δw.
             p.restore(moved(w, deltas, scale), nt_next, None)
         w, nt, _slots = p.snapshot()
         after, *_ = p.stateless_loss(w, nt, metrics0, x_held, y_held, training=False)
         p.restore(w0, nt0, slots0)
-        return tf.cast(before, tf.float32), tf.cast(after, tf.float32)
+        return tf.cast(before, tf.float32), tf.cast(after, tf.float32), tf.maximum(cut, 0)
 
 
-def _fresh_weights(model, variables: list) -> list[np.ndarray] | None:
+def _clip(grads: list[tf.Tensor], clipnorm: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
+    """Each gradient scaled down to norm `clipnorm` if above it, as Keras's `clipnorm`
+    does (clipnorm 0: unchanged); and how many were cut."""
+    norms = [tf.norm(g) for g in grads]
+    factors = [
+        tf.where((clipnorm > 0) & (n > clipnorm), clipnorm / tf.maximum(n, 1e-30), 1.0)
+        for n in norms
+    ]
+    cut = tf.add_n([tf.cast(f < 1.0, tf.int32) for f in factors]) if grads else tf.constant(0)
+    return [g * f for g, f in zip(grads, factors)], cut
+
+
+def _fresh_weights(model, variables: list, standard: bool = False) -> list[np.ndarray] | None:
     """Values of `variables` as the model's own initializers draw them afresh, with
-    fixed seeds: the same checkpoint gets the same trial, so the same verdict."""
+    fixed seeds: the same checkpoint gets the same trial, so the same verdict.
+
+    standard: Keras's default initializers for the weight matrices instead (Glorot
+    uniform kernels, orthogonal recurrent kernels), everything else as the model's:
+    the exploding-gradients remedy "use the standard initializer", drawn."""
     import keras
 
     counter = iter(range(1, 1 << 30))
 
     def seeded(layer):
-        config = _seed_initializers(layer.get_config(), counter)
+        config = layer.get_config()
+        if standard:
+            config = _standard_initializers(config)
+        config = _seed_initializers(config, counter)
         try:
             return layer.__class__.from_config(config)
         except (ValueError, TypeError):
@@ -181,6 +228,35 @@ def _fresh_weights(model, variables: list) -> list[np.ndarray] | None:
         var.numpy() if "seed_generator" in str(getattr(var, "path", "")) else value
         for var, value in zip(variables, values)
     ]
+
+
+# Initializer key -> Keras's default for it (the layers' own defaults).
+STANDARD_INITIALIZERS = {
+    "kernel_initializer": "GlorotUniform",
+    "depthwise_initializer": "GlorotUniform",
+    "pointwise_initializer": "GlorotUniform",
+    "recurrent_initializer": "Orthogonal",
+}
+
+
+def _standard_initializers(config):
+    """The layer config with Keras's default initializer for every weight matrix,
+    nested configs (an RNN cell, a wrapped layer) included."""
+    if isinstance(config, list):
+        return [_standard_initializers(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    out = {}
+    for key, value in config.items():
+        if key in STANDARD_INITIALIZERS and value is not None:
+            value = {
+                "module": "keras.initializers",
+                "class_name": STANDARD_INITIALIZERS[key],
+                "config": {"seed": None},
+                "registered_name": None,
+            }
+        out[key] = _standard_initializers(value)
+    return out
 
 
 def _seed_initializers(config, counter):
