@@ -67,9 +67,11 @@ def test_training_finishes_when_the_server_is_down():
     assert len(history.epoch) == 3
     assert callback.failed >= 1 and callback.sent == 0
     assert "UNAVAILABLE" in callback.last_error
+    assert f"{callback.failed} failed (last: " in callback.summary()
+    assert "UNAVAILABLE: no gradhealth server answers" in callback.summary()
 
 
-def test_snapshots_are_skipped_while_an_upload_is_in_flight(server):
+def test_snapshots_are_skipped_while_an_upload_is_in_flight(server, caplog):
     x, y = digits()
     callback = GradientHealthCallback(
         server.target, run_id="busy-callback", sample=(x[:128], y[:128]), token=TOKEN,
@@ -83,6 +85,9 @@ def test_snapshots_are_skipped_while_an_upload_is_in_flight(server):
     assert callback.sent + callback.skipped + callback.failed == steps - 1
     assert callback.skipped > 0 and callback.sent >= 1, (callback.sent, callback.last_error)
     assert time.perf_counter() - start < 120
+    # The skips are said, once, at the end of the fit (not silently counted).
+    said = [r.getMessage() for r in caplog.records if "skipped while" in r.getMessage()]
+    assert len(said) == 1 and f"{callback.skipped} skipped" in callback.summary()
 
 
 def test_stop_on_critical_stops_a_hopeless_run(server):

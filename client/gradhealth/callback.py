@@ -114,8 +114,12 @@ class GradientHealthCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        """Training is over: close the run once the upload in flight has landed
-        (a later fit on the same run reopens it with its next checkpoint)."""
+        """Training is over: say in one line what was skipped or failed, and close the
+        run once the upload in flight has landed (a later fit on the same run
+        reopens it with its next checkpoint)."""
+        summary = self.summary()
+        if summary:
+            log.warning("%s", summary)
         if not self.close_run:
             return
         if not self.wait(self.end_wait_s):
@@ -146,6 +150,25 @@ class GradientHealthCallback(keras.callbacks.Callback):
         else:
             self.closed_as = state
 
+    def summary(self) -> str:
+        """One line on the checkpoints that got no verdict; empty when every one did.
+
+        A cold server compiling a new architecture can hold the first upload for
+        longer than a short fit lasts: then every later checkpoint is skipped, and
+        the user must hear it rather than see a silent callback."""
+        if not (self.skipped or self.failed):
+            return ""
+        parts = [f"gradhealth: run {self.run_id}: {self.sent} checkpoints diagnosed"]
+        if self.skipped:
+            parts.append(
+                f"{self.skipped} skipped while an earlier one was still being diagnosed "
+                "(a new architecture's first verdict compiles it; raise min_interval_s "
+                "or every_n_steps to send fewer)"
+            )
+        if self.failed:
+            parts.append(f"{self.failed} failed (last: {self.last_error})")
+        return "; ".join(parts)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the upload in flight (if any); True when none is left."""
         thread = self._thread
@@ -162,6 +185,12 @@ class GradientHealthCallback(keras.callbacks.Callback):
             return
         if not self._slot.acquire(blocking=False):
             self.skipped += 1  # the previous checkpoint is still on its way
+            if self.skipped == 1:
+                log.info(
+                    "gradhealth: checkpoint at step %d skipped: the previous one is still "
+                    "being diagnosed (further skips are counted and reported at the end)",
+                    step,
+                )
             return
         try:
             state = {
