@@ -28,7 +28,7 @@ def main() -> int:
     args = parser.parse_args()
     json_path = args.json or HERE / ("results-quick.json" if args.quick else "results.json")
 
-    from bench import callback_overhead, probe_overhead, service, trial_cost
+    from bench import callback_overhead, cold_path, probe_overhead, service, trial_cost
 
     started = time.monotonic()
     results = {
@@ -38,6 +38,7 @@ def main() -> int:
         "trials": trial_cost.run(quick=args.quick),
         "service": service.run(quick=args.quick),
         "callback": callback_overhead.run(quick=args.quick),
+        "cold_path": cold_path.run(quick=args.quick),
     }
     results["seconds"] = round(time.monotonic() - started, 1)
     _print(results)
@@ -91,6 +92,21 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                 f"{r['trial_ms']} / {r['bare_ms']} ms",
                 f"{r['ratio']:.2f}x",
                 f"{r['low']:.2f}-{r['high']:.2f}",
+                f"<= {r['target']}x",
+                _ok(r["meets_target"]),
+            )
+        )
+    for r in results.get("cold_path", []):
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items() if v >= 0.05)
+        out.append(
+            (
+                "cold first verdict vs bare first step",
+                f"{r['model']} ({r['parameters'] / 1e6:.2g}M, {r['checkpoint_mb']} MB) "
+                f"{r['rows']} rows" + (" XLA" if r["xla"] else " no XLA"),
+                f"{r['cold_first_verdict_s']} / {r['bare_first_step_s']} s ({phases}); "
+                f"peak RSS {r['peak_rss_mb']:.0f} / {r['bare_peak_rss_mb']:.0f} MB",
+                f"{r['cold_ratio']:.1f}x",
+                f"{r['cold_ratio_without_load']:.1f}x without load",
                 f"<= {r['target']}x",
                 _ok(r["meets_target"]),
             )
