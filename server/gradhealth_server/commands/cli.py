@@ -161,6 +161,12 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
         "the workers)",
     )
     serve.add_argument("--no-xla", action="store_true", help="never try XLA compilation")
+    serve.add_argument(
+        "--compile-cache",
+        type=Path,
+        help="keep XLA's compiled executables here (this user's alone, 0700), shared by "
+        "workers, replicas and restarts: used where XLA is (a GPU, or GRADHEALTH_XLA=on)",
+    )
     serve.add_argument("--rules-config", type=Path, help="JSON of threshold overrides")
     serve.add_argument(
         "--run-metrics-window",
@@ -257,6 +263,14 @@ def _serve(args: argparse.Namespace) -> int:
         return fail(f"--log-format {args.log_format!r}: text or json")
     if args.workers < 1 or args.queue_size < 1:
         return fail("--workers and --queue-size must be at least 1")
+    compile_cache = None
+    if args.compile_cache:
+        from gradhealth_server.engine.device import CompileCacheError, use_compile_cache
+
+        try:  # checked here, once, so a bad directory stops the server, not each worker
+            compile_cache = use_compile_cache(args.compile_cache)
+        except (CompileCacheError, OSError) as exc:
+            return fail(f"--compile-cache: {exc}")
     if bool(args.tls_cert) != bool(args.tls_key):
         return fail("TLS needs both --tls-cert and --tls-key")
     if args.tls_client_ca and not args.tls_cert:
@@ -339,6 +353,7 @@ def _serve(args: argparse.Namespace) -> int:
             rules_config=rules_config,
             cache_capacity=args.cache_size,
             disable_xla=args.no_xla,
+            compile_cache=compile_cache,
             cancel_grace_seconds=args.cancel_grace,
             memory_limit_bytes=memory_cap,
             workers_per_gpu=args.workers,

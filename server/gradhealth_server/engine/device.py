@@ -38,6 +38,38 @@ def native_stderr_silenced() -> Iterator[None]:
 _configured: str | None = None
 
 
+class CompileCacheError(ValueError):
+    """The compile cache directory is not one this process may trust."""
+
+
+def use_compile_cache(directory: str | os.PathLike[str]) -> str:
+    """Keep XLA's compiled executables in `directory`, shared by every worker, replica
+    and restart that mounts it: an architecture compiled once is loaded, not compiled
+    again (TensorFlow's `--tf_xla_persistent_cache_directory`).
+
+    It caches what XLA compiles, so it pays where XLA is used (on a GPU by default,
+    or GRADHEALTH_XLA=on); the plain graph a CPU runs by default is not cached by
+    TensorFlow. The files are executables that TensorFlow loads and runs: the
+    directory must be this user's alone (created 0700; refused if another user owns
+    it or may write to it). Call before TensorFlow compiles anything.
+    """
+    path = os.path.abspath(os.fspath(directory))
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.stat(path)
+    if info.st_uid != os.getuid():
+        raise CompileCacheError(f"compile cache {path} belongs to another user (uid {info.st_uid})")
+    if info.st_mode & 0o022:
+        raise CompileCacheError(
+            f"compile cache {path} is writable by others (mode {info.st_mode & 0o777:o}); "
+            f"chmod 700 it: its files are executables TensorFlow runs"
+        )
+    flag = f"--tf_xla_persistent_cache_directory={path}"
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if flag not in flags.split():
+        os.environ["TF_XLA_FLAGS"] = f"{flags} {flag}".strip()
+    return path
+
+
 def xla_by_default() -> bool:
     """Whether a probe left to choose (jit_compile=None) tries XLA: on a GPU, yes.
 

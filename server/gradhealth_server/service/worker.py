@@ -43,6 +43,9 @@ class WorkerConfig:
     rules_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache_capacity: int = 8
     disable_xla: bool = False
+    # Where XLA's compiled executables are kept across workers, replicas and
+    # restarts (engine/device.use_compile_cache), or None.
+    compile_cache: str | None = None
     # Address-space cap of a CPU worker (RLIMIT_AS), or None. A model too big
     # for it fails its call with an out-of-memory error instead of taking the
     # machine's memory. `gradhealth serve` derives a default from the machine
@@ -274,6 +277,10 @@ def _worker_main(conn: Connection, cancel: Any, config: WorkerConfig) -> None:
 
     with native_stderr_silenced():
         quiet_tensorflow()
+        if config.compile_cache:  # before TensorFlow reads its XLA flags
+            from gradhealth_server.engine.device import use_compile_cache
+
+            use_compile_cache(config.compile_cache)
         import tensorflow as tf
 
         from gradhealth_server.diagnosis import Diagnoser
