@@ -21,6 +21,7 @@ from gradhealth.cli.options import (
     read_rules_config,
     read_token,
 )
+from gradhealth_server.commands import serve_options
 
 # Top-level modules of the server extra; missing, they mean "install it".
 SERVER_EXTRA = {
@@ -48,135 +49,11 @@ def needs_server_extra(command: str) -> Callable[[Callable[..., int]], Callable[
     return wrap
 
 
-ALLOW_CLASS_HELP = (
-    "classes and functions outside Keras to trust (custom layers, losses, metrics "
-    "registered with keras.saving.register_keras_serializable); each MODULE is imported"
-)
-
-
 def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add the server-side commands; return the hooks of the client's own commands
     (embedded `diagnose`)."""
     serve = sub.add_parser("serve", help="run the gradhealth gRPC service")
-    serve.add_argument("--host", default="[::]", help="address to bind (default: all)")
-    serve.add_argument("--port", type=int, default=50051, help="gRPC port")
-    serve.add_argument(
-        "--reuse-port",
-        action="store_true",
-        help="share the port with other processes (SO_REUSEPORT); without it a second "
-        "server on a bound port is refused",
-    )
-    serve.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="server log lines: text, or JSON lines (one object per line)",
-    )
-    serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
-    serve.add_argument(
-        "--metrics-host",
-        default="127.0.0.1",
-        help="address /metrics binds (default: loopback; it lists every run id)",
-    )
-    serve.add_argument("--metrics-tls-cert", type=Path, help="PEM certificate: /metrics over TLS")
-    serve.add_argument("--metrics-tls-key", type=Path, help="PEM private key for /metrics")
-    serve.add_argument(
-        "--metrics-tls-client-ca", type=Path, help="scrapers of /metrics need a cert from this CA"
-    )
-    serve.add_argument(
-        "--db",
-        default="sqlite:///gradhealth.db",
-        help="verdict store: a SQLAlchemy URL, sqlite:///FILE or "
-        "postgresql+psycopg://USER:PASSWORD@HOST/DB",
-    )
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU)")
-    serve.add_argument(
-        "--queue-size", type=int, default=8, help="calls that may wait; more get RESOURCE_EXHAUSTED"
-    )
-    serve.add_argument("--token-file", type=Path, help="require this bearer token (file)")
-    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the server")
-    serve.add_argument("--tls-key", type=Path, help="PEM private key of the server")
-    serve.add_argument("--tls-client-ca", type=Path, help="require client certs from this CA")
-    serve.add_argument(
-        "--max-checkpoint-mb", type=float, default=2048, help="largest checkpoint upload"
-    )
-    serve.add_argument("--max-batch-mb", type=float, default=256, help="largest batch upload")
-    serve.add_argument(
-        "--max-batch-rows", type=int, default=4096, help="most rows a sample batch may have"
-    )
-    serve.add_argument(
-        "--max-parameters",
-        type=int,
-        default=500_000_000,
-        help="largest model accepted, in parameters (refused before it is built)",
-    )
-    serve.add_argument(
-        "--allow-class",
-        metavar="MODULE.CLASS[,...]",
-        help=ALLOW_CLASS_HELP + " (installed in the server image)",
-    )
-    serve.add_argument("--spool-dir", type=Path, help="where uploads are written (default: TMPDIR)")
-    serve.add_argument("--grace", type=float, default=60.0, help="seconds to drain on SIGTERM")
-    serve.add_argument(
-        "--job-timeout",
-        type=float,
-        default=900.0,
-        help="longest diagnosis (s); its worker is killed",
-    )
-    serve.add_argument(
-        "--cancel-grace",
-        type=float,
-        default=10.0,
-        help="seconds a cancelled job has to stop before its worker is killed and replaced",
-    )
-    serve.add_argument(
-        "--upload-timeout", type=float, default=900.0, help="longest upload (s) of one call"
-    )
-    serve.add_argument(
-        "--upload-idle-timeout", type=float, default=30.0, help="longest wait (s) for a chunk"
-    )
-    serve.add_argument(
-        "--min-upload-kib-per-s",
-        type=float,
-        default=64.0,
-        help="an upload slower than this on average (after 10 s) is cut off",
-    )
-    serve.add_argument(
-        "--max-uploads",
-        type=int,
-        default=16,
-        help="calls uploading at once; a call joins the queue when its upload is complete",
-    )
-    serve.add_argument("--cache-size", type=int, default=8, help="architectures kept loaded")
-    serve.add_argument(
-        "--worker-memory-mb",
-        type=int,
-        help="address-space cap of each CPU worker (default: the machine's or container's "
-        "memory less 10%% (at least 1 GiB), shared among the workers; 0: no cap)",
-    )
-    serve.add_argument(
-        "--worker-gpu-memory-mb",
-        type=int,
-        help="GPU memory each GPU worker may use (default: 90%% of GPU 0, shared among "
-        "the workers)",
-    )
-    serve.add_argument("--no-xla", action="store_true", help="never try XLA compilation")
-    serve.add_argument(
-        "--compile-cache",
-        type=Path,
-        help="keep XLA's compiled executables here (this user's alone, 0700), shared by "
-        "workers, replicas and restarts: used where XLA is (a GPU, or GRADHEALTH_XLA=on)",
-    )
-    serve.add_argument("--rules-config", type=Path, help="JSON of threshold overrides")
-    serve.add_argument(
-        "--run-metrics-window",
-        type=float,
-        default=24 * 3600.0,
-        help="seconds a run stays in the per-run gauges after its last checkpoint",
-    )
-    serve.add_argument(
-        "--run-metrics-max", type=int, default=500, help="most runs in the per-run gauges"
-    )
+    serve_options.add_arguments(serve)
     environment_defaults(serve)
     serve.set_defaults(handler=_serve)
 
