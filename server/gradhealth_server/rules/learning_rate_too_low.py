@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from gradhealth_server.engine.measurements import LearningRateTrial, Measurements
 from gradhealth_server.rules.base import Rule
-from gradhealth_server.rules.context import Context, fmt, lr_probe, units_over
+from gradhealth_server.rules.context import Context, build_context, fmt, lr_probe, units_over
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 # A hidden layer this dead leaves the trial unable to speak for the rate.
@@ -56,11 +56,25 @@ class LearningRateTooLowRule(Rule):
         stuck_gain: float = 1e-3
 
     def proposes(self, m: Measurements) -> bool:
-        """Does the one-step probe suggest a larger learning rate? (Runs the trial.)"""
-        if m.nonfinite.weights or m.optimizer is None:
+        """Does the one-step probe suggest a larger learning rate? (Runs the trial.)
+
+        Not where `check` would stay silent whatever the trial says (a converged
+        model, a layer of dead ReLUs): a trial costs a healthy ResNet50 minutes."""
+        if self._silent(m, build_context(m)):
             return False
         helps, *_ = self._probe_says(m)
         return helps
+
+    @staticmethod
+    def _silent(m: Measurements, ctx: Context) -> bool:
+        """No finding on this run, whatever the trial: converged, damaged weights,
+        no optimizer state, or layers of dead ReLUs (only the head learns)."""
+        return (
+            ctx.converged
+            or m.nonfinite.weights
+            or m.optimizer is None
+            or bool(units_over(m, "dead_fraction", DEAD, min_units=1))
+        )
 
     def _probe_says(self, m: Measurements) -> tuple[bool, float, float, float]:
         """(a larger step helps, best scale, own drop, best drop) from the one-step probe."""
@@ -78,9 +92,7 @@ class LearningRateTooLowRule(Rule):
         return helps, best_scale, own_drop, best_drop
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
-        if ctx.converged or m.nonfinite.weights or m.optimizer is None:
-            return []
-        if units_over(m, "dead_fraction", DEAD, min_units=1):
+        if self._silent(m, ctx):
             # Layers of dead ReLUs pass no gradient: only the layers after them learn,
             # and their gain grows with the rate whatever the rate is. A rate too low
             # to move the weights does not kill units either; the dead units are the
