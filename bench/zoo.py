@@ -1,0 +1,582 @@
+"""A model zoo (issue 18): real architectures and optimizers, trained briefly on
+learnable data, then diagnosed.
+
+Every healthy model must come back `healthy` (no warning or critical finding);
+every faulty variant must be named right. Each model is built (keras.applications
+with weights=None on small inputs, or stock Keras layers), trained until it clearly
+learns, and saved with a sample batch into a cache directory (reused when present).
+Each is then diagnosed in a fresh Python process, twice: cold (the first call:
+load, trace, probe, trials, rules) and warm (the same checkpoint again in the same
+process: the cached model and compiled probe). Peak RSS is that child's own
+(`ru_maxrss`). Training also runs in a child, so one model's graphs and dtype
+policy never reach the next.
+
+    python -m bench.zoo [--models lstm,gru] [--json PATH] [--cache DIR] [--retrain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CACHE = ROOT / ".cache" / "zoo"
+HEALTHY = frozenset({"healthy"})
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One zoo entry: a compiled model, its training data and what it should get."""
+
+    build: Callable[[], Any]  # returns a compiled Keras model
+    data: Callable[[], tuple[Any, Any]]  # (x, y) to train on; the batch is the first rows
+    optimizer: str  # as printed
+    epochs: int
+    batch_size: int = 32
+    rows: int = 128  # the sample batch
+    expect: frozenset[str] = HEALTHY  # "healthy" or the primary causes that are right
+    dtype_policy: str = "float32"
+
+
+# -- learnable synthetic data ------------------------------------------------------
+
+
+def gratings(n: int, size: int, pixels: bool = False, classes: int = 4, seed: int = 0):
+    """Images of a sine grating, random phase, plus noise: the class is its orientation
+    (translation-invariant, so global-pooling networks can learn it). [0, 1], or
+    0-255 with pixels=True."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype("int32")
+    theta = y * np.pi / classes
+    phase = rng.uniform(0, 2 * np.pi, n)
+    rows, cols = np.mgrid[0:size, 0:size].astype("float32")
+    freq = 2 * np.pi * 4 / size  # four periods across the image
+    arg = freq * (
+        np.cos(theta)[:, None, None] * cols[None] + np.sin(theta)[:, None, None] * rows[None]
+    )
+    x = 0.5 + 0.35 * np.sin(arg + phase[:, None, None])
+    x = x[..., None] + 0.05 * rng.normal(size=(n, size, size, 3))
+    x = np.clip(x, 0.0, 1.0).astype("float32")
+    return (x * 255.0 if pixels else x), y
+
+
+def waves(n: int, steps: int = 24, features: int = 3, classes: int = 4, seed: int = 0):
+    """Noisy sine sequences: the class is the frequency."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype("int32")
+    omega = (y + 1) * np.pi / 12
+    t = np.arange(steps, dtype="float32")
+    phase = rng.uniform(0, 2 * np.pi, (n, 1, features))
+    x = np.sin(omega[:, None, None] * t[None, :, None] + phase)
+    x = x + 0.3 * rng.normal(size=x.shape)
+    return x.astype("float32"), y
+
+
+VOCAB, LENGTH = 64, 24
+
+
+def keywords(n: int, classes: int = 4, seed: int = 0):
+    """Token sequences: filler ids, plus three keywords of the class (two per class,
+    ids 1-8) at random positions."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype("int32")
+    x = rng.integers(2 * classes + 1, VOCAB, (n, LENGTH))
+    for i, label in enumerate(y):
+        where = rng.choice(LENGTH, 3, replace=False)
+        x[i, where] = 1 + 2 * label + rng.integers(0, 2, 3)
+    return x.astype("int32"), y
+
+
+def two_targets(n: int = 1024, seed: int = 0):
+    """Features -> (a 3-class label, a regression target)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype("float32")
+    kind = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0.5).astype("int32")
+    size = (x[:, 2] * 2.0 - x[:, 3] + 0.5 * x[:, 4] * x[:, 5])[:, None].astype("float32")
+    return x, {"kind": kind, "size": size}
+
+
+def _digits(pixels: bool = False):
+    from gradhealth_server.commands.examples import digits
+
+    return digits(255.0 / 16.0 if pixels else 1.0 / 16.0)
+
+
+def _digit_columns():
+    x, y = _digits()
+    return x, y[:, None]
+
+
+# -- the zoo -----------------------------------------------------------------------
+
+
+def _builders() -> dict[str, Spec]:
+    import keras
+
+    L = keras.layers
+
+    def compiled(model, optimizer, loss="sparse_categorical_crossentropy", **kw):
+        model.compile(optimizer, loss, metrics=kw.pop("metrics", ["accuracy"]), **kw)
+        return model
+
+    def app(cls, size, optimizer, **kw):
+        def build():
+            model = cls(input_shape=(size, size, 3), weights=None, classes=4, **kw)
+            return compiled(model, optimizer())
+
+        return build
+
+    def recurrent(layer, optimizer):
+        def build():
+            model = keras.Sequential(
+                [
+                    keras.Input((24, 3)),
+                    layer(32, return_sequences=True),
+                    layer(32),
+                    L.Dense(4, activation="softmax"),
+                ],
+                name=f"{layer.__name__.lower()}_classifier",
+            )
+            return compiled(model, optimizer())
+
+        return build
+
+    def conv1d(optimizer):
+        def build():
+            model = keras.Sequential(
+                [
+                    keras.Input((24, 3)),
+                    L.Conv1D(32, 5, activation="relu", padding="same"),
+                    L.MaxPooling1D(2),
+                    L.Conv1D(64, 3, activation="relu", padding="same"),
+                    L.GlobalAveragePooling1D(),
+                    L.Dense(32, activation="relu"),
+                    L.Dense(4, activation="softmax"),
+                ],
+                name="conv1d_classifier",
+            )
+            return compiled(model, optimizer())
+
+        return build
+
+    def transformer():
+        tokens = keras.Input((LENGTH,), dtype="int32", name="tokens")
+        positions = keras.ops.cumsum(keras.ops.ones_like(tokens), axis=1) - 1
+        h = L.Embedding(VOCAB, 32, name="token_embedding")(tokens)
+        h = h + L.Embedding(LENGTH, 32, name="position_embedding")(positions)
+        for i in range(2):
+            attended = L.MultiHeadAttention(num_heads=4, key_dim=8, name=f"attention_{i}")(h, h)
+            h = L.LayerNormalization(name=f"norm_a{i}")(h + L.Dropout(0.1)(attended))
+            ff = L.Dense(64, activation="gelu", name=f"ff_in_{i}")(h)
+            ff = L.Dense(32, name=f"ff_out_{i}")(ff)
+            h = L.LayerNormalization(name=f"norm_b{i}")(h + L.Dropout(0.1)(ff))
+        h = L.GlobalAveragePooling1D()(h)
+        out = L.Dense(4, activation="softmax", name="label")(h)
+        schedule = keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=400, alpha=0.1)
+        return compiled(keras.Model(tokens, out, name="transformer_encoder"),
+                        keras.optimizers.Lion(schedule))  # fmt: skip
+
+    def embedding():
+        model = keras.Sequential(
+            [
+                keras.Input((LENGTH,), dtype="int32"),
+                L.Embedding(VOCAB, 16),
+                L.GlobalAveragePooling1D(),
+                L.Dense(16, activation="relu"),
+                L.Dense(4, activation="softmax"),
+            ],
+            name="embedding_bag",
+        )
+        return compiled(model, keras.optimizers.AdamW(3e-3, weight_decay=1e-4))
+
+    def bn_dropout_cnn():
+        model = keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                L.Conv2D(32, 3, padding="same", use_bias=False),
+                L.BatchNormalization(),
+                L.Activation("relu"),
+                L.Conv2D(32, 3, use_bias=False),
+                L.BatchNormalization(),
+                L.Activation("relu"),
+                L.Flatten(),
+                L.Dropout(0.3),
+                L.Dense(64, activation="relu"),
+                L.Dropout(0.3),
+                L.Dense(10, activation="softmax"),
+            ],
+            name="bn_dropout_cnn",
+        )
+        optimizer = keras.optimizers.SGD(0.02, momentum=0.9, nesterov=True)
+        return compiled(model, optimizer)
+
+    def multi_output():
+        features = keras.Input((8,), name="features")
+        h = L.Dense(64, activation="relu", name="shared_1")(features)
+        h = L.Dense(64, activation="relu", name="shared_2")(h)
+        kind = L.Dense(3, activation="softmax", name="kind")(h)
+        size = L.Dense(1, name="size")(h)
+        model = keras.Model(features, [kind, size], name="two_heads")
+        return compiled(
+            model,
+            keras.optimizers.Adam(3e-3),
+            loss={"kind": "sparse_categorical_crossentropy", "size": "mse"},
+            loss_weights={"kind": 1.0, "size": 0.5},
+            metrics={"kind": ["accuracy"]},
+        )
+
+    def digits_mlp(optimizer, loss="sparse_categorical_crossentropy", name="digits_mlp", units=10):
+        def build():
+            model = keras.Sequential(
+                [
+                    keras.Input((8, 8, 1)),
+                    L.Flatten(),
+                    L.Dense(128, activation="relu"),
+                    L.Dense(64, activation="relu"),
+                    # float32 head, as Keras advises under mixed precision
+                    L.Dense(
+                        units, activation="softmax" if units > 1 else "sigmoid", dtype="float32"
+                    ),
+                ],
+                name=name,
+            )
+            return compiled(model, optimizer(), loss)
+
+        return build
+
+    def raw_pixels_cnn():
+        from gradhealth_server.commands.examples import digits_cnn
+
+        return compiled(
+            digits_cnn("raw_pixels_cnn"), keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True)
+        )
+
+    images32 = lambda: gratings(768, 32)  # noqa: E731
+    images64 = lambda: gratings(384, 64)  # noqa: E731
+    pixels64 = lambda: gratings(384, 64, pixels=True)  # noqa: E731
+    seqs = lambda: waves(1024)  # noqa: E731
+    tokens = lambda: keywords(1024)  # noqa: E731
+    o = keras.optimizers
+    return {
+        "mobilenet_v2": Spec(
+            app(keras.applications.MobileNetV2, 32, lambda: o.Adam(1e-3), alpha=0.35),
+            images32, "Adam 1e-3", epochs=8,
+        ),
+        "resnet50": Spec(
+            app(keras.applications.ResNet50, 64,
+                lambda: o.SGD(0.01, momentum=0.9, nesterov=True)),
+            images64, "SGD 0.01 nesterov m0.9", epochs=4, rows=64,
+        ),
+        "efficientnet_b0": Spec(  # its own Rescaling/Normalization: 0-255 in is right
+            app(keras.applications.EfficientNetB0, 64,
+                lambda: o.AdamW(1e-3, weight_decay=1e-4)),
+            pixels64, "AdamW 1e-3 wd1e-4", epochs=5, rows=64,
+        ),
+        "transformer": Spec(transformer, tokens, "Lion CosineDecay(1e-3)", epochs=8),
+        "lstm": Spec(recurrent(L.LSTM, lambda: o.RMSprop(2e-3)), seqs, "RMSprop 2e-3", epochs=8),
+        "gru": Spec(recurrent(L.GRU, lambda: o.Adam(2e-3)), seqs, "Adam 2e-3", epochs=8),
+        "conv1d": Spec(conv1d(lambda: o.Adagrad(0.05)), seqs, "Adagrad 0.05", epochs=10),
+        "bn_dropout_cnn": Spec(bn_dropout_cnn, _digits, "SGD 0.02 nesterov m0.9", epochs=10),
+        "embedding": Spec(embedding, tokens, "AdamW 3e-3 wd1e-4", epochs=10),
+        "multi_output": Spec(multi_output, two_targets, "Adam 3e-3", epochs=20),
+        "mixed_float16": Spec(
+            digits_mlp(lambda: o.Adam(1e-3), name="mixed_mlp"), _digits,
+            "Adam 1e-3 (LossScaleOptimizer)", epochs=8, dtype_policy="mixed_float16",
+        ),
+        # -- faulty: each must be named right
+        "faulty_lr_high": Spec(
+            conv1d(lambda: o.Adam(1.0)), seqs, "Adam 1.0", epochs=5,
+            expect=frozenset({"learning_rate_too_high", "exploding_gradients", "non_finite"}),
+        ),
+        "faulty_raw_pixels": Spec(
+            raw_pixels_cnn, lambda: _digits(pixels=True), "SGD 0.01 nesterov m0.9", epochs=5,
+            expect=frozenset({"unnormalized_input"}),
+        ),
+        # Keras 3 refuses BCE between (n,) ids and a (n, 10) softmax outright, so the
+        # bug that trains: one sigmoid unit under BCE, fed the 10-class ids 0-9.
+        "faulty_wrong_loss": Spec(
+            digits_mlp(lambda: o.Adam(1e-3), "binary_crossentropy", "bce_on_ids", units=1),
+            _digit_columns, "Adam 1e-3", epochs=8, expect=frozenset({"loss_mismatch"}),
+        ),
+    }  # fmt: skip
+
+
+def _rows(data: Any, rows: int) -> Any:
+    if isinstance(data, dict):
+        return {k: v[:rows] for k, v in data.items()}
+    return data[:rows]
+
+
+def _scores(model: Any, x: Any, y: Any) -> dict[str, float]:
+    """Accuracy (classification) or R² (regression) per output, in inference mode on
+    the training data."""
+    pred = model.predict(x, batch_size=64, verbose=0)
+    names = list(model.output_names) if isinstance(y, dict) else [None]
+    preds = pred if isinstance(pred, (list, tuple)) else [pred]
+    out = {}
+    for name, p in zip(names, preds, strict=True):
+        target = y[name] if name else y
+        p = np.asarray(p, dtype="float64")
+        key = name or "output"
+        if p.shape[-1] == 1 and target.dtype.kind == "f":
+            t = target.reshape(p.shape).astype("float64")
+            out[f"{key}_r2"] = float(1 - ((t - p) ** 2).sum() / ((t - t.mean()) ** 2).sum())
+        else:
+            out[f"{key}_accuracy"] = float((p.argmax(-1) == target.reshape(-1)).mean())
+    return out
+
+
+def prepare(name: str, directory: Path, spec: Spec | None = None) -> dict[str, Any]:
+    """Train one zoo model and save model.keras, batch.npz and meta.json."""
+    from gradhealth_server.engine.device import quiet_tensorflow
+
+    quiet_tensorflow()
+    import keras
+
+    spec = spec or _builders()[name]
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(spec.dtype_policy)
+    try:
+        keras.utils.set_random_seed(0)
+        x, y = spec.data()
+        model = spec.build()
+        start = time.perf_counter()
+        history = model.fit(x, y, epochs=spec.epochs, batch_size=spec.batch_size, verbose=0)
+        train_s = time.perf_counter() - start
+        checkpoint, batch = directory / "model.keras", directory / "batch.npz"
+        model.save(checkpoint)
+        scores = _scores(model, x, y)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    bx, by = _rows(x, spec.rows), _rows(y, spec.rows)
+    arrays = {"x": bx}
+    if isinstance(by, dict):
+        arrays.update({f"y_{k}": v for k, v in by.items()})
+    else:
+        arrays["y"] = by
+    np.savez(batch, **arrays)
+    fit_acc = {
+        k: round(float(v[-1]), 4) for k, v in history.history.items() if k.endswith("accuracy")
+    }
+    meta = {
+        "model": name,
+        "optimizer": spec.optimizer,
+        "dtype_policy": spec.dtype_policy,
+        "parameters": int(model.count_params()),
+        "checkpoint_mb": round(checkpoint.stat().st_size / 1e6, 2),
+        "rows": spec.rows,
+        "train_rows": len(next(iter(y.values())) if isinstance(y, dict) else y),
+        "epochs": spec.epochs,
+        "train_s": round(train_s, 1),
+        "final_loss": round(float(history.history["loss"][-1]), 4),
+        "fit_accuracy": fit_acc,  # last epoch, training mode (dropout on, batch stats)
+        "scores": {k: round(v, 4) for k, v in scores.items()},  # inference mode
+        "expect": sorted(spec.expect),
+    }
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+# -- the diagnosis, in its own process ----------------------------------------------
+
+
+def _finding(f: Any) -> dict[str, Any]:
+    return {
+        "cause": str(f.cause),
+        "severity": str(f.severity),
+        "summary": " ".join(f.summary.split()),
+        "explained_by": list(f.explained_by),
+    }
+
+
+def diagnose_twice(checkpoint: str | Path, batch: str | Path) -> dict[str, Any]:
+    """Cold (first call) and warm (the same checkpoint again, same Diagnoser)."""
+    from gradhealth_server.diagnosis import Diagnoser
+
+    diagnoser = Diagnoser()
+    start = time.perf_counter()
+    cold = diagnoser.diagnose(checkpoint, batch)
+    cold_s = time.perf_counter() - start
+    start = time.perf_counter()
+    warm = diagnoser.diagnose(checkpoint, batch)
+    warm_s = time.perf_counter() - start
+    v = cold.verdict
+    return {
+        "status": str(v.status),
+        "primary": str(v.primary_cause) if v.primary_cause else None,
+        "findings": [_finding(f) for f in v.findings],
+        "warm_status": str(warm.verdict.status),
+        "warm_primary": str(warm.verdict.primary_cause) if warm.verdict.primary_cause else None,
+        "probe_loss": cold.measurements.loss,
+        "probe_accuracy": cold.measurements.accuracy,
+        "xla": cold.measurements.xla,
+        "cold_s": round(cold_s, 2),
+        "warm_s": round(warm_s, 3),
+        "warm_cache_hit": warm.cache_hit and warm.probe_cached,
+        "cold_phases": {k: round(s, 2) for k, s in cold.phases.items()},
+        "warm_phases": {k: round(s, 3) for k, s in warm.phases.items()},
+        "trials_run": _trials_run(cold.measurements),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _trials_run(m: Any) -> list[str]:
+    """Which remedy trials a rule proposed (a healthy run should pay for none)."""
+    ran = [*m.trials, *getattr(m, "scratch_trials", {})]
+    ran += ["learning_rate"] if m.lr_trial is not None else []
+    return ran + (["clipnorm"] if m.clip_trial is not None else [])
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _child(*args: str) -> dict[str, Any]:
+    """A fresh interpreter: nothing compiled, cached or set (dtype policy) before it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.zoo", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed: {out.stderr.strip()[-1500:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(
+    models: tuple[str, ...] | None = None,
+    cache: Path = CACHE,
+    retrain: bool = False,
+    partial: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Train (or reuse) and diagnose each zoo model; one result per model, also
+    written to `partial` as each one ends (a long run stopped midway keeps them)."""
+    zoo = _builders()
+    results = []
+    for name in models or tuple(zoo):
+        if name not in zoo:
+            raise SystemExit(f"unknown model {name!r}; the zoo: {', '.join(zoo)}")
+        directory = cache / name
+        meta_path = directory / "meta.json"
+        reused = meta_path.exists() and not retrain
+        print(f"[zoo] {name}: {'cached' if reused else 'training'} ...", file=sys.stderr)
+        try:
+            if reused:
+                meta = json.loads(meta_path.read_text())
+            else:
+                meta = _child("--prepare", name, str(directory))
+            print(f"[zoo] {name}: diagnosing ...", file=sys.stderr)
+            d = _child("--diagnose", str(directory / "model.keras"), str(directory / "batch.npz"))
+        except RuntimeError as e:
+            results.append({"model": name, "error": str(e)})
+            print(f"[zoo] {name}: ERROR {e}", file=sys.stderr)
+            continue
+        expect = set(meta["expect"])
+        if expect == {"healthy"}:
+            ok = d["status"] == "healthy"
+        else:
+            ok = d["status"] != "healthy" and d["primary"] in expect
+        results.append({**meta, "reused_checkpoint": reused, **d, "ok": ok})
+        if partial:
+            partial.write_text(json.dumps({"partial": True, "models": results}, indent=2) + "\n")
+        print(f"[zoo] {name}: {d['status']} {d['primary']} ok={ok}", file=sys.stderr)
+    return results
+
+
+def _learned(r: dict[str, Any]) -> str:
+    """Last epoch's accuracy as fit reported it (training mode), then the inference-mode
+    score on the training data (accuracy, or R² for a regression output)."""
+    fit = "/".join(f"{v:.2f}" for v in r.get("fit_accuracy", {}).values()) or "-"
+    scores = ", ".join(
+        f"{'R² ' if k.endswith('_r2') else ''}{v:.2f}" for k, v in r.get("scores", {}).items()
+    )
+    return f"{fit} ({scores})"
+
+
+def _print(results: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="gradhealth model zoo (times are upper bounds: a loaded 2-core CPU)")
+    columns = (
+        *("model", "optimizer", "params", "ckpt MB", "train acc fit (inference)", "probe acc"),
+        *("expect", "status", "primary cause", "cold s", "warm s", "peak RSS MB", "ok"),
+    )
+    for column in columns:
+        table.add_column(column)
+    for r in results:
+        if "error" in r:
+            row = [r["model"], *[""] * (len(columns) - 1)]
+            row[7:9] = ["ERROR", r["error"][-80:]]
+            table.add_row(*row)
+            continue
+        table.add_row(
+            r["model"],
+            r["optimizer"],
+            f"{r['parameters']:,}",
+            f"{r['checkpoint_mb']:.1f}",
+            _learned(r),
+            "-" if r["probe_accuracy"] is None else f"{r['probe_accuracy']:.2f}",
+            "/".join(r["expect"]),
+            r["status"],
+            r["primary"] or "-",
+            f"{r['cold_s']:.1f}",
+            f"{r['warm_s']:.2f}",
+            f"{r['peak_rss_mb']:.0f}",
+            "yes" if r["ok"] else "NO",
+        )
+    console = Console(width=200)
+    console.print(table)
+    for r in results:
+        alarming = [f for f in r.get("findings", []) if f["severity"] != "info"]
+        if alarming or not r.get("ok", False):
+            console.print(f"[bold]{r['model']}[/bold] ({r.get('optimizer', '')}):")
+            for f in r.get("findings", []):
+                console.print(f"  {f['cause']} {f['severity']}: {f['summary']}", markup=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.zoo")
+    parser.add_argument("--models", help="comma-separated: " + ", ".join(_builders()))
+    parser.add_argument("--json", type=Path, default=HERE / "zoo_results.json")
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--retrain", action="store_true", help="ignore cached checkpoints")
+    parser.add_argument("--prepare", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--diagnose", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.prepare:
+        print(json.dumps(prepare(args.prepare[0], Path(args.prepare[1]))))
+        return 0
+    if args.diagnose:
+        print(json.dumps(diagnose_twice(*args.diagnose)))
+        return 0
+    started = time.monotonic()
+    models = tuple(args.models.split(",")) if args.models else None
+    results = run(models, args.cache, args.retrain, partial=args.json)
+    _print(results)
+    out = {"seconds": round(time.monotonic() - started, 1), "models": results}
+    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"written to {args.json} ({out['seconds']} s)")
+    return 0 if all(r.get("ok") for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
