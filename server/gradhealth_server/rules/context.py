@@ -178,6 +178,18 @@ def units_over(
     ]
 
 
+def units_judged(
+    m: Measurements, fraction: str, threshold: float, min_units: int
+) -> tuple[list[ActivationMeasurement], float]:
+    """`units_over` and the worst such fraction, where the units can be judged: not on
+    non-finite weights (non_finite's cause) nor on a batch of one distinct row (which
+    cannot show what varies across examples). Dead and saturated units share it."""
+    if m.nonfinite.weights or m.one_distinct_row:
+        return [], 0.0
+    hits = units_over(m, fraction, threshold, min_units)
+    return hits, max((getattr(a, fraction) or 0.0 for a in hits), default=0.0)
+
+
 def fmt(value: float | None, digits: int = 3) -> str:
     """Numbers in findings: short, exact enough to act on."""
     if value is None:

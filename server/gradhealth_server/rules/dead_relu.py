@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
-from gradhealth_server.rules.context import Context, fmt, units_over
+from gradhealth_server.rules.context import Context, fmt, units_judged
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
@@ -31,10 +31,9 @@ class DeadReluRule(Rule):
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
-        dead = units_over(m, "dead_fraction", t.dead_fraction, t.min_units)
-        if not dead or m.nonfinite.weights or m.one_distinct_row:
+        dead, worst = units_judged(m, "dead_fraction", t.dead_fraction, t.min_units)
+        if not dead:
             return []
-        worst = max(a.dead_fraction or 0 for a in dead)
         if ctx.learning:
             # A layer dead as a whole carries nothing even where the run learns around
             # it (a residual path, another input): slow is not healthy.

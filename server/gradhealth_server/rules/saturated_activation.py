@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
-from gradhealth_server.rules.context import Context, fmt, units_over
+from gradhealth_server.rules.context import Context, fmt, units_judged
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 
@@ -32,10 +32,9 @@ class SaturatedActivationRule(Rule):
 
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
         t = self.t
-        hits = units_over(m, "saturated_fraction", t.saturated_fraction, t.min_units)
-        if not hits or m.nonfinite.weights or m.one_distinct_row:
+        hits, worst = units_judged(m, "saturated_fraction", t.saturated_fraction, t.min_units)
+        if not hits:
             return []
-        worst = max(a.saturated_fraction or 0 for a in hits)
         listing = ", ".join(
             f"{a.layer} ({a.activation}) {fmt(100 * (a.saturated_fraction or 0))}%" for a in hits
         )
