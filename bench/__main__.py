@@ -72,30 +72,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     """(bench, case, measured, ratio, range, target, ok) for every result."""
     out = []
     for r in results["probe"]:
-        out.append(
-            (
-                "probe vs bare step",
-                f"{r['model']} ({r['parameters'] / 1e6:.2g}M) {r['rows']} rows {r['mode']}"
-                + (" XLA" if r["xla"] else " no XLA"),
-                f"{r['probe_ms']} / {r['bare_ms']} ms, {r['traces']} trace",
-                f"{r['ratio']:.2f}x",
-                f"{r['low']:.2f}-{r['high']:.2f}",
-                f"<= {r['target']}x",
-                _ok(r["meets_target"]),
-            )
-        )
+        xla = " XLA" if r["xla"] else " no XLA"
+        measured = f"{r['probe_ms']} / {r['bare_ms']} ms, {r['traces']} trace"
+        out.append(_against_bare_step("probe", r, r["mode"] + xla, measured))
     for r in results.get("trials", []):
-        out.append(
-            (
-                "trial vs bare step",
-                f"{r['model']} ({r['parameters'] / 1e6:.2g}M) {r['rows']} rows {r['trial']} trial",
-                f"{r['trial_ms']} / {r['bare_ms']} ms",
-                f"{r['ratio']:.2f}x",
-                f"{r['low']:.2f}-{r['high']:.2f}",
-                f"<= {r['target']}x",
-                _ok(r["meets_target"]),
-            )
-        )
+        measured = f"{r['trial_ms']} / {r['bare_ms']} ms"
+        out.append(_against_bare_step("trial", r, f"{r['trial']} trial", measured))
     for r in results.get("cold_path", []):
         phases = ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items() if v >= 0.05)
         out.append(
@@ -167,6 +149,20 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
         )
     )
     return out
+
+
+def _against_bare_step(bench: str, r: dict[str, Any], case: str, measured: str) -> tuple[str, ...]:
+    """A row of the probe or trial bench: both time a ratio to a bare compiled step on
+    the same model and rows, against a ceiling."""
+    return (
+        f"{bench} vs bare step",
+        f"{r['model']} ({r['parameters'] / 1e6:.2g}M) {r['rows']} rows {case}",
+        measured,
+        f"{r['ratio']:.2f}x",
+        f"{r['low']:.2f}-{r['high']:.2f}",
+        f"<= {r['target']}x",
+        _ok(r["meets_target"]),
+    )
 
 
 def _print(results: dict[str, Any]) -> None:
