@@ -20,20 +20,13 @@ TARGETS = {"full": 1.5, "norms": 1.05}
 def _models():
     import keras
 
+    from tests.models import dense_digits
+
     def small_cnn():
         return digits_cnn("small_cnn")
 
     def mlp_1m():
-        return keras.Sequential(
-            [
-                keras.Input((8, 8, 1)),
-                keras.layers.Flatten(),
-                keras.layers.Dense(1024, activation="relu"),
-                keras.layers.Dense(896, activation="relu"),
-                keras.layers.Dense(10),
-            ],
-            name="mlp_1m",
-        )
+        return dense_digits("mlp_1m", (1024, "relu"), (896, "relu"))
 
     def resnet_10m():
         """Residual conv blocks with BatchNormalization (batch-coupled: one micro-batch)

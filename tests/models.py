@@ -26,30 +26,27 @@ def cnn() -> keras.Model:
     return digits_cnn()
 
 
-def mlp() -> keras.Model:
+def dense_digits(name: str, *hidden: tuple[int, str]) -> keras.Model:
+    """A dense net on the 8x8 digits: the flattened pixels, the hidden (units,
+    activation) layers in order, ten logits. The tests' MLPs and the benchmarks' 1M
+    one differ only in those layers."""
     return keras.Sequential(
         [
             keras.Input((8, 8, 1)),
             keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="tanh"),
-            keras.layers.Dense(64, activation="relu"),
+            *(keras.layers.Dense(units, activation=activation) for units, activation in hidden),
             keras.layers.Dense(10),
         ],
-        name="digits_mlp",
+        name=name,
     )
+
+
+def mlp() -> keras.Model:
+    return dense_digits("digits_mlp", (128, "tanh"), (64, "relu"))
 
 
 def leaky_mlp() -> keras.Model:
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="leaky_relu"),
-            keras.layers.Dense(64, activation="leaky_relu"),
-            keras.layers.Dense(10),
-        ],
-        name="digits_leaky_mlp",
-    )
+    return dense_digits("digits_leaky_mlp", (64, "leaky_relu"), (64, "leaky_relu"))
 
 
 def bn_dropout_cnn() -> keras.Model:
