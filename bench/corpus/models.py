@@ -74,6 +74,16 @@ def _dense_stack(h, k: Knobs, width: int):
     return h
 
 
+def _two_convs(h, k: Knobs, kw: dict, conv, first_filters: int):
+    """Two same-padded 3-wide convolutions, the second of 32 filters and the pinned one
+    when the fault saturates a layer (the cnn and conv1d trunks). The layers are made in
+    the order the cached runs were built with: `kw` is the caller's one _dense_kw."""
+    h = conv(first_filters, 3, padding="same", activation=k.act, **kw)(h)
+    if k.saturate:
+        return _saturated(k, conv, 32, 3, padding="same")(h)
+    return conv(32, 3, padding="same", activation=k.act, **kw)(h)
+
+
 def mlp(x, k: Knobs):
     inp = keras.Input(x.shape[1:], name="features")
     h = _preprocess(inp, k, x)
@@ -99,11 +109,7 @@ def cnn(x, k: Knobs):
     inp = keras.Input(x.shape[1:], name="image")
     h = _preprocess(inp, k, x)
     kw = _dense_kw(k)
-    h = L.Conv2D(16, 3, padding="same", activation=k.act, **kw)(h)
-    if k.saturate:
-        h = _saturated(k, L.Conv2D, 32, 3, padding="same")(h)
-    else:
-        h = L.Conv2D(32, 3, padding="same", activation=k.act, **kw)(h)
+    h = _two_convs(h, k, kw, L.Conv2D, 16)
     h = L.MaxPooling2D()(h)
     return inp, L.Dense(64, activation=k.act, **kw)(L.Flatten()(h))
 
@@ -149,12 +155,7 @@ def _rnn(cell):
 def conv1d(x, k: Knobs):
     inp = keras.Input(x.shape[1:], name="sequence")
     h = _preprocess(inp, k, x)
-    kw = _dense_kw(k)
-    h = L.Conv1D(32, 3, padding="same", activation=k.act, **kw)(h)
-    if k.saturate:
-        h = _saturated(k, L.Conv1D, 32, 3, padding="same")(h)
-    else:
-        h = L.Conv1D(32, 3, padding="same", activation=k.act, **kw)(h)
+    h = _two_convs(h, k, _dense_kw(k), L.Conv1D, 32)
     return inp, L.Flatten()(h)
 
 
