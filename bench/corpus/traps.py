@@ -109,59 +109,29 @@ def traps(by_name: dict[str, Spec]) -> list[Spec]:
         "embedding-digits_tokens-adam",
     ):
         out.append(derive(b(name), "identical_rows", h, trap="identical_rows"))
-    out.append(
-        derive(
-            b("mlp-digits-adam"),
-            "tanh4_glorot",
-            h,
-            knobs=Knobs(act="tanh", depth=4),
-            trap="deep_tanh",
-        )
-    )
-    out.append(
-        derive(
-            b("mlp-digits-rmsprop"),
+    # One-off traps, in the corpus's order: (base run, suffix, trap, what else it changes).
+    for name, suffix, trap, changes in (
+        ("mlp-digits-adam", "tanh4_glorot", "deep_tanh", {"knobs": Knobs(act="tanh", depth=4)}),
+        (
+            "mlp-digits-rmsprop",
             "dropout_l2",
-            h,
-            knobs=Knobs(l2=1e-4),
-            fault="dropout",
-            trap="regularized",
-        )
-    )
-    out.append(
-        derive(
-            b("mlp-digits-adam"),
-            "label_smoothing",
-            h,
-            fault="label_smoothing",
-            trap="label_smoothing",
-        )
-    )
-    out.append(
-        derive(
-            b("mlp-breast_cancer-adamw"),
+            "regularized",
+            {"knobs": Knobs(l2=1e-4), "fault": "dropout"},
+        ),
+        ("mlp-digits-adam", "label_smoothing", "label_smoothing", {"fault": "label_smoothing"}),
+        (
+            "mlp-breast_cancer-adamw",
             "class_weight_balanced",
-            h,
-            fault="class_weight_balanced",
-            trap="class_weight",
-        )
-    )
-    out.append(
-        derive(
-            b("mlp-digits-adam"),
-            "from_logits_softmax",
-            h,
-            fault="from_logits_softmax",
-            trap="from_logits",
-        )
-    )
-    out.append(
-        derive(
-            b("residual-digits-adam"),
+            "class_weight",
+            {"fault": "class_weight_balanced"},
+        ),
+        ("mlp-digits-adam", "from_logits_softmax", "from_logits", {"fault": "from_logits_softmax"}),
+        (
+            "residual-digits-adam",
             "sigmoid_blocks6",
-            h,
-            knobs=Knobs(act="sigmoid", depth=6),
-            trap="residual_sigmoid",
-        )
-    )
+            "residual_sigmoid",
+            {"knobs": Knobs(act="sigmoid", depth=6)},
+        ),
+    ):
+        out.append(derive(b(name), suffix, h, trap=trap, **changes))
     return out
