@@ -11,7 +11,9 @@ plus drawing the fresh weights (`clone_model`) and saving and restoring every
 variable on the host. The exploding-gradients trials: clipping runs the
 learning-rate trial's 5 held-out steps twice (as is, clipped: about 5 full steps);
 the standard-init trial is the from-scratch trial with a second draw of fresh
-weights (Keras's default initializers). Targets: that step count plus 20 % (the
+weights (Keras's default initializers). The loss-pairing trial (loss_mismatch) runs
+the same 5 held-out steps twice, as is and with the remedied loss, like clipping.
+Targets: that step count plus 20 % (the
 snapshot and restore of weights and optimizer slots), and for the from-scratch
 trials plus 50 % (the fresh weights and the host round trip).
 """
@@ -26,6 +28,7 @@ from bench.probe_overhead import _models, bare_step, trained
 from bench.timing import side_by_side
 from gradhealth_server.commands.examples import digits
 from gradhealth_server.engine.device import configure_device
+from gradhealth_server.engine.trials import LossRemedy
 
 TARGETS = {
     "learning_rate": 12.0,
@@ -33,7 +36,10 @@ TARGETS = {
     "from_scratch": 15.0,
     "clipped": 6.0,
     "standard_init": 15.0,
+    "pairing": 6.0,
 }
+# The remedy the pairing row tries: the models' own crossentropy, from logits.
+PAIRING = LossRemedy("from_logits=True", "sparse_categorical_crossentropy", from_logits=True)
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -76,6 +82,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 "standard_init": lambda t=trials, b=batch, y=y: t.from_scratch(
                     [(b, y), (b, y)], (False, True)
                 ),
+                "pairing": lambda t=trials, b=batch, y=y: t.paired(b, y, y, PAIRING),
             },
             repetitions=2 if quick else 5,
             calls=max(1, calls // 10) if quick else max(1, calls // 4),

@@ -357,3 +357,32 @@ def test_the_exploding_gradient_trials_draw_a_standard_init_and_clip_then_restor
     assert clip.clipped_after != clip.as_is_after
     for old, new in zip(before, state(model), strict=True):
         assert np.array_equal(old, new, equal_nan=True)
+
+
+def test_the_pairing_trial_scores_both_arms_by_the_remedied_loss_then_restores():
+    """A linear output trained with a crossentropy that expects probabilities: trained
+    with from_logits=True instead, a few steps bring the held-out loss (from logits)
+    down, while the run as it is does not lower it; the model is left as it was."""
+    import keras
+
+    from gradhealth_server.engine.trial_steps import Trials
+    from gradhealth_server.engine.trials import LossRemedy
+
+    x, y = models.digits()
+    x, y = x[:ROWS], y[:ROWS]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((8, 8)), keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
+         keras.layers.Dense(10)]
+    )  # fmt: skip
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, verbose=0)  # Keras trains on it without a word
+    probe, _, _ = run_probe(model, x, y)
+    before = state(model)
+    remedy = LossRemedy("from_logits=True", "sparse_categorical_crossentropy", from_logits=True)
+    trial = Trials(probe).paired({probe.input_order[0]: x}, y, y, remedy)
+    assert trial.scored_by == "sparse_categorical_crossentropy" and trial.steps == 5
+    assert trial.as_is_after > trial.loss_before - 0.01  # the wrong loss: no progress
+    assert trial.remedied_after < trial.loss_before - 0.03
+    for old, new in zip(before, state(model), strict=True):
+        assert np.array_equal(old, new, equal_nan=True)

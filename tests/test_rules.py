@@ -13,10 +13,12 @@ from gradhealth_server.engine.measurements import (
     LearningRateTrial,
     NonFinite,
     OptimizerStep,
+    PairingTrial,
     ScratchTrial,
     TimeGradient,
 )
 from gradhealth_server.rules import ConfigError, build_rules, explains, judge
+from gradhealth_server.rules.loss_mismatch import LossMismatchRule
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 from tests.measurement_builder import BYTE, activation, healthy, layer, stats, stuck
 
@@ -612,6 +614,52 @@ def test_loss_mismatch_pairings(static, severity, remedy):
     finding = judge(stuck(static=static, **({"labels": labels} if labels else {}))).findings[0]
     assert finding.cause is Cause.LOSS_MISMATCH
     assert str(finding.severity) == severity and remedy in finding.remedy
+
+
+LOGITS_NO_FROM_LOGITS = {"output_activation": "linear", "output_activations": ["linear"]}
+
+
+@pytest.mark.parametrize(
+    ("remedied", "severity"),
+    [(1.0, "critical"), (2.2899, "critical"), (2.29, "info"), (3.0, "info"), (None, "critical")],
+    ids=["fix-helps", "fix-barely-better", "no-better", "worse", "not-tried"],
+)
+def test_loss_mismatch_pairing_trial_confirms_or_demotes(remedied, severity):
+    """The remedied loss, tried from the checkpoint and scored on held-out rows: an alarm
+    while the fix does any better than the run as it is; a note when it does not."""
+    m = stuck(static=LOGITS_NO_FROM_LOGITS)
+    remedy = LossMismatchRule().proposes(m)
+    assert (
+        remedy is not None
+        and remedy.from_logits
+        and remedy.change in ("loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)")
+    )
+    if remedied is not None:
+        m.pairing_trial = PairingTrial(remedy.change, remedy.loss, 5, 2.3, 2.29, remedied)
+    finding = judge(m).findings[0]
+    assert finding.cause is Cause.LOSS_MISMATCH and str(finding.severity) == severity
+    if remedied is None:
+        assert finding.trial.startswith("no trial: the remedied loss could not be tried")
+    else:
+        assert "held-out sparse_categorical_crossentropy" in finding.trial
+        assert finding.evidence["pairing_trial_remedied"] == remedied
+
+
+def test_loss_mismatch_proposes_only_fixes_a_trial_can_simulate():
+    """A changed loss or labels can be tried on the checkpoint; a changed output layer
+    (softmax over one unit, a double softmax) cannot, and a note proposes nothing."""
+    rule = LossMismatchRule()
+    mse = {"loss": "mean_squared_error", "problem": "regression"}
+    assert rule.proposes(stuck(static=mse)).loss == "sparse_categorical_crossentropy"
+    for static in (
+        {"output_units": 1, "loss": "binary_crossentropy", "problem": "binary"},
+        {"output_activations": ["softmax", "softmax"]},
+        {"from_logits": True},  # repaired by Keras: a note
+        {},
+    ):
+        assert rule.proposes(stuck(static=static, labels=BINARY_LABELS)) is None, static
+    finding = judge(stuck(static={"output_activations": ["softmax", "softmax"]})).findings[0]
+    assert finding.trial.startswith("no trial: the fix changes the model's output layer")
 
 
 def test_correct_pairings_are_quiet():

@@ -50,6 +50,7 @@ from gradhealth_server.rules.exploding_gradients import ExplodingGradientsRule
 from gradhealth_server.rules.history import NO_HISTORY, RunHistory
 from gradhealth_server.rules.learning_rate_too_high import LearningRateTooHighRule
 from gradhealth_server.rules.learning_rate_too_low import LearningRateTooLowRule
+from gradhealth_server.rules.loss_mismatch import LossMismatchRule
 from gradhealth_server.rules.unnormalized_input import UnnormalizedInputRule
 from gradhealth_server.verdict.findings import RuleVerdict
 
@@ -111,6 +112,7 @@ class Diagnoser:
         self._lr_low_rule = next(r for r in self.rules if isinstance(r, LearningRateTooLowRule))
         self._lr_high_rule = next(r for r in self.rules if isinstance(r, LearningRateTooHighRule))
         self._exploding_rule = next(r for r in self.rules if isinstance(r, ExplodingGradientsRule))
+        self._loss_rule = next(r for r in self.rules if isinstance(r, LossMismatchRule))
 
     def diagnose(
         self,
@@ -214,7 +216,7 @@ class Diagnoser:
 
     def _try_remedies(self, probe: Probe, data: Batch, m: Measurements) -> None:
         """Test the fixes the rules propose; the results go into m.trials, m.lr_trial,
-        m.clip_trial and m.scratch_trials."""
+        m.clip_trial, m.pairing_trial and m.scratch_trials."""
         if probe.trials is None:
             probe.trials = Trials(probe)
         start = time.perf_counter()
@@ -240,6 +242,10 @@ class Diagnoser:
         )
         if scales:
             m.lr_trial = probe.trials.learning_rate(data.x, data.targets, tuple(scales))
+        loss_remedy = self._loss_rule.proposes(m)
+        if loss_remedy is not None:
+            fixed = loss_remedy.labels(data.y, data.raw_y)
+            m.pairing_trial = probe.trials.paired(data.x, data.targets, fixed, loss_remedy)
         if self._exploding_rule.proposes(m):
             rule = self._exploding_rule
             m.clip_trial = probe.trials.clipped(data.x, data.targets, rule.CLIPNORM)

@@ -200,6 +200,21 @@ class ClipTrial:
 
 
 @dataclass
+class PairingTrial:
+    """The loss or labels a loss_mismatch remedy names, tested in the engine: the
+    held-out steps from the checkpoint, training as the run is and with the remedy,
+    both scored on the held-out rows by the remedied loss on the remedied labels
+    (the quantity the fix makes right, so the two arms are comparable)."""
+
+    change: str  # the code change tried, e.g. "from_logits=True"
+    scored_by: str  # the loss both arms are scored by, e.g. "sparse_categorical_crossentropy"
+    steps: int
+    loss_before: float  # held-out, at the checkpoint's weights
+    as_is_after: float  # held-out, after the steps as the run is
+    remedied_after: float  # ... after the steps with the remedy
+
+
+@dataclass
 class TimeGradient:
     """The gradient a sequence input gets per time step (engine/quantities/time_steps.py):
     the mean norm over the first and the last quarter of the steps."""
@@ -251,6 +266,7 @@ class Measurements:
     trials: dict[str, StepTrial] = field(default_factory=dict)
     lr_trial: LearningRateTrial | None = None
     clip_trial: ClipTrial | None = None
+    pairing_trial: PairingTrial | None = None  # loss_mismatch's remedy, tried
     # Remedies tried from a fresh start: "target_scale" (standardized regression
     # targets), "standard_init" (Keras's default initializers).
     scratch_trials: dict[str, ScratchTrial] = field(default_factory=dict)

@@ -268,11 +268,15 @@ class Probe:
             result[optimizer.KEY] = step
         return result
 
-    def stateless_loss(self, trainable, non_trainable, metric_values, xs, y, training=True):
+    def stateless_loss(
+        self, trainable, non_trainable, metric_values, xs, y, training=True, loss_fn=None
+    ):
         """Forward pass and loss exactly as `fit` computes them, mutating nothing.
 
         BatchNorm statistics, dropout seeds and loss trackers update inside the
-        scope only; the model's variables keep their values.
+        scope only; the model's variables keep their values. loss_fn(y, y_pred), when
+        given, replaces the compiled loss (a single-output model's loss remedy, tried),
+        the model's regularization losses still added while training.
         """
         mapping = list(zip(self._trainable, trainable))
         mapping += zip(self._non_trainable, non_trainable)
@@ -280,7 +284,12 @@ class Probe:
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
             taps, firsts, y_pred = self._forward(xs, training)
             x = as_model_inputs(self.model, xs)
-            loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=training)
+            if loss_fn is None:
+                loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=training)
+            else:
+                loss = tf.reduce_mean(loss_fn(y, tf.cast(y_pred, tf.float32)))
+                if training and self.model.losses:
+                    loss += tf.add_n([tf.cast(r, tf.float32) for r in self.model.losses])
         updated = [scope.get_current_value(v) for v in self._non_trainable]
         updated = [u if u is not None else old for u, old in zip(updated, non_trainable)]
         return loss, taps, firsts, y_pred, updated

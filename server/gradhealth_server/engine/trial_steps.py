@@ -15,6 +15,9 @@ Every weight, statistic and optimizer slot is written back before a trial return
 - `clipped`: the learning-rate trial's held-out steps at the run's own rate, as the
   run is and with each weight's gradient clipped to a norm (Keras's `clipnorm`), for
   the exploding-gradients remedy.
+- `paired`: the held-out steps at the run's own rate, as the run is and training
+  with the loss (or labels) a loss_mismatch remedy names, both arms scored by the
+  remedied loss on the held-out rows (one output only).
 - `from_scratch`: the same held-out steps, but from a fresh initialization of the
   model (its own initializers, seeded) and a fresh optimizer, once per arm: the batch
   as sent and the batch with a data remedy (the diagnosis uses it for standardized
@@ -31,9 +34,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from gradhealth_server.engine.measurements import ClipTrial, LearningRateTrial
+from gradhealth_server.engine.measurements import ClipTrial, LearningRateTrial, PairingTrial
 from gradhealth_server.engine.probe import Inputs, Probe, moved, read
 from gradhealth_server.engine.probe_errors import probe_error
+from gradhealth_server.engine.trials import LossRemedy
 from gradhealth_server.intake.batch import Targets, take_rows, target_rows
 
 # Fewer rows than this on either half and the learning-rate trial is not run.
@@ -51,6 +55,7 @@ class Trials:
         self.scratch_steps = scratch_steps
         self._step_fn = None
         self._lr_fn = None
+        self._paired_fns: dict[LossRemedy, tf.types.experimental.PolymorphicFunction] = {}
 
     def step(self, x: Inputs, y: Targets) -> tuple[float, float]:
         """Loss on this batch before and after one optimizer step taken on it."""
@@ -88,6 +93,41 @@ class Trials:
         before, as_is, _ = self._held_out(x, y, 1.0, self.lr_steps)
         _, clipped, cut = self._held_out(x, y, 1.0, self.lr_steps, clipnorm)
         return ClipTrial(clipnorm, self.lr_steps, before, as_is, clipped, cut)
+
+    def paired(self, x: Inputs, y: np.ndarray, fixed: np.ndarray, remedy: LossRemedy):
+        """Held-out loss after `lr_steps` steps as the run is and with the remedied loss
+        on the remedied labels `fixed`, both scored by the remedied loss on `fixed`.
+
+        None with several outputs (the remedy names the first output's loss), no
+        optimizer, or too few rows to hold half out."""
+        import keras
+
+        p = self.probe
+        if isinstance(y, (list, tuple)) or p.model.optimizer is None:
+            return None
+        if target_rows(y) // 2 < MIN_TRIAL_ROWS:
+            return None
+        trial = self._paired_fns.get(remedy)
+        if trial is None:  # compiled once per remedy (two traces: as is, remedied)
+            function = keras.losses.get(remedy.loss)
+            crossentropy = "crossentropy" in remedy.loss
+
+            def scored_by(y_true, y_pred):
+                if crossentropy:
+                    return function(y_true, y_pred, from_logits=remedy.from_logits)
+                return function(y_true, y_pred)
+
+            trial = self._paired_fns[remedy] = tf.function(
+                lambda xs, y, fixed, remedied: self._paired(xs, y, fixed, remedied, scored_by),
+                jit_compile=False,
+            )
+        xs = [x[name] for name in self.probe.input_order]
+        try:
+            before, as_is = (float(v) for v in trial(xs, y, fixed, False))
+            _, remedied = (float(v) for v in trial(xs, y, fixed, True))
+        except tf.errors.OpError as exc:
+            raise probe_error(exc) from exc
+        return PairingTrial(remedy.change, remedy.loss, self.lr_steps, before, as_is, remedied)
 
     def from_scratch(
         self, arms: list[tuple[Inputs, Targets]], standard_init: tuple[bool, ...] = ()
@@ -180,6 +220,30 @@ class Trials:
         after, *_ = p.stateless_loss(w, nt, metrics0, x_held, y_held, training=False)
         p.restore(w0, nt0, slots0)
         return tf.cast(before, tf.float32), tf.cast(after, tf.float32), tf.maximum(cut, 0)
+
+    def _paired(self, xs, y, fixed, remedied: bool, scored_by):
+        p = self.probe
+        half = p.rows // 2
+        x_train, x_held = [t[:half] for t in xs], [t[half:] for t in xs]
+        y_train, y_held = (fixed if remedied else y)[:half], fixed[half:]
+        train_loss = scored_by if remedied else None  # None: the model's compiled loss
+        w0, nt0, slots0 = p.snapshot()
+        metrics0 = [read(v) for v in p._metric_vars]
+        held = (metrics0, x_held, y_held)
+        before, *_ = p.stateless_loss(w0, nt0, *held, training=False, loss_fn=scored_by)
+        for _ in tf.range(self.lr_steps):
+            w, nt, _slots = p.snapshot()
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                loss, _taps, _firsts, _pred, nt_next = p.stateless_loss(
+                    w, nt, metrics0, x_train, y_train, loss_fn=train_loss
+                )
+            deltas = p.apply_step(_gradients(tape, loss, w), w)
+            p.restore(moved(w, deltas, 1.0), nt_next, None)
+        w, nt, _slots = p.snapshot()
+        after, *_ = p.stateless_loss(w, nt, *held, training=False, loss_fn=scored_by)
+        p.restore(w0, nt0, slots0)
+        return tf.cast(before, tf.float32), tf.cast(after, tf.float32)
 
 
 def _clip(grads: list[tf.Tensor], clipnorm: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:

@@ -6,7 +6,10 @@
   standardization otherwise);
 - targets: regression targets far from unit scale under a squared or absolute
   loss, standardized, with the factor that brings the loss back to the units of
-  the targets as sent.
+  the targets as sent;
+- the loss: the loss (or the labels) a loss_mismatch remedy names, e.g. the same
+  crossentropy with `from_logits=True` on a linear output, or class ids rounded
+  back from labels divided by 255 (`LossRemedy`, built by the rule).
 
 engine/trial_steps.py runs them, so the finding can say what the fix does on this
 very model.
@@ -15,6 +18,7 @@ very model.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -75,3 +79,22 @@ def target_remedy(y: np.ndarray, m: Measurements) -> tuple[str, np.ndarray, floa
     # factor converts it back exactly.
     value = ((y - flat.mean()) / std).astype(y.dtype)
     return "y = (y - mean) / std", value, std**power
+
+
+@dataclass(frozen=True)
+class LossRemedy:
+    """A loss_mismatch remedy the engine can simulate without touching the model: train
+    with this Keras loss (by name) on these labels. `label_scale`: the labels as sent
+    times this, rounded, are the class ids (ids divided by 255 sent as floats)."""
+
+    change: str  # the code change, as the finding's remedy words it
+    loss: str  # a Keras loss function's name, e.g. "sparse_categorical_crossentropy"
+    from_logits: bool = False
+    label_scale: int | None = None
+
+    def labels(self, y: np.ndarray, raw_y: np.ndarray | None) -> np.ndarray:
+        """The labels the remedied loss trains on and scores by."""
+        if self.label_scale is None:
+            return y
+        source = raw_y if raw_y is not None else y
+        return np.rint(source.astype(np.float64) * self.label_scale).astype(np.int32)

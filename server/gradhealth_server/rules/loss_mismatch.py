@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gradhealth_server.engine.measurements import LabelStats, Measurements
+from gradhealth_server.engine.measurements import LabelStats, Measurements, PairingTrial
+from gradhealth_server.engine.trials import LossRemedy
 from gradhealth_server.rules.base import Rule
-from gradhealth_server.rules.context import Context
+from gradhealth_server.rules.context import Context, fmt
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
 
 CROSSENTROPY = {
@@ -49,13 +50,17 @@ class _Mismatch:
     summary: str
     remedy: str
     evidence: dict | None = None
+    # The remedy as the engine can try it (a loss or labels change); None when the fix
+    # changes the model's output layer, which a trial on the checkpoint cannot simulate.
+    trial: LossRemedy | None = None
 
 
 class LossMismatchRule(Rule):
     cause = Cause.LOSS_MISMATCH
     no_trial = (
-        "no trial: the output, the loss and the labels disagree by construction (read "
-        "from the model and the batch), not by degree"
+        "no trial: the fix changes the model's output layer, which a trial on this "
+        "checkpoint cannot simulate; the output, the loss and the labels disagree by "
+        "construction (read from the model and the batch), not by degree"
     )
 
     @dataclass(frozen=True)
@@ -67,9 +72,66 @@ class LossMismatchRule(Rule):
         id_distinct_share: float = 0.5
         id_coverage: float = 0.5
 
+    def proposes(self, m: Measurements) -> LossRemedy | None:
+        """The loss or labels change to try, when this rule would raise an alarm whose
+        fix a trial can simulate."""
+        mismatch = self._find(m)
+        if mismatch is None or mismatch.severity is Severity.INFO:
+            return None
+        return mismatch.trial
+
     def check(self, m: Measurements, ctx: Context) -> list[RuleFinding]:
+        mismatch = self._find(m)
+        if mismatch is None:
+            return []
         s = m.static
-        misfit = self._label_misfit(s.loss or "", m.labels, m.rows, m.loss) or (
+        evidence = {
+            "loss": s.loss,
+            "from_logits": s.from_logits,
+            "output_activations": list(s.output_activations),
+            "output_units": s.output_units,
+            "label_format": m.labels.format if m.labels else None,
+            **(mismatch.evidence or {}),
+        }
+        severity, summary, trial_text = mismatch.severity, mismatch.summary, ""
+        trial = m.pairing_trial
+        if trial is None and severity is not Severity.INFO and mismatch.trial is not None:
+            trial_text = (
+                "no trial: the remedied loss could not be tried on this batch (several "
+                "outputs, no optimizer state, or fewer than 16 rows)"
+            )
+        if trial is not None and severity is not Severity.INFO and mismatch.trial is not None:
+            evidence.update(
+                pairing_trial_change=trial.change,
+                pairing_trial_scored_by=trial.scored_by,
+                pairing_trial_steps=trial.steps,
+                pairing_trial_loss_before=trial.loss_before,
+                pairing_trial_as_is=trial.as_is_after,
+                pairing_trial_remedied=trial.remedied_after,
+            )
+            trial_text = _pairing_text(trial)
+            if not trial.remedied_after < trial.as_is_after:  # the fix does no better
+                severity = Severity.INFO
+                summary += "; the trial of the fix measured no gain on this batch"
+        return [
+            RuleFinding(
+                cause=self.cause,
+                severity=severity,
+                summary=summary,
+                remedy=mismatch.remedy,
+                layers=[m.layers[-1].name] if m.layers else [],
+                evidence=evidence,
+                confidence=0.95 if severity is not Severity.INFO else 0.3,
+                trial=trial_text,
+            )
+        ]
+
+    def _find(self, m: Measurements) -> _Mismatch | None:
+        """The worst disagreement between the output, the loss and the labels."""
+        s = m.static
+        misfit = self._label_misfit(
+            s.loss or "", m.labels, m.rows, m.loss, bool(s.from_logits)
+        ) or (
             _out_of_reach(s.loss or "", s.output_activation, s.output_units, m.labels)
             if s.functional
             else None
@@ -89,29 +151,15 @@ class LossMismatchRule(Rule):
             or SEVERITY_ORDER.index(misfit.severity) >= SEVERITY_ORDER.index(mismatch.severity)
         ):
             mismatch = misfit
-        if mismatch is None:
-            return []
-        return [
-            RuleFinding(
-                cause=self.cause,
-                severity=mismatch.severity,
-                summary=mismatch.summary,
-                remedy=mismatch.remedy,
-                layers=[m.layers[-1].name] if m.layers else [],
-                evidence={
-                    "loss": s.loss,
-                    "from_logits": s.from_logits,
-                    "output_activations": list(s.output_activations),
-                    "output_units": s.output_units,
-                    "label_format": m.labels.format if m.labels else None,
-                    **(mismatch.evidence or {}),
-                },
-                confidence=0.95 if mismatch.severity is not Severity.INFO else 0.3,
-            )
-        ]
+        return mismatch
 
     def _label_misfit(
-        self, loss: str, labels: LabelStats | None, rows: int, batch_loss: float
+        self,
+        loss: str,
+        labels: LabelStats | None,
+        rows: int,
+        batch_loss: float,
+        from_logits: bool,
     ) -> _Mismatch | None:
         """Labels the loss takes without complaint but reads as something else."""
         if labels is None:
@@ -145,11 +193,14 @@ class LossMismatchRule(Rule):
                 if one_class
                 else f"so they become class ids {lo:g}..{hi:g} (2.7 is class 2)"
             )
+            trial = None
             if labels.sent_scale:
+                change = f'y = np.rint(y * {labels.sent_scale}).astype("int32")'
                 remedy = (
-                    f"send integer class ids: y = np.rint(y * {labels.sent_scale})"
-                    f'.astype("int32") (the labels look like ids divided by {labels.sent_scale})'
+                    f"send integer class ids: {change} (the labels look like ids divided "
+                    f"by {labels.sent_scale})"
                 )
+                trial = LossRemedy(change, loss, from_logits, labels.sent_scale)
             else:
                 remedy = 'send integer class ids: y.astype("int32") on the unscaled labels'
             return _Mismatch(
@@ -158,6 +209,7 @@ class LossMismatchRule(Rule):
                 f"values in [{sent_lo:g}, {sent_hi:g}]: Keras truncates them, {effect}",
                 remedy,
                 evidence,
+                trial,
             )
         return None
 
@@ -223,11 +275,13 @@ class LossMismatchRule(Rule):
         if kind is not None and not from_logits and activation not in PROBABILITY_OUTPUTS:
             fixed = "binary_crossentropy" if kind == "binary" else loss
             cls = "".join(part.title() for part in fixed.split("_"))
+            change = f"loss=keras.losses.{cls}(from_logits=True)"
             return _Mismatch(
                 Severity.CRITICAL,
                 f"{loss} expects probabilities but the output layer is {activation} "
                 "(logits): the loss is computed on the wrong quantity",
-                f"loss=keras.losses.{cls}(from_logits=True)",
+                change,
+                trial=LossRemedy(change, fixed, from_logits=True),
             )
         if kind is not None and from_logits and activation in PROBABILITY_OUTPUTS:
             return _Mismatch(
@@ -253,10 +307,12 @@ class LossMismatchRule(Rule):
             and (units or 0) > 1
             and labels in ("class_ids", "one_hot")
         ):
+            target = sparse if labels == "class_ids" else "categorical_crossentropy"
             return _Mismatch(
                 Severity.WARNING,
                 "binary_crossentropy on a softmax over several classes",
-                f'loss="{sparse if labels == "class_ids" else "categorical_crossentropy"}"',
+                f'loss="{target}"',
+                trial=LossRemedy(f'loss="{target}"', target),
             )
         if activation == "softmax" and labels == "multi_hot":
             return _Mismatch(
@@ -271,11 +327,15 @@ class LossMismatchRule(Rule):
             and activation in PROBABILITY_OUTPUTS
             and labels in ("class_ids", "one_hot")
         ):
-            target = sparse if labels == "class_ids" else "categorical_crossentropy"
+            if units == 1:  # one probability: a binary classifier
+                target = "binary_crossentropy"
+            else:
+                target = sparse if labels == "class_ids" else "categorical_crossentropy"
             return _Mismatch(
                 Severity.WARNING,
                 f"{loss} (a regression loss) on a {activation} classifier",
                 f'loss="{target}"',
+                trial=LossRemedy(f'loss="{target}"', target),
             )
         return None
 
@@ -308,4 +368,12 @@ def _out_of_reach(
         "a linear output, Dense(n) with no activation, and the target standardized: "
         "(y - mean) / std",
         {"label_range": [labels.min, labels.max], "output_range": [low, high]},
+    )
+
+
+def _pairing_text(trial: PairingTrial) -> str:
+    return (
+        f"with {trial.change}, {trial.steps} steps from the checkpoint bring the held-out "
+        f"{trial.scored_by} to {fmt(trial.remedied_after, 4)}, against "
+        f"{fmt(trial.as_is_after, 4)} as the run is (from {fmt(trial.loss_before, 4)})"
     )
