@@ -84,6 +84,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _scenario_runs_shared_between_workers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Under pytest-xdist each worker is a process of its own: the scenario runs one
+    trains are saved where the others load them (tests.scenarios.train_cached)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from tests import scenarios
+
+        scenarios.SHARED_RUNS = tmp_path_factory.getbasetemp().parent / "scenario-runs"
+
+
 @pytest.fixture(scope="session")
 def digits() -> tuple[np.ndarray, np.ndarray]:
     return models.digits()

@@ -108,10 +108,42 @@ def by_name(name: str) -> Scenario:
     raise KeyError(name)
 
 
+# Where runs trained by one process of the session are kept for the others (pytest-xdist
+# workers: test_verdicts and test_scenario_symptoms train the same runs in two processes).
+# None: train in this process only. Set by conftest under xdist.
+SHARED_RUNS: Path | None = None
+
+
 @functools.cache
 def train_cached(name: str) -> Run:
-    """Train a scenario once per process (the tests share these runs)."""
-    return by_name(name).train()
+    """Train a scenario once per process (the tests share these runs), and once per
+    session when SHARED_RUNS is set: the first process trains and saves it while
+    holding the scenario's lock, the others wait and load what it saved."""
+    if SHARED_RUNS is None:
+        return by_name(name).train()
+    import fcntl
+    import json
+
+    SHARED_RUNS.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "__", name)
+    done = SHARED_RUNS / f"{safe}.history.json"  # written last: the run is complete
+    with open(SHARED_RUNS / f"{safe}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            model = keras.models.load_model(SHARED_RUNS / f"{safe}.keras")
+            with np.load(SHARED_RUNS / f"{safe}.npz") as arrays:
+                y = arrays["y"]
+                if "x" in arrays:
+                    x = arrays["x"]
+                else:
+                    x = {k[2:]: arrays[k] for k in arrays.files if k.startswith("x_")}
+            return Run(model, x, y, json.loads(done.read_text()))
+        run = by_name(name).train()
+        save_run(run, SHARED_RUNS, name)
+        partial = done.with_suffix(".partial")
+        partial.write_text(json.dumps({k: [float(v) for v in vs] for k, vs in run.history.items()}))
+        partial.rename(done)
+        return run
 
 
 def save_run(run: Run, directory: Path, name: str) -> tuple[Path, Path]:

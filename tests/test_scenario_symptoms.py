@@ -244,3 +244,22 @@ def test_saved_checkpoint_loads_safely_and_predicts_the_same(s: Scenario, tmp_pa
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0), run.model.predict(run.x, verbose=0), rtol=1e-5, atol=1e-6
     )
+
+
+def test_a_run_shared_between_processes_loads_as_it_was_trained(tmp_path, monkeypatch):
+    """Under xdist the first worker trains and saves a run, the others load it: the same
+    weights, batch and history (tests.scenarios.train_cached)."""
+    from tests import scenarios
+
+    monkeypatch.setattr(scenarios, "SHARED_RUNS", tmp_path)
+    name = "healthy/adam_iris_mlp"
+    trained = scenarios.train_cached.__wrapped__(name)  # trains, saves
+    loaded = scenarios.train_cached.__wrapped__(name)  # loads what it saved
+    assert (tmp_path / "healthy__adam_iris_mlp.history.json").exists()
+    assert loaded.history.keys() == trained.history.keys()
+    for key, values in trained.history.items():
+        assert loaded.history[key] == pytest.approx(values)
+    np.testing.assert_array_equal(loaded.x, trained.x)
+    np.testing.assert_array_equal(loaded.y, trained.y)
+    for a, b in zip(loaded.model.get_weights(), trained.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
