@@ -19,8 +19,24 @@ import pytest
 from tests import models, processes
 
 # Inherited by every process the session starts: the leak check at its end finds them.
+# Under pytest-xdist each worker is a session of its own, marked "<controller's>-<worker
+# id>" (pytest_configure): its check finds its own processes only, never the other
+# worker's live ones; the controller's, once the workers are gone, finds all of them.
 SESSION = uuid.uuid4().hex
 os.environ[processes.SESSION_VARIABLE] = SESSION
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global SESSION
+    if workerinput := getattr(config, "workerinput", None):  # an xdist worker
+        SESSION = f"{workerinput['gradhealth_session']}-{workerinput['workerid']}"
+        os.environ[processes.SESSION_VARIABLE] = SESSION
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist's controller, before it starts a worker: hand it this session's mark."""
+    node.workerinput["gradhealth_session"] = SESSION
 
 
 # --- system tools and leaked processes (tests/processes.py) ----------------------------
@@ -73,13 +89,30 @@ def _stop_what_the_test_left_running():
     del processes.STARTED[before:]
 
 
+# Leaks an xdist worker found (and killed) at its end, reported by the controller.
+WORKER_LEAKS: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """xdist's controller, as a worker finishes: what its leak check found."""
+    WORKER_LEAKS.extend(getattr(node, "workeroutput", {}).get("gradhealth_leaks", []))
+
+
+@pytest.hookimpl(trylast=True)  # under xdist: after the controller has stopped its workers
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Every fixture has stopped what it started by now: anything of this session
-    still alive is a leak, killed and failing the run."""
+    still alive is a leak, killed and failing the run. An xdist worker hands what it
+    found to the controller, which also looks for what any worker left behind."""
     processes.stop_all(processes.STARTED)
-    if leaks := processes.leaked(SESSION):
-        processes.kill(leaks)
-        lines = "\n".join(f"  pid {leak.pid}: {leak.command[:200]}" for leak in leaks)
+    leaks = processes.leaked(SESSION, workers=True)
+    processes.kill(leaks)
+    found = [f"  pid {leak.pid}: {leak.command[:200]}" for leak in leaks]
+    if workeroutput := getattr(session.config, "workeroutput", None):  # an xdist worker
+        workeroutput["gradhealth_leaks"] = found
+        return
+    if found := WORKER_LEAKS + found:
+        lines = "\n".join(found)
         print(f"\nprocesses that outlived the test session (killed now):\n{lines}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

@@ -4,7 +4,9 @@ Every process the tests start (servers and their workers, PostgreSQL, Prometheus
 inherits SESSION_VARIABLE in its environment, which conftest sets to a fresh value
 per session; daemons that leave the process tree (PostgreSQL's postmaster) keep it
 too. So the session's end finds any that escaped their finalizer by reading
-/proc/*/environ, kills them, and fails the run naming them.
+/proc/*/environ, kills them, and fails the run naming them. Under pytest-xdist each
+worker's session is marked "<controller's mark>-<worker id>" and checks its own; the
+controller, after its workers have exited, checks all of them.
 
 The system tools come from Debian packages that `scripts/test` installs; a test
 run without them stops before the first test with one line saying what to do.
@@ -73,9 +75,13 @@ class Leak:
 
 
 def leaked(
-    session: str, exclude: Iterable[int] = (), variable: str = SESSION_VARIABLE
+    session: str,
+    exclude: Iterable[int] = (),
+    variable: str = SESSION_VARIABLE,
+    workers: bool = False,
 ) -> list[Leak]:
-    """Live processes carrying this session's marker (not pytest's own helpers)."""
+    """Live processes carrying this session's marker (not pytest's own helpers);
+    with workers=True also those of its xdist workers' sessions ("<session>-gw0")."""
     needle = f"{variable}={session}".encode()
     skip = {os.getpid(), *exclude}
     found = []
@@ -83,7 +89,10 @@ def leaked(
         if not entry.name.isdigit() or int(entry.name) in skip:
             continue
         try:
-            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+            values = (entry / "environ").read_bytes().split(b"\0")
+            if needle not in values and not (
+                workers and any(value.startswith(needle + b"-") for value in values)
+            ):
                 continue
             command = (entry / "cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError, PermissionError):
