@@ -70,6 +70,16 @@ def test_an_unknown_run_is_one_line_and_exit_1(capsys):
         assert code == 0 and out == "" and "has no verdicts that match" in err
 
 
+def _sigint_as_a_shell_leaves_it() -> None:
+    """In the child before exec: Ctrl-C at its default, as a shell starts a command.
+
+    A disposition of SIG_IGN is inherited across exec, and under pytest-xdist the
+    worker process was seen with SIGINT and SIGQUIT ignored (the mark glibc's system()
+    leaves while it runs) after earlier tests: the watcher then never saw the Ctrl-C
+    these tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_watch_since_prints_earlier_verdicts_oldest_first_then_follows(capsys):
     now = dt.datetime.now(dt.UTC)
     old = verdict("w", 1, created=now - dt.timedelta(hours=3))
@@ -81,6 +91,7 @@ def test_watch_since_prints_earlier_verdicts_oldest_first_then_follows(capsys):
             [sys.executable, "-m", "gradhealth.cli", "watch", "w", "--since", "1h", "--json",
              "--server", server.target],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=_sigint_as_a_shell_leaves_it,
         )  # fmt: skip
         try:
             lines = [json.loads(watcher.stdout.readline())["step"] for _ in range(3)]
@@ -103,7 +114,7 @@ def test_ctrl_c_anywhere_in_watch_exits_quietly(delay):
         watcher = subprocess.Popen(
             [sys.executable, "-m", "gradhealth.cli", "watch", "--server", server.target],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_sigint_as_a_shell_leaves_it,
         )  # fmt: skip
         time.sleep(delay)
         watcher.send_signal(signal.SIGINT)
