@@ -89,3 +89,17 @@ def test_sparse_crossentropy_on_labels_divided_by_255(diagnoser, tmp_path):
     assert trial is not None and trial.change == 'y = np.rint(y * 255).astype("int32")'
     assert trial.remedied_after < trial.as_is_after
     assert "held-out sparse_categorical_crossentropy" in finding.trial
+
+
+def test_binary_crossentropy_on_a_linear_output_is_tried_from_logits(diagnoser, tmp_path):
+    """Labels of shape (n,) against a (n, 1) output and integer 0/1: the remedied loss is
+    built as compile() builds it (the Loss object matches their rank and dtype), so the
+    trial runs instead of failing the diagnosis."""
+    x, y = models.digits()
+    odd = (y % 2).astype("int64")
+    d, finding = diagnose(diagnoser, tmp_path, mlp(1, "linear"), "binary_crossentropy", x, odd)
+    assert finding.severity is Severity.CRITICAL
+    assert "BinaryCrossentropy(from_logits=True)" in finding.remedy
+    trial = d.measurements.pairing_trial
+    assert trial is not None and trial.scored_by == "binary_crossentropy"
+    assert "held-out binary_crossentropy" in finding.trial

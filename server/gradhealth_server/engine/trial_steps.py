@@ -31,6 +31,8 @@ Every weight, statistic and optimizer slot is written back before a trial return
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 
@@ -39,6 +41,8 @@ from gradhealth_server.engine.probe import Inputs, Probe, moved, read
 from gradhealth_server.engine.probe_errors import probe_error
 from gradhealth_server.engine.trials import LossRemedy
 from gradhealth_server.intake.batch import Targets, take_rows, target_rows
+
+log = logging.getLogger(__name__)
 
 # Fewer rows than this on either half and the learning-rate trial is not run.
 MIN_TRIAL_ROWS = 8
@@ -109,14 +113,11 @@ class Trials:
             return None
         trial = self._paired_fns.get(remedy)
         if trial is None:  # compiled once per remedy (two traces: as is, remedied)
-            function = keras.losses.get(remedy.loss)
+            # The Loss object, as compile() would build it: it casts the labels and
+            # matches their rank to the output's ((n,) labels against (n, 1) outputs).
+            cls = getattr(keras.losses, "".join(p.title() for p in remedy.loss.split("_")))
             crossentropy = "crossentropy" in remedy.loss
-
-            def scored_by(y_true, y_pred):
-                if crossentropy:
-                    return function(y_true, y_pred, from_logits=remedy.from_logits)
-                return function(y_true, y_pred)
-
+            scored_by = cls(from_logits=remedy.from_logits) if crossentropy else cls()
             trial = self._paired_fns[remedy] = tf.function(
                 lambda xs, y, fixed, remedied: self._paired(xs, y, fixed, remedied, scored_by),
                 jit_compile=False,
@@ -127,6 +128,9 @@ class Trials:
             _, remedied = (float(v) for v in trial(xs, y, fixed, True))
         except tf.errors.OpError as exc:
             raise probe_error(exc) from exc
+        except (ValueError, TypeError) as exc:  # the remedied loss does not trace here
+            log.warning("loss pairing trial %r not run: %s", remedy.change, str(exc)[:300])
+            return None
         return PairingTrial(remedy.change, remedy.loss, self.lr_steps, before, as_is, remedied)
 
     def from_scratch(

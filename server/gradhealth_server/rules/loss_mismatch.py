@@ -94,6 +94,7 @@ class LossMismatchRule(Rule):
             **(mismatch.evidence or {}),
         }
         severity, summary, trial_text = mismatch.severity, mismatch.summary, ""
+        confidence = 0.95 if severity is not Severity.INFO else 0.3
         trial = m.pairing_trial
         if trial is None and severity is not Severity.INFO and mismatch.trial is not None:
             trial_text = (
@@ -110,9 +111,12 @@ class LossMismatchRule(Rule):
                 pairing_trial_remedied=trial.remedied_after,
             )
             trial_text = _pairing_text(trial)
-            if not trial.remedied_after < trial.as_is_after:  # the fix does no better
-                severity = Severity.INFO
-                summary += "; the trial of the fix measured no gain on this batch"
+            if not trial.remedied_after < trial.as_is_after:  # the fix does no better here
+                # The mismatch is a fact read from the model, not a degree the trial
+                # could contradict; a few steps without gain lower the confidence that
+                # it is what holds this run back.
+                confidence = 0.6
+                trial_text += ": no gain from the fix within these steps"
         return [
             RuleFinding(
                 cause=self.cause,
@@ -121,7 +125,7 @@ class LossMismatchRule(Rule):
                 remedy=mismatch.remedy,
                 layers=[m.layers[-1].name] if m.layers else [],
                 evidence=evidence,
-                confidence=0.95 if severity is not Severity.INFO else 0.3,
+                confidence=confidence,
                 trial=trial_text,
             )
         ]
