@@ -115,7 +115,9 @@ class Trials:
         if trial is None:  # compiled once per remedy (two traces: as is, remedied)
             # The Loss object, as compile() would build it: it casts the labels and
             # matches their rank to the output's ((n,) labels against (n, 1) outputs).
-            cls = getattr(keras.losses, "".join(p.title() for p in remedy.loss.split("_")))
+            cls = getattr(keras.losses, "".join(w.title() for w in remedy.loss.split("_")), None)
+            if cls is None:  # no Loss class of that name: nothing to try
+                return None
             crossentropy = "crossentropy" in remedy.loss
             scored_by = cls(from_logits=remedy.from_logits) if crossentropy else cls()
             trial = self._paired_fns[remedy] = tf.function(
