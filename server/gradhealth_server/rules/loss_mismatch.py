@@ -93,15 +93,14 @@ class LossMismatchRule(Rule):
             "label_format": m.labels.format if m.labels else None,
             **(mismatch.evidence or {}),
         }
-        severity, summary, trial_text = mismatch.severity, mismatch.summary, ""
-        confidence = 0.95 if severity is not Severity.INFO else 0.3
-        trial = m.pairing_trial
-        if trial is None and severity is not Severity.INFO and mismatch.trial is not None:
+        alarm = mismatch.severity is not Severity.INFO
+        confidence, trial_text, trial = 0.95 if alarm else 0.3, "", m.pairing_trial
+        if alarm and mismatch.trial is not None and trial is None:
             trial_text = (
                 "no trial: the remedied loss could not be tried on this batch (several "
                 "outputs, no optimizer state, or fewer than 16 rows)"
             )
-        if trial is not None and severity is not Severity.INFO and mismatch.trial is not None:
+        if alarm and mismatch.trial is not None and trial is not None:
             evidence.update(
                 pairing_trial_change=trial.change,
                 pairing_trial_scored_by=trial.scored_by,
@@ -120,8 +119,8 @@ class LossMismatchRule(Rule):
         return [
             RuleFinding(
                 cause=self.cause,
-                severity=severity,
-                summary=summary,
+                severity=mismatch.severity,
+                summary=mismatch.summary,
                 remedy=mismatch.remedy,
                 layers=[m.layers[-1].name] if m.layers else [],
                 evidence=evidence,
