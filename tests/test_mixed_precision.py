@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from gradhealth_server.diagnosis import Diagnoser
 from gradhealth_server.intake.checkpoint import dtype_policy_scope
@@ -133,3 +134,38 @@ def test_a_worker_restores_the_state_and_keeps_its_policy_to_the_job(server, mix
     assert "optimizer_state" not in verdict.measurements["unavailable"]
     embedded = Diagnoser().diagnose(plain, batch)
     assert after.measurements["loss"] == pytest.approx(embedded.measurements.loss, rel=1e-5)
+
+
+def test_gradients_below_float16s_range_survive_as_fit_scales_them(tmp_path, monkeypatch):
+    """A mixed_float16 regression fitted to within 1e-6: the float16 layers' gradients
+    are about 1e-9, below float16's smallest value. fit() sees them through the loss
+    scale, and so must the probe; differentiated unscaled they are all zero."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(ROWS, 16)).astype("float32")
+    with dtype_policy_scope("mixed_float16"):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((16,)),
+                keras.layers.Dense(32, activation="tanh"),
+                keras.layers.Dense(32, activation="tanh"),
+                keras.layers.Dense(1, dtype="float32"),
+            ]
+        )
+        model.compile(keras.optimizers.Adam(1e-3), "mse")
+        model.fit(x, model.predict(x, verbose=0), epochs=1, batch_size=ROWS, verbose=0)
+        y = model.predict(x, verbose=0) + 1e-6
+        model.save(tmp_path / "mixed.keras")
+    batch = npz(x=x, y=y)
+
+    def hidden_gradients() -> list[tuple[float, float]]:
+        layers = Diagnoser().diagnose(tmp_path / "mixed.keras", batch).measurements.layers
+        return [(layer.grad_norm, layer.zero_grad_fraction) for layer in layers[:2]]
+
+    scaled = hidden_gradients()
+    assert all(norm > 1e-8 and zeros == 0.0 for norm, zeros in scaled), scaled
+    # The case is real: without the loss scale float16 flushes them to zero.
+    from gradhealth_server.engine import probe
+
+    monkeypatch.setattr(probe, "loss_scale", lambda model: tf.constant(1.0))
+    assert all(norm == 0.0 and zeros == 1.0 for norm, zeros in hidden_gradients())

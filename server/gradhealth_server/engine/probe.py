@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from gradhealth_server.engine.device import xla_by_default
+from gradhealth_server.engine.gradients import gradients, loss_scale
 from gradhealth_server.engine.probe_errors import probe_error
 from gradhealth_server.engine.quantities import (
     activations,
@@ -214,6 +215,7 @@ class Probe:
         predicted: list[tf.Tensor] = []
         nt = nt0
         start = 0
+        scale = loss_scale(self.model)  # mixed_float16: as fit() differentiates
         for i, rows in enumerate(self.splits):
             xi = [t[start : start + rows] for t in xs]
             yi = take_rows(y, start, start + rows)
@@ -226,13 +228,11 @@ class Probe:
                     w0, nt, metrics0, xi, yi
                 )
             sources = w0 + ([xi[seq]] if seq is not None else [])
-            g = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            g = gradients(tape, loss, sources, scale)
             if seq is not None:
                 # d(mean loss of the micro-batch)/dx, scaled to the whole batch's mean
                 steps = time_steps.graph(g.pop() * weights[i])
                 per_step = steps if i == 0 else time_steps.MERGE(per_step, steps)
-            # Embedding gradients come as IndexedSlices: densify to add and reduce them.
-            g = [tf.cast(tf.convert_to_tensor(gi), tf.float32) for gi in g]
             micro_grads.append(g)
             losses.append(tf.cast(loss, tf.float32))
             if not full:

@@ -36,6 +36,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from gradhealth_server.engine.gradients import gradients, loss_scale
 from gradhealth_server.engine.measurements import ClipTrial, LearningRateTrial, PairingTrial
 from gradhealth_server.engine.probe import Inputs, Probe, moved, read
 from gradhealth_server.engine.probe_errors import probe_error
@@ -197,7 +198,7 @@ class Trials:
         with tf.GradientTape() as tape:
             tape.watch(w0)
             before, *_ = p.stateless_loss(w0, nt0, metrics0, xs, y)
-        deltas = p._step_and_restore(_gradients(tape, before, w0), w0)
+        deltas = p._step_and_restore(gradients(tape, before, w0, loss_scale(p.model)), w0)
         after, *_ = p.stateless_loss(moved(w0, deltas, 1.0), nt0, metrics0, xs, y)
         return tf.cast(before, tf.float32), tf.cast(after, tf.float32)
 
@@ -217,7 +218,7 @@ class Trials:
                 loss, _taps, _firsts, _pred, nt_next = p.stateless_loss(
                     w, nt, metrics0, x_train, y_train
                 )
-            grads, clipped = _clip(_gradients(tape, loss, w), clipnorm)
+            grads, clipped = _clip(gradients(tape, loss, w, loss_scale(p.model)), clipnorm)
             cut = tf.where(cut < 0, clipped, cut)
             deltas = p.apply_step(grads, w)
             # The optimizer moved the variables by Δw; the trial's run moves them s·Δw.
@@ -244,7 +245,7 @@ class Trials:
                 loss, _taps, _firsts, _pred, nt_next = p.stateless_loss(
                     w, nt, metrics0, x_train, y_train, loss_fn=train_loss
                 )
-            deltas = p.apply_step(_gradients(tape, loss, w), w)
+            deltas = p.apply_step(gradients(tape, loss, w, loss_scale(p.model)), w)
             p.restore(moved(w, deltas, 1.0), nt_next, None)
         w, nt, _slots = p.snapshot()
         after, *_ = p.stateless_loss(w, nt, *held, training=False, loss_fn=scored_by)
@@ -357,9 +358,3 @@ def _fresh_start(probe: Probe, fresh: list[np.ndarray]) -> None:
         name = var.name.rpartition("/")[2]
         if len(var.shape) > 0 or name.startswith("iteration"):
             var.assign(np.zeros(var.shape, var.dtype))
-
-
-def _gradients(tape: tf.GradientTape, loss: tf.Tensor, w: list[tf.Tensor]) -> list[tf.Tensor]:
-    grads = tape.gradient(loss, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    # Embedding gradients come as IndexedSlices: densify them.
-    return [tf.cast(tf.convert_to_tensor(g), tf.float32) for g in grads]
