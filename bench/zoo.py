@@ -17,6 +17,7 @@ policy never reach the next.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -60,6 +61,18 @@ def _scores(model: Any, x: Any, y: Any) -> dict[str, float]:
     return out
 
 
+def _strategy_scope(strategy: str | None) -> contextlib.AbstractContextManager:
+    """The distribution strategy a model is built and compiled under. "mirrored": two
+    logical CPU devices (only before TensorFlow's runtime starts: a fresh process)."""
+    if strategy is None:
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope()
+
+
 def prepare(name: str, directory: Path, spec: Spec | None = None) -> dict[str, Any]:
     """Train one zoo model and save model.keras, batch.npz and meta.json."""
     from gradhealth_server.engine.device import quiet_tensorflow
@@ -74,7 +87,8 @@ def prepare(name: str, directory: Path, spec: Spec | None = None) -> dict[str, A
     try:
         keras.utils.set_random_seed(0)
         x, y = spec.data()
-        model = spec.build()
+        with _strategy_scope(spec.strategy):
+            model = spec.build()
         start = time.perf_counter()
         history = model.fit(x, y, epochs=spec.epochs, batch_size=spec.batch_size, verbose=0)
         train_s = time.perf_counter() - start
@@ -97,6 +111,8 @@ def prepare(name: str, directory: Path, spec: Spec | None = None) -> dict[str, A
         "model": name,
         "optimizer": spec.optimizer,
         "dtype_policy": spec.dtype_policy,
+        "strategy": spec.strategy,
+        "replicas": int(model.distribute_strategy.num_replicas_in_sync),
         "parameters": int(model.count_params()),
         "checkpoint_mb": round(checkpoint.stat().st_size / 1e6, 2),
         "rows": spec.rows,

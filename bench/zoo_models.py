@@ -24,6 +24,9 @@ class Spec:
     rows: int = 128  # the sample batch
     expect: frozenset[str] = HEALTHY  # "healthy" or the primary causes that are right
     dtype_policy: str = "float32"
+    # "mirrored": built, compiled and trained under tf.distribute.MirroredStrategy over
+    # two logical CPU devices (bench/zoo.py sets them up in its training child).
+    strategy: str | None = None
 
 
 # -- learnable synthetic data ------------------------------------------------------
@@ -270,6 +273,11 @@ def builders() -> dict[str, Spec]:
         "mixed_float16": Spec(
             digits_mlp(lambda: o.Adam(1e-3), name="mixed_mlp"), _digits,
             "Adam 1e-3 (LossScaleOptimizer)", epochs=8, dtype_policy="mixed_float16",
+        ),
+        "mirrored_mlp": Spec(
+            digits_mlp(lambda: o.SGD(0.05, momentum=0.9), name="mirrored_mlp"), _digits,
+            "SGD 0.05 m0.9 (MirroredStrategy, 2 CPUs)", epochs=8, batch_size=64,
+            strategy="mirrored",
         ),
         # -- faulty: each must be named right
         "faulty_lr_high": Spec(
