@@ -184,3 +184,55 @@ def test_the_remedy_trials_run_on_every_output(trained):
     assert before == pytest.approx(d.measurements.loss, rel=1e-4) and np.isfinite(after)
     lr = trials.learning_rate({"features": x}, targets, (0.1, 1.0, 3.0))
     assert lr is not None and len(lr.losses) == 3 and all(np.isfinite(lr.losses))
+
+
+@pytest.fixture(scope="module")
+def three_heads(tmp_path_factory):
+    """A regression head first, a classifier second, and a third head with the bug:
+    one sigmoid unit under binary crossentropy, trained on 5-class ids 0-4."""
+    x, y = data()
+    grade = np.digitize(x[:, 5], [-1.0, -0.3, 0.3, 1.0]).astype("float32")
+    keras.utils.set_random_seed(0)
+    features = keras.Input((8,), name="features")
+    h = keras.layers.Dense(32, activation="relu", name="shared")(features)
+    outputs = [
+        keras.layers.Dense(1, name="size")(h),
+        keras.layers.Dense(3, activation="softmax", name="kind")(h),
+        keras.layers.Dense(1, activation="sigmoid", name="grade")(h),
+    ]
+    model = keras.Model(features, outputs)
+    model.compile("adam", loss=["mse", "sparse_categorical_crossentropy", "binary_crossentropy"])
+    model.fit(x, [y["size"], y["kind"], grade], epochs=3, batch_size=32, verbose=0)
+    path = tmp_path_factory.mktemp("three") / "three_heads.keras"
+    model.save(path)
+    return (
+        path,
+        x[:ROWS],
+        {"size": y["size"][:ROWS], "kind": y["kind"][:ROWS], "grade": grade[:ROWS]},
+    )
+
+
+def test_a_wrong_loss_on_a_later_output_is_found_and_named(three_heads, trained):
+    path, x, y = three_heads
+    d = Diagnoser().diagnose(path, npz(x=x, **{f"y_{k}": v for k, v in y.items()}))
+    assert d.measurements.static.loss == "mean_squared_error"  # the first output's
+    assert d.measurements.other_output_labels["grade"].format == "class_ids"
+    mismatches = [f for f in d.verdict.findings if f.cause is Cause.LOSS_MISMATCH]
+    assert [f.evidence["output"] for f in mismatches] == ["grade"], mismatches
+    assert mismatches[0].summary.startswith("output 'grade': binary_crossentropy")
+    assert str(mismatches[0].severity) != "info"
+    assert str(d.verdict.primary_cause) == "loss_mismatch"
+    # The healthy two-head run: no output's loss is questioned.
+    _, healthy, hx, hy = trained
+    h = Diagnoser().diagnose(healthy, npz(x=hx, y_kind=hy["kind"], y_size=hy["size"]))
+    assert not [f for f in h.verdict.findings if f.cause is Cause.LOSS_MISMATCH]
+
+
+def test_labels_a_later_output_cannot_take_are_refused_naming_it(three_heads):
+    path, x, y = three_heads
+    kind = y["kind"].copy()
+    kind[0] = 7  # the kind head has 3 classes
+    with pytest.raises(
+        InvalidBatch, match=r"labels y_kind range over \[0, 7\] but the model has 3"
+    ):
+        Diagnoser().diagnose(path, npz(x=x, y_size=y["size"], y_kind=kind, y_grade=y["grade"]))

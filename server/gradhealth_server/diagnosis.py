@@ -27,6 +27,7 @@ from gradhealth_server.engine.measurements import (
 )
 from gradhealth_server.engine.output_losses import output_losses
 from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
+from gradhealth_server.engine.quantities import labels
 from gradhealth_server.engine.quantities.optimizer import loss_scale
 from gradhealth_server.engine.structure import current_learning_rate, read_structure
 from gradhealth_server.engine.trial_steps import Trials
@@ -187,6 +188,9 @@ class Diagnoser:
                         result, entry.structure, data.raw_x, data.y, options.mode, data.raw_y
                     )
                     measurements.weight_digests = digests
+                    measurements.other_output_labels = labels.other_outputs(
+                        entry.structure.facts.other_outputs, data.ys[1:], data.raw_ys[1:]
+                    )
                     measurements.output_losses = output_losses(
                         entry.model,
                         [data.x[name] for name in probe.input_order],

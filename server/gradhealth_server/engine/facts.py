@@ -6,7 +6,7 @@ StaticFacts, by attribute; engine/structure.py fills it in from the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Units of these output exactly 0 below the threshold and pass back no gradient:
 # they can die. (Leaky ReLU, ELU and PReLU keep a gradient for negative inputs.)
@@ -60,6 +60,21 @@ LOSS_ALIASES = {
 
 
 @dataclass(frozen=True)
+class OutputFacts:
+    """One output of the model and the loss compile() gave it (engine/output_facts.py)."""
+
+    name: str = ""
+    activation: str | None = None  # the last nonlinearity before the output
+    activations: tuple[str, ...] = ()  # output backwards to the last weight layer
+    units: int | None = None
+    loss: str | None = None
+    from_logits: bool = False
+    label_smoothing: float = 0.0
+    problem: str = "unknown"
+    reduction: str | None = None
+
+
+@dataclass(frozen=True)
 class StaticFacts:
     """What the architecture and compile config say, before any data flows."""
 
@@ -90,10 +105,29 @@ class StaticFacts:
     # The model's outputs in order (the batch's y_<name>); with several, the output,
     # loss and label facts above are the first output's, and findings name it.
     output_names: tuple[str, ...] = ()
+    # The outputs after the first, each with its own loss: judged on their own labels.
+    other_outputs: tuple[OutputFacts, ...] = ()
     # Inputs read by an Embedding straight away: valid ids are 0 .. limit - 1.
     id_input_limits: dict[str, int] = field(default_factory=dict)
     preprocessing_layers: tuple[str, ...] = ()
     unavailable: tuple[str, ...] = ()
+
+
+def as_first_output(facts: StaticFacts, output: OutputFacts) -> StaticFacts:
+    """The facts as the rules read them, with `output` in the first output's place."""
+    return replace(
+        facts,
+        output_activation=output.activation,
+        output_activations=output.activations,
+        output_units=output.units,
+        loss=output.loss,
+        from_logits=output.from_logits,
+        label_smoothing=output.label_smoothing,
+        problem=output.problem,
+        loss_reduction=output.reduction,
+        output_names=(output.name,),
+        other_outputs=(),
+    )
 
 
 def snake_case(name: str) -> str:

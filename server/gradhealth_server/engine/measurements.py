@@ -271,8 +271,10 @@ class Measurements:
     # targets), "standard_init" (Keras's default initializers).
     scratch_trials: dict[str, ScratchTrial] = field(default_factory=dict)
     time_gradient: TimeGradient | None = None  # models with a recurrent layer
-    # A multi-output model's loss per output (engine/output_losses.py), unweighted.
+    # A multi-output model's loss per output (engine/output_losses.py), unweighted,
+    # and the labels of each output after the first (`labels` are the first's).
     output_losses: dict[str, float] = field(default_factory=dict)
+    other_output_labels: dict[str, LabelStats] = field(default_factory=dict)
     # Per weight layer, a digest of its trainable weights: the run history compares
     # consecutive checkpoints with it (unchanged_weights).
     weight_digests: dict[str, str] = field(default_factory=dict)

@@ -14,15 +14,17 @@ import keras
 import numpy as np
 
 from gradhealth_server.engine.facts import (
-    ACTIVATION_LAYERS,
     BATCH_COUPLED_LAYERS,
     ID_INPUT_LAYERS,
-    LOSS_ALIASES,
     NORMALIZATION_LAYERS,
     PREPROCESSING_LAYERS,
     StaticFacts,
-    problem_of,
-    snake_case,
+)
+from gradhealth_server.engine.output_facts import (
+    activation_of,
+    is_functional,
+    output_facts,
+    output_names,
 )
 
 
@@ -59,7 +61,7 @@ class ModelStructure:
 
 def read_structure(model: keras.Model) -> ModelStructure:
     """Walk the model once; the result is cached with the model."""
-    functional = _is_functional(model)
+    functional = is_functional(model)
     var_index = {id(v): i for i, v in enumerate(model.trainable_variables)}
     layers = tuple(_weight_layers(model, var_index))
     unavailable: list[str] = []
@@ -79,11 +81,9 @@ def read_structure(model: keras.Model) -> ModelStructure:
         unavailable += ["activations", "first_layer_input", "skip_connections"]
     all_layers = [lyr for lyr in model._flatten_layers(include_self=False, recursive=True)]
     class_names = [type(lyr).__name__ for lyr in all_layers]
-    activations = sorted({a for a in (_activation_of(lyr) for lyr in all_layers) if a})
+    activations = sorted({a for a in (activation_of(lyr) for lyr in all_layers) if a})
     outputs = output_names(model)
-    loss_name, from_logits, smoothing, reduction = _loss_facts(model, outputs)
-    out_chain, out_units = _output_facts(model)
-    out_act = next((a for a in out_chain if a != "linear"), out_chain[0] if out_chain else None)
+    first, *others = [output_facts(model, outputs, i) for i in range(max(len(outputs), 1))]
     optimizer = _inner_optimizer(getattr(model, "optimizer", None))
     facts = StaticFacts(
         model_class=type(model).__name__,
@@ -95,22 +95,23 @@ def read_structure(model: keras.Model) -> ModelStructure:
         normalization_layers=tuple(c for c in class_names if c in NORMALIZATION_LAYERS),
         activations=tuple(activations),
         batch_coupled=any(c in BATCH_COUPLED_LAYERS for c in class_names),
-        output_activation=out_act,
-        output_activations=tuple(out_chain),
-        output_units=out_units,
-        loss=loss_name,
-        from_logits=from_logits,
-        label_smoothing=smoothing,
-        problem=problem_of(loss_name),
+        output_activation=first.activation,
+        output_activations=first.activations,
+        output_units=first.units,
+        loss=first.loss,
+        from_logits=first.from_logits,
+        label_smoothing=first.label_smoothing,
+        problem=first.problem,
         optimizer=type(optimizer).__name__ if optimizer is not None else None,
         learning_rate=_learning_rate(optimizer),
         momentum=_momentum(optimizer),
         clipnorm=getattr(optimizer, "clipnorm", None),
         global_clipnorm=getattr(optimizer, "global_clipnorm", None),
         clipvalue=getattr(optimizer, "clipvalue", None),
-        loss_reduction=reduction,
+        loss_reduction=first.reduction,
         input_names=tuple(input_names(model)),
         output_names=tuple(outputs),
+        other_outputs=tuple(others),
         id_input_limits=id_limits,
         preprocessing_layers=tuple(c for c in class_names if c in PREPROCESSING_LAYERS),
         unavailable=tuple(unavailable),
@@ -121,28 +122,10 @@ def read_structure(model: keras.Model) -> ModelStructure:
 
 def input_names(model: keras.Model) -> list[str]:
     """Names of the model's inputs as the batch file spells them (`x_<name>`)."""
-    inputs = getattr(model, "inputs", None) if _is_functional(model) else None
+    inputs = getattr(model, "inputs", None) if is_functional(model) else None
     if not inputs:
         return ["x"]
     return [kt._keras_history[0].name for kt in inputs]
-
-
-def output_names(model: keras.Model) -> list[str]:
-    """Names of the model's outputs in its output order (the batch's `y_<name>`);
-    none known for a subclassed model (one `y`)."""
-    if not _is_functional(model):
-        return []
-    names = getattr(model, "output_names", None)
-    if names and len(names) == len(model.outputs):
-        return [str(n) for n in names]
-    return [kt._keras_history[0].name for kt in model.outputs]
-
-
-def _is_functional(model: keras.Model) -> bool:
-    try:
-        return bool(getattr(model, "inputs", None)) and bool(getattr(model, "outputs", None))
-    except (AttributeError, ValueError):
-        return False
 
 
 def _weight_layers(layer: keras.layers.Layer, var_index: dict[int, int]):
@@ -154,18 +137,7 @@ def _weight_layers(layer: keras.layers.Layer, var_index: dict[int, int]):
     # A plain layer counts as one, with any helper sublayers it wraps.
     indices = tuple(var_index[id(v)] for v in layer.trainable_variables if id(v) in var_index)
     if indices:
-        yield LayerInfo(layer.name, type(layer).__name__, _activation_of(layer), indices)
-
-
-def _activation_of(layer: keras.layers.Layer) -> str | None:
-    name = type(layer).__name__
-    if name in ACTIVATION_LAYERS:
-        return ACTIVATION_LAYERS[name]
-    fn = getattr(layer, "activation", None)
-    if fn is None or not callable(fn):
-        return None
-    act = getattr(fn, "__name__", None) or type(fn).__name__
-    return act.lower()
+        yield LayerInfo(layer.name, type(layer).__name__, activation_of(layer), indices)
 
 
 @dataclass
@@ -207,7 +179,7 @@ def _taps(graph: dict[int, _Node], model_outputs: list[Any]) -> list[Tap]:
     taps = []
     for node in graph.values():
         layer = node.layer
-        act = _activation_of(layer)
+        act = activation_of(layer)
         if act is None or node.node is None or isinstance(layer, keras.Model):
             continue
         outputs = node.node.output_tensors
@@ -277,7 +249,7 @@ def _depth(graph: dict[int, _Node]) -> int:
 
 
 def _nested_depth(layer: keras.layers.Layer) -> int:
-    if isinstance(layer, keras.Model) and _is_functional(layer):
+    if isinstance(layer, keras.Model) and is_functional(layer):
         return _depth(_graph(layer))
     return 1 if _has_weights(layer) else 0
 
@@ -296,78 +268,6 @@ def _skip_connections(graph: dict[int, _Node]) -> int:
             if any(p in ancestors[q] for p in ps for q in ps if p != q):
                 skips += 1
     return skips
-
-
-def _loss_facts(
-    model: keras.Model, outputs: list[str]
-) -> tuple[str | None, bool, float, str | None]:
-    """The first output's loss (a dict of losses is keyed by output name)."""
-    loss = getattr(model, "loss", None)
-    if isinstance(loss, (list, tuple)) and loss:
-        loss = loss[0]
-    if isinstance(loss, dict) and loss:
-        first = outputs[0] if outputs else None
-        loss = loss[first] if first in loss else next(iter(loss.values()))
-    if loss is None:
-        return None, False, 0.0, None
-    if isinstance(loss, str):
-        name = loss
-        return LOSS_ALIASES.get(name, name), False, 0.0, "sum_over_batch_size"
-    if isinstance(loss, keras.losses.Loss):
-        cfg = loss.get_config()
-        fn = getattr(loss, "fn", None)
-        name = getattr(fn, "__name__", None) or snake_case(type(loss).__name__)
-        return (
-            LOSS_ALIASES.get(name, name),
-            bool(cfg.get("from_logits", False)),
-            float(cfg.get("label_smoothing", 0.0) or 0.0),
-            cfg.get("reduction", "sum_over_batch_size"),
-        )
-    name = getattr(loss, "__name__", type(loss).__name__)
-    return LOSS_ALIASES.get(name, name), False, 0.0, "sum_over_batch_size"
-
-
-# Layers that pass the output through unchanged in kind (walked over backwards).
-_TRANSPARENT = frozenset(
-    {
-        "Dropout",
-        "Flatten",
-        "Reshape",
-        "Identity",
-        "GaussianNoise",
-        "ActivityRegularization",
-        "SpatialDropout1D",
-        "SpatialDropout2D",
-    }
-)
-
-
-def _output_facts(model: keras.Model) -> tuple[list[str], int | None]:
-    """Activations from the output back to the last weight layer, and output units.
-
-    `Dense(10, activation="softmax")` then `Activation("softmax")` gives
-    ["softmax", "softmax"]: a double softmax.
-    """
-    if not _is_functional(model):
-        return [], None
-    out = model.outputs[0]
-    units = out.shape[-1] if out.shape else None
-    chain: list[str] = []
-    tensor = out
-    for _ in range(16):
-        layer, node_index, _ = tensor._keras_history
-        act = _activation_of(layer)
-        if act is not None:
-            chain.append(act)
-        if layer.trainable_variables or isinstance(layer, keras.layers.InputLayer):
-            break
-        if act is None and type(layer).__name__ not in _TRANSPARENT:
-            break
-        inputs = layer._inbound_nodes[node_index].input_tensors
-        if len(inputs) != 1:
-            break
-        tensor = inputs[0]
-    return chain, int(units) if units is not None else None
 
 
 def _inner_optimizer(optimizer: Any) -> Any:

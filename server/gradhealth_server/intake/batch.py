@@ -30,6 +30,15 @@ Targets = Any
 MAX_BATCH_MEMBERS = 64
 
 
+@dataclass(frozen=True)
+class LabelsRead:
+    """How one output's loss reads its labels: what the label checks need."""
+
+    problem: str  # engine/facts.problem_of
+    units: int | None
+    loss: str | None
+
+
 @dataclass
 class Batch:
     """Inputs by model input name (as the model expects them) and labels."""
@@ -40,8 +49,10 @@ class Batch:
     y: np.ndarray
     raw_x: dict[str, np.ndarray]  # as sent, before any dtype cast: its scale is evidence
     raw_y: np.ndarray | None = None  # as sent: labels that do not fit the loss are evidence
-    # Every output's labels, in the model's output order (one output: [y]).
+    # Every output's labels, in the model's output order (one output: [y]), as the
+    # loss reads them and as sent.
     ys: list[np.ndarray] = field(default_factory=list)
+    raw_ys: list[np.ndarray] = field(default_factory=list)
 
     @property
     def targets(self) -> Targets:
@@ -153,13 +164,13 @@ def make_batch(
         raise InvalidBatch(f"batch needs at least 2 examples ({keys[0]} has fewer)")
     rows = y.shape[0]
     others = []
-    for key in keys[1:]:
-        other = _numeric(arrays[key], key)
+    sent_others = [_numeric(arrays[key], key) for key in keys[1:]]
+    for key, other, output in zip(
+        keys[1:], sent_others, _other_outputs(facts, len(keys) - 1), strict=True
+    ):
         if other.shape[0] != rows:
             raise InvalidBatch(f"{key} has {other.shape[0]} rows but {keys[0]} has {rows}")
-        if not np.all(np.isfinite(other.astype(np.float64, copy=False))):
-            raise InvalidBatch(f"labels {key} contain NaN or infinity")
-        others.append(_cast(other, "float32", key) if other.dtype.kind == "f" else other)
+        others.append(_check_labels(other, output, key))
     if rows > limits.max_batch_rows:
         raise LimitExceeded(f"batch has {rows} rows, over the limit of {limits.max_batch_rows}")
     raw_x: dict[str, np.ndarray] = {}
@@ -180,8 +191,22 @@ def make_batch(
         raw_x[name] = arr
         x[name] = _cast(arr, dtype, key) if dtype else arr
     sent = y
-    y = _check_labels(y, facts)
-    return Batch(x=x, y=y, raw_x=raw_x, raw_y=sent, ys=[y, *others])
+    first = LabelsRead(
+        getattr(facts, "problem", "unknown"),
+        getattr(facts, "output_units", None),
+        getattr(facts, "loss", None),
+    )
+    y = _check_labels(y, first, keys[0])
+    return Batch(x=x, y=y, raw_x=raw_x, raw_y=sent, ys=[y, *others], raw_ys=[sent, *sent_others])
+
+
+def _other_outputs(facts: Any, n: int) -> list[LabelsRead | None]:
+    """How the loss of each later output reads its labels (unknown: None, no check
+    but finiteness)."""
+    outputs = list(getattr(facts, "other_outputs", ()) or ())
+    if len(outputs) != n:
+        return [None] * n
+    return [LabelsRead(o.problem, o.units, o.loss) for o in outputs]
 
 
 def _label_keys(arrays: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[str]:
@@ -270,42 +295,44 @@ def _check_shape(key: str, got: tuple[int, ...], want: tuple[int | None, ...]) -
         raise InvalidBatch(f"{key} has shape {tuple(got)} but the model expects {expected}")
 
 
-def _check_labels(y: np.ndarray, facts: Any) -> np.ndarray:
+def _check_labels(y: np.ndarray, output: LabelsRead | None, key: str = "y") -> np.ndarray:
     """Labels the loss cannot take at all are refused (on GPU some give NaN silently):
     non-finite values, one-hot rows for sparse ids, ids beyond the output, rows of the
     wrong width. Labels it takes but misreads (binary crossentropy on class ids or on a
     regression target, fractional sparse ids, which Keras truncates) are the user's bug:
     they pass, as Keras would read them, and the loss_mismatch rule names them."""
-    problem, units = facts.problem, facts.output_units
     if y.size == 0:
-        raise InvalidBatch(f"labels y have shape {y.shape}: no label in them")
+        raise InvalidBatch(f"labels {key} have shape {y.shape}: no label in them")
     yf = y.astype(np.float64, copy=False)
     if not np.all(np.isfinite(yf)):
-        raise InvalidBatch("labels y contain NaN or infinity")
+        raise InvalidBatch(f"labels {key} contain NaN or infinity")
+    if output is None:
+        return _cast(y, "float32", key) if y.dtype.kind == "f" else y
+    problem, units = output.problem, output.units
     if problem == "sparse_categorical":
         if y.ndim > 1 and y.shape[-1] not in (1,) and units is not None and y.shape[-1] == units:
             raise InvalidBatch(
-                f"labels y look one-hot (shape {y.shape}) but the loss is "
+                f"labels {key} look one-hot (shape {y.shape}) but the loss is "
                 "sparse_categorical_crossentropy, which takes class ids; use "
-                "categorical_crossentropy or send y.argmax(-1)"
+                f"categorical_crossentropy or send {key}.argmax(-1)"
             )
         # Keras casts sparse labels to integers, truncating: 0.7 is class 0.
         yf = np.trunc(yf)
         if units and (yf.min() < 0 or yf.max() >= units):
             raise InvalidBatch(
-                f"labels y range over [{yf.min():g}, {yf.max():g}] but the model has {units} "
+                f"labels {key} range over [{yf.min():g}, {yf.max():g}] but the model has {units} "
                 f"output classes (valid ids 0..{units - 1})"
             )
         if yf.min() < 0 or yf.max() > np.iinfo(np.int32).max:
             # Output width unknown: still no id that the int32 cast below would garble.
             raise InvalidBatch(
-                f"labels y range over [{yf.min():g}, {yf.max():g}]; class ids are 0 or more "
+                f"labels {key} range over [{yf.min():g}, {yf.max():g}]; class ids are 0 or more "
                 "and fit in int32"
             )
         return yf.astype(np.int32)
     if problem == "categorical" and units and (y.ndim < 2 or y.shape[-1] != units):
         raise InvalidBatch(
-            f"labels y have shape {y.shape} but {facts.loss} needs one-hot rows of {units} "
+            f"labels {key} have shape {y.shape} but {output.loss} needs one-hot rows of {units} "
             "classes; use sparse_categorical_crossentropy for class ids"
         )
-    return _cast(y, "float32", "y") if y.dtype.kind == "f" else y
+    return _cast(y, "float32", key) if y.dtype.kind == "f" else y

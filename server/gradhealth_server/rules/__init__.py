@@ -13,11 +13,13 @@ the primary is the strongest finding that nothing else present explains.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
+from gradhealth_server.engine.facts import as_first_output
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import ConfigError, Rule
-from gradhealth_server.rules.context import build_context, context_thresholds
+from gradhealth_server.rules.context import Context, build_context, context_thresholds
 from gradhealth_server.rules.dead_relu import DeadReluRule
 from gradhealth_server.rules.exploding_gradients import ExplodingGradientsRule
 from gradhealth_server.rules.history import NO_HISTORY, RunHistory
@@ -107,11 +109,9 @@ def judge(
     ctx = build_context(m, thresholds, history)
     findings: list[RuleFinding] = []
     for rule in rules:
-        for finding in rule.check(m, ctx):
-            if finding.severity is not Severity.INFO and not finding.trial:
-                finding.trial = rule.no_trial or "no remedy trial applies to this cause"
-            findings.append(finding)
+        findings += _checked(rule, m, ctx)
     _name_the_output(findings, m.static.output_names)
+    findings += _judge_other_outputs(m, rules, ctx)
     explained = _mark_explained(findings, [a.layer for a in m.activations])
     verdict = RuleVerdict.from_findings(findings, explained)
     _name_the_stall(verdict)
@@ -121,6 +121,17 @@ def judge(
 # Causes judged on the model's output, its loss and its labels: with several
 # outputs these are the first output's (engine/facts.py), and say which it is.
 OUTPUT_CAUSES = frozenset({Cause.LOSS_MISMATCH, Cause.PREDICTION_COLLAPSE})
+# Those judged on every output, from its loss, its output layer and its labels.
+PER_OUTPUT_CAUSES = frozenset({Cause.LOSS_MISMATCH})
+
+
+def _checked(rule: Rule, m: Measurements, ctx: Context) -> list[RuleFinding]:
+    """The rule's findings; an alarm without a trial says why none applies."""
+    findings = rule.check(m, ctx)
+    for finding in findings:
+        if finding.severity is not Severity.INFO and not finding.trial:
+            finding.trial = rule.no_trial or "no remedy trial applies to this cause"
+    return findings
 
 
 def _name_the_output(findings: list[RuleFinding], outputs: tuple[str, ...]) -> None:
@@ -129,10 +140,38 @@ def _name_the_output(findings: list[RuleFinding], outputs: tuple[str, ...]) -> N
         return
     for finding in findings:
         if finding.cause in OUTPUT_CAUSES:
-            finding.summary = f"output {outputs[0]!r}: {finding.summary}"
-            finding.evidence["output"] = outputs[0]
-            if outputs[0] not in finding.layers:
-                finding.layers = [outputs[0], *finding.layers]
+            _name(finding, outputs[0])
+
+
+def _name(finding: RuleFinding, output: str) -> None:
+    finding.summary = f"output {output!r}: {finding.summary}"
+    finding.evidence["output"] = output
+    if output not in finding.layers:
+        finding.layers = [output, *finding.layers]
+
+
+def _judge_other_outputs(
+    m: Measurements, rules: tuple[Rule, ...], ctx: Context
+) -> list[RuleFinding]:
+    """Each output after the first, judged on its own loss, output layer and labels
+    by the rules that read those facts only (no output statistics: the probe
+    measures the first output's)."""
+    findings: list[RuleFinding] = []
+    for output in m.static.other_outputs:
+        view = replace(
+            m,
+            static=as_first_output(m.static, output),
+            labels=m.other_output_labels.get(output.name),
+            output=None,
+            pairing_trial=None,  # tried on the first output's loss only
+        )
+        for rule in rules:
+            if rule.cause in PER_OUTPUT_CAUSES:
+                for finding in _checked(rule, view, ctx):
+                    finding.layers = []  # the last weight layer is the first output's
+                    _name(finding, output.name)
+                    findings.append(finding)
+    return findings
 
 
 def _name_the_stall(verdict: RuleVerdict) -> None:

@@ -8,11 +8,24 @@ from dataclasses import replace
 
 import numpy as np
 
+from gradhealth_server.engine.facts import OutputFacts
 from gradhealth_server.engine.measurements import LabelStats
 
 # Scales that turn fractional labels back into whole numbers: ids divided like pixels
 # (255), percentages (100), tenths (10).
 ID_SCALES = (255, 100, 10)
+
+
+def other_outputs(
+    outputs: tuple[OutputFacts, ...], ys: list[np.ndarray], sent: list[np.ndarray]
+) -> dict[str, LabelStats]:
+    """The labels of each output after the first, read as its own loss reads them."""
+    out: dict[str, LabelStats] = {}
+    for output, y, y_sent in zip(outputs, ys, sent, strict=False):
+        stats = label_stats(y, output.problem, y_sent)
+        if stats is not None:
+            out[output.name] = stats
+    return out
 
 
 def label_stats(y: np.ndarray, problem: str, sent: np.ndarray | None = None) -> LabelStats | None:
