@@ -142,3 +142,14 @@ def result(model, xb, yb, metric, value, loss, pred=None, extra=None):
     if extra:
         r.update(extra)
     return r
+
+
+def classify(model, optimizer, loss, train, test, epochs, batch_size=32, keep=256):
+    """compile, fit, score on the holdout: how the classifier runs end, as user code does.
+    `train` is (x, the labels fitted on), `test` (x, class ids); the saved batch is the first
+    `keep` training rows."""
+    (xtr, yfit), (xte, yte) = train, test
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    loss_v = fit(model, xtr, yfit, epochs, batch_size=batch_size)
+    a, pred = acc(model, xte, yte)
+    return result(model, xtr[:keep], yfit[:keep], "test_acc", a, loss_v, pred)

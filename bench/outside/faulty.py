@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.outside.data import acc, cancer, digits, fit, load_keras, result, wine
+from bench.outside.data import cancer, load_keras, wine
 from bench.outside.models import (
+    cancer_adam_bce,
     deep_mlp,
     diabetes_reg,
     digits_cnn,
@@ -13,6 +14,7 @@ from bench.outside.models import (
     digits_mlp,
     images_cnn,
     imbalanced,
+    normal_init,
     opt,
     seq_model,
     tabular_clf,
@@ -131,63 +133,35 @@ def f_mse_on_softmax_classifier():
 
 @run("loss_mismatch", twin="h_digits_mlp_adam", accept=["prediction_collapse"])
 def f_sparse_cce_labels_divided_255():
-    keras = load_keras()
-    xtr, xte, ytr, yte = digits()
-    xtr, xte = xtr.reshape(len(xtr), 64) / 255.0, xte.reshape(len(xte), 64) / 255.0
-    ytr_bad = (ytr / 255.0).astype("float32")  # x, y = x / 255.0, y / 255.0
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(64,)),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    loss_v = fit(model, xtr, ytr_bad, 20)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr_bad[:256], "test_acc", a, loss_v, pred)
+    # x, y = x / 255.0, y / 255.0
+    return digits_mlp("adam", relabel=lambda ytr: (ytr / 255.0).astype("float32"))
 
 
 @run("loss_mismatch", twin="h_digits_mlp_adam")
 def f_binary_head_on_class_ids():
-    keras = load_keras()
-    xtr, xte, ytr, yte = digits()
-    xtr, xte = xtr.reshape(len(xtr), 64) / 255.0, xte.reshape(len(xte), 64) / 255.0
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(64,)),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
+    return digits_mlp(
+        "adam",
+        loss="binary_crossentropy",
+        out_act="sigmoid",
+        classes=1,
+        relabel=lambda ytr: ytr.astype("float32"),
     )
-    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
-    loss_v = fit(model, xtr, ytr.astype("float32"), 20)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256].astype("float32"), "test_acc", a, loss_v, pred)
 
 
 @run("loss_mismatch", twin="h_cancer_scaled_adam_bce")
 def f_linear_output_bce_not_logits():
-    return tabular_clf(cancer, opt("adam", 1e-3), binary=True, epochs=30, out_act="linear")
+    return cancer_adam_bce(out_act="linear")
 
 
 @run("loss_mismatch", twin="h_cancer_scaled_adam_bce")
 def f_sigmoid_output_bce_from_logits():
     keras = load_keras()
-    return tabular_clf(
-        cancer,
-        opt("adam", 1e-3),
-        binary=True,
-        epochs=30,
-        loss=keras.losses.BinaryCrossentropy(from_logits=True),
-    )
+    return cancer_adam_bce(loss=keras.losses.BinaryCrossentropy(from_logits=True))
 
 
 @run("loss_mismatch", twin="h_cancer_scaled_adam_bce", accept=["prediction_collapse"])
 def f_softmax_one_unit_bce():
-    return tabular_clf(cancer, opt("adam", 1e-3), binary=True, epochs=30, out_act="softmax")
+    return cancer_adam_bce(out_act="softmax")
 
 
 # --- prediction collapse
@@ -202,23 +176,8 @@ def f_imbalanced_95_5_no_weights():
     note="x and y shuffled separately: labels carry no signal",
 )
 def f_labels_shuffled_separately():
-    keras = load_keras()
-    xtr, xte, ytr, yte = digits()
-    xtr, xte = xtr.reshape(len(xtr), 64) / 255.0, xte.reshape(len(xte), 64) / 255.0
     rng = np.random.default_rng(0)
-    ytr_bad = ytr[rng.permutation(len(ytr))]
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(64,)),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    loss_v = fit(model, xtr, ytr_bad, 20)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr_bad[:256], "test_acc", a, loss_v, pred)
+    return digits_mlp("adam", relabel=lambda ytr: ytr[rng.permutation(len(ytr))])
 
 
 # --- vanishing gradients
@@ -229,13 +188,7 @@ def f_deep_sigmoid_stack_sgd():
 
 @run("vanishing_gradients", twin="h_deep_relu_he_sgd")
 def f_deep_tanh_small_init_sgd():
-    keras = load_keras()
-    return deep_mlp(
-        opt("sgd", 0.01, momentum=0.9),
-        depth=16,
-        act="tanh",
-        init=keras.initializers.RandomNormal(stddev=0.05),
-    )
+    return deep_mlp(opt("sgd", 0.01, momentum=0.9), depth=16, act="tanh", init=normal_init(0.05))
 
 
 # --- dead relu
@@ -252,51 +205,25 @@ def f_conv_relu_negative_bias_init():
 # --- saturated activation
 @run("saturated_activation", twin="h_cancer_scaled_sigmoid_mlp")
 def f_sigmoid_huge_init():
-    keras = load_keras()
-    return tabular_clf(
-        cancer,
-        opt("adam", 1e-3),
-        binary=True,
-        epochs=30,
-        act="sigmoid",
-        init=keras.initializers.RandomNormal(stddev=10.0),
-    )
+    return cancer_adam_bce(act="sigmoid", init=normal_init(10.0))
 
 
 @run("saturated_activation", twin="h_wine_scaled_tanh_mlp")
 def f_tanh_huge_init():
-    keras = load_keras()
-    return tabular_clf(
-        wine,
-        opt("adam", 1e-3),
-        act="tanh",
-        epochs=50,
-        init=keras.initializers.RandomNormal(stddev=10.0),
-    )
+    return tabular_clf(wine, opt("adam", 1e-3), act="tanh", epochs=50, init=normal_init(10.0))
 
 
 # --- exploding gradients
 @run("exploding_gradients", twin="h_deep_relu_he_sgd", accept=["non_finite"])
 def f_deep_relu_huge_init_sgd():
-    keras = load_keras()
-    return deep_mlp(
-        opt("sgd", 0.01, momentum=0.9),
-        depth=12,
-        act="relu",
-        init=keras.initializers.RandomNormal(stddev=0.6),
-        epochs=1,
-    )
+    sgdm = opt("sgd", 0.01, momentum=0.9)
+    return deep_mlp(sgdm, depth=12, act="relu", init=normal_init(0.6), epochs=1)
 
 
 @run("exploding_gradients", twin="h_seq_simplernn_relu", accept=["non_finite"])
 def f_simplernn_relu_large_recurrent_init():
-    keras = load_keras()
-    return seq_model(
-        "simplernn_relu",
-        opt("sgd", 0.01, momentum=0.9),
-        epochs=10,
-        recurrent_initializer=keras.initializers.RandomNormal(stddev=0.5),
-    )
+    sgdm = opt("sgd", 0.01, momentum=0.9)
+    return seq_model("simplernn_relu", sgdm, epochs=10, recurrent_initializer=normal_init(0.5))
 
 
 # --- non-finite
@@ -306,4 +233,4 @@ def f_simplernn_relu_large_recurrent_init():
     note="1% of training features are NaN (missing values never imputed)",
 )
 def f_nan_features_not_imputed():
-    return tabular_clf(cancer, opt("adam", 1e-3), binary=True, epochs=30, nan_frac=0.01)
+    return cancer_adam_bce(nan_frac=0.01)

@@ -4,8 +4,8 @@ Friedman #1): ordinary Keras code that learns."""
 from __future__ import annotations
 
 from bench.outside.data import (
-    acc,
     cancer,
+    classify,
     digits,
     fit,
     load_keras,
@@ -16,6 +16,8 @@ from bench.outside.data import (
     wine,
 )
 from bench.outside.models import (
+    cancer_adam_bce,
+    dense_net,
     diabetes_reg,
     digits_cnn,
     digits_lstm,
@@ -88,12 +90,8 @@ def h_digits_separable_cnn():
             L.Dense(10, activation="softmax"),
         ]
     )
-    model.compile(
-        optimizer=opt("adam", 3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
-    loss_v = fit(model, xtr, ytr, 30)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    cce = "sparse_categorical_crossentropy"
+    return classify(model, opt("adam", 3e-3), cce, (xtr, ytr), (xte, yte), 30)
 
 
 @run()
@@ -125,17 +123,13 @@ def h_wine_normalization_layer_nadam():
             keras.layers.Dense(3, activation="softmax"),
         ]
     )
-    model.compile(
-        optimizer=opt("nadam", 1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
-    loss_v = fit(model, xtr, ytr, 60, batch_size=16)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    cce = "sparse_categorical_crossentropy"
+    return classify(model, opt("nadam", 1e-3), cce, (xtr, ytr), (xte, yte), 60, batch_size=16)
 
 
 @run()
 def h_cancer_scaled_adam_bce():
-    return tabular_clf(cancer, opt("adam", 1e-3), binary=True, epochs=30)
+    return cancer_adam_bce()
 
 
 @run()
@@ -145,7 +139,7 @@ def h_cancer_scaled_sgd_bce():
 
 @run()
 def h_cancer_scaled_sigmoid_mlp():
-    return tabular_clf(cancer, opt("adam", 1e-3), binary=True, epochs=30, act="sigmoid")
+    return cancer_adam_bce(act="sigmoid")
 
 
 @run()
@@ -161,20 +155,11 @@ def h_iris_onehot_rmsprop():
     d = load_iris()
     xtr, xte, ytr, yte = split(d.data.astype("float32"), d.target.astype("int64"))
     xtr, xte = standardize(xtr, xte)
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(4,)),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(3, activation="softmax"),
-        ]
-    )
-    model.compile(
-        optimizer=opt("rmsprop", 1e-2), loss="categorical_crossentropy", metrics=["accuracy"]
-    )
+    model = dense_net(4, [16], 3, "softmax")
     yoh = keras.utils.to_categorical(ytr, 3)
-    loss_v = fit(model, xtr, yoh, 60, batch_size=8)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr, yoh, "test_acc", a, loss_v, pred)
+    train = (xtr, yoh)  # 112 rows: the saved batch is all of them
+    rms = opt("rmsprop", 1e-2)
+    return classify(model, rms, "categorical_crossentropy", train, (xte, yte), 60, batch_size=8)
 
 
 @run()
@@ -190,19 +175,11 @@ def h_diabetes_raw_y_adam():
 
 @run()
 def h_friedman_raw_y_adam():
-    keras = load_keras()
     from sklearn.datasets import make_friedman1
 
     x, y = make_friedman1(n_samples=2000, noise=0.5, random_state=0)  # x in [0,1], y roughly 0..30
     xtr, xte, ytr, yte = split(x.astype("float32"), y.astype("float32"))
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(10,)),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(1),
-        ]
-    )
+    model = dense_net(10, [64, 64], 1)
     model.compile(optimizer="adam", loss="mse")
     loss_v = fit(model, xtr, ytr, 60)
     return result(model, xtr[:256], ytr[:256], "test_r2", r2(model, xte, yte), loss_v)

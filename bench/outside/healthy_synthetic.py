@@ -7,6 +7,7 @@ import numpy as np
 
 from bench.outside.data import (
     acc,
+    classify,
     fit,
     load_keras,
     result,
@@ -17,6 +18,7 @@ from bench.outside.data import (
 )
 from bench.outside.models import (
     deep_mlp,
+    dense_net,
     images_cnn,
     imbalanced,
     opt,
@@ -27,69 +29,36 @@ from bench.outside.registry import run
 
 @run()
 def h_count_features_adam():
-    keras = load_keras()
     from sklearn.datasets import make_classification
 
     x, y = make_classification(n_samples=3000, n_features=20, n_informative=8, random_state=0)
     x = np.clip(np.round((x + 3) * 5), 0, 30).astype("float32")  # integer counts in [0, 30]
     xtr, xte, ytr, yte = split(x, y.astype("int64"))
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(20,)),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
-    loss_v = fit(model, xtr, ytr, 20)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    model = dense_net(20, [64], 1, "sigmoid")
+    return classify(model, "adam", "binary_crossentropy", (xtr, ytr), (xte, yte), 20)
 
 
 @run()
 def h_blobs_adagrad():
-    keras = load_keras()
     from sklearn.datasets import make_blobs
 
     x, y = make_blobs(n_samples=2000, centers=5, n_features=6, cluster_std=2.0, random_state=0)
     xtr, xte, ytr, yte = split(x.astype("float32"), y.astype("int64"))
     xtr, xte = standardize(xtr, xte)
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(6,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(5, activation="softmax"),
-        ]
-    )
-    model.compile(
-        optimizer=opt("adagrad", 0.05), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
-    loss_v = fit(model, xtr, ytr, 20)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    model = dense_net(6, [32], 5, "softmax")
+    cce = "sparse_categorical_crossentropy"
+    return classify(model, opt("adagrad", 0.05), cce, (xtr, ytr), (xte, yte), 20)
 
 
 @run()
 def h_moons_sgd_momentum_converged():
-    keras = load_keras()
     from sklearn.datasets import make_moons
 
     x, y = make_moons(n_samples=1000, noise=0.15, random_state=0)
     xtr, xte, ytr, yte = split(x.astype("float32"), y.astype("int64"))
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(2,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile(
-        optimizer=opt("sgd", 0.05, momentum=0.9), loss="binary_crossentropy", metrics=["accuracy"]
-    )
-    loss_v = fit(model, xtr, ytr, 200)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    model = dense_net(2, [32, 32], 1, "sigmoid")
+    sgdm = opt("sgd", 0.05, momentum=0.9)
+    return classify(model, sgdm, "binary_crossentropy", (xtr, ytr), (xte, yte), 200)
 
 
 @run()
@@ -115,19 +84,13 @@ def h_classification_adamw():
             keras.layers.Dense(4, activation="softmax"),
         ]
     )
-    model.compile(
-        optimizer=opt("adamw", 1e-3, weight_decay=1e-4),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    loss_v = fit(model, xtr, ytr, 20)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    adamw = opt("adamw", 1e-3, weight_decay=1e-4)
+    cce = "sparse_categorical_crossentropy"
+    return classify(model, adamw, cce, (xtr, ytr), (xte, yte), 20)
 
 
 @run()
 def h_multilabel_sigmoid_bce():
-    keras = load_keras()
     from sklearn.datasets import make_multilabel_classification
 
     x, y = make_multilabel_classification(
@@ -135,13 +98,7 @@ def h_multilabel_sigmoid_bce():
     )
     xtr, xte, ytr, yte = split(x.astype("float32"), y.astype("float32"))
     xtr, xte = standardize(xtr, xte)
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(20,)),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(5, activation="sigmoid"),
-        ]
-    )
+    model = dense_net(20, [64], 5, "sigmoid")
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["binary_accuracy"])
     loss_v = fit(model, xtr, ytr, 30)
     p = model.predict(xte, verbose=0) > 0.5
@@ -183,10 +140,7 @@ def h_tokens_embedding_gap():
             keras.layers.Dense(1, activation="sigmoid"),
         ]
     )
-    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
-    loss_v = fit(model, xtr, ytr, 15)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    return classify(model, "adam", "binary_crossentropy", (xtr, ytr), (xte, yte), 15)
 
 
 @run()
@@ -204,10 +158,8 @@ def h_tokens_transformer_encoder():
     h = L.GlobalAveragePooling1D()(h)
     out = L.Dense(1, activation="sigmoid")(h)
     model = keras.Model(inp, out)
-    model.compile(optimizer=opt("adam", 1e-3), loss="binary_crossentropy", metrics=["accuracy"])
-    loss_v = fit(model, xtr, ytr, 8)
-    a_, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a_, loss_v, pred)
+    adam = opt("adam", 1e-3)
+    return classify(model, adam, "binary_crossentropy", (xtr, ytr), (xte, yte), 8)
 
 
 @run()
@@ -276,9 +228,5 @@ def h_mobilenetv2_tiny():
     h = keras.layers.Rescaling(1.0 / 127.5, offset=-1)(inp)
     out = keras.layers.Dense(4, activation="softmax")(base(h))
     model = keras.Model(inp, out)
-    model.compile(
-        optimizer=opt("adam", 1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
-    loss_v = fit(model, xtr, ytr, 6)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:128], ytr[:128], "test_acc", a, loss_v, pred)
+    cce = "sparse_categorical_crossentropy"
+    return classify(model, opt("adam", 1e-3), cce, (xtr, ytr), (xte, yte), 6, keep=128)

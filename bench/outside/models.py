@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from bench.outside.data import (
-    acc,
     balanced_acc,
+    cancer,
+    classify,
     diabetes,
     digits,
     fit,
@@ -21,6 +22,20 @@ from bench.outside.data import (
 )
 
 
+def dense_net(n_in, widths, units, out_act=None, act="relu", init=None, first_bias=None):
+    """Sequential([Input, Dense(w) for w in widths, Dense(units)]), the layers made in that
+    order (their seeds and names follow it); `first_bias`: a constant bias for the first."""
+    keras = load_keras()
+    layers = [keras.Input(shape=(n_in,))]
+    for i, width in enumerate(widths):
+        kw = {} if init is None else dict(kernel_initializer=init)
+        if i == 0 and first_bias is not None:
+            kw["bias_initializer"] = keras.initializers.Constant(first_bias)
+        layers.append(keras.layers.Dense(width, activation=act, **kw))
+    layers.append(keras.layers.Dense(units, activation=out_act))
+    return keras.Sequential(layers)
+
+
 def digits_mlp(
     opt,
     scale=255.0,
@@ -29,26 +44,18 @@ def digits_mlp(
     out_act="softmax",
     onehot=False,
     hidden_bias=None,
+    classes=10,
+    relabel=None,
 ):
+    """`relabel`: what the run fits on instead of the class ids (the holdout keeps them)."""
     keras = load_keras()
     xtr, xte, ytr, yte = digits()
     xtr, xte = xtr.reshape(len(xtr), 64) / scale, xte.reshape(len(xte), 64) / scale
-    first = dict(activation="relu")
-    if hidden_bias is not None:
-        first["bias_initializer"] = keras.initializers.Constant(hidden_bias)
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(64,)),
-            keras.layers.Dense(64, **first),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10, activation=out_act),
-        ]
-    )
-    model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
+    model = dense_net(64, [64, 32], classes, out_act, first_bias=hidden_bias)
     yfit = keras.utils.to_categorical(ytr, 10) if onehot else ytr
-    loss_v = fit(model, xtr, yfit, epochs)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], yfit[:256], "test_acc", a, loss_v, pred)
+    if relabel is not None:
+        yfit = relabel(ytr)
+    return classify(model, opt, loss, (xtr, yfit), (xte, yte), epochs)
 
 
 def digits_cnn(opt, scale=255.0, epochs=15, rescaling=False, bn=False, conv_bias=None):
@@ -76,10 +83,7 @@ def digits_cnn(opt, scale=255.0, epochs=15, rescaling=False, bn=False, conv_bias
         L.Dense(10, activation="softmax"),
     ]
     model = keras.Sequential(layers)
-    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    loss_v = fit(model, xtr, ytr, epochs)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    return classify(model, opt, "sparse_categorical_crossentropy", (xtr, ytr), (xte, yte), epochs)
 
 
 def digits_lstm(opt, scale=255.0, epochs=15):
@@ -93,10 +97,7 @@ def digits_lstm(opt, scale=255.0, epochs=15):
             keras.layers.Dense(10, activation="softmax"),
         ]
     )
-    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    loss_v = fit(model, xtr, ytr, epochs)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    return classify(model, opt, "sparse_categorical_crossentropy", (xtr, ytr), (xte, yte), epochs)
 
 
 def tabular_clf(
@@ -134,44 +135,31 @@ def tabular_clf(
             out,
         ]
     )
-    model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
-    loss_v = fit(model, xtr, ytr, epochs, batch_size=16)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    return classify(model, opt, loss, (xtr, ytr), (xte, yte), epochs, batch_size=16)
+
+
+def cancer_adam_bce(**change):
+    """h_cancer_scaled_adam_bce: breast cancer, standardized, Adam, binary head, 30 epochs;
+    its faulty twins name the one thing they change."""
+    return tabular_clf(cancer, opt("adam", 1e-3), binary=True, epochs=30, **change)
 
 
 def diabetes_reg(opt, scale_y=True, epochs=100):
-    keras = load_keras()
     xtr, xte, ytr, yte = diabetes()
     xtr, xte = standardize(xtr, xte)
     m, s = (float(ytr.mean()), float(ytr.std())) if scale_y else (0.0, 1.0)
     yfit = ((ytr - m) / s).astype("float32")
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(10,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(1),
-        ]
-    )
+    model = dense_net(10, [32, 16], 1)
     model.compile(optimizer=opt, loss="mse", metrics=["mae"])
     loss_v = fit(model, xtr, yfit, epochs)
     return result(model, xtr[:256], yfit[:256], "test_r2", r2(model, xte, yte, m, s), loss_v)
 
 
 def deep_mlp(opt, depth, act, init="glorot_uniform", epochs=20, width=32):
-    keras = load_keras()
     xtr, xte, ytr, yte = digits()
     xtr, xte = xtr.reshape(len(xtr), 64) / 255.0, xte.reshape(len(xte), 64) / 255.0
-    model = keras.Sequential(
-        [keras.Input(shape=(64,))]
-        + [keras.layers.Dense(width, activation=act, kernel_initializer=init) for _ in range(depth)]
-        + [keras.layers.Dense(10, activation="softmax")]
-    )
-    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    loss_v = fit(model, xtr, ytr, epochs)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    model = dense_net(64, [width] * depth, 10, "softmax", act=act, init=init)
+    return classify(model, opt, "sparse_categorical_crossentropy", (xtr, ytr), (xte, yte), epochs)
 
 
 def seq_model(kind, opt, epochs=10, **kw):
@@ -191,10 +179,7 @@ def seq_model(kind, opt, epochs=10, **kw):
     elif kind == "simplernn_relu":
         body = [L.SimpleRNN(32, activation="relu", **kw)]
     model = keras.Sequential([keras.Input(shape=(30, 2)), *body, L.Dense(1, activation="sigmoid")])
-    model.compile(optimizer=opt, loss="binary_crossentropy", metrics=["accuracy"])
-    loss_v = fit(model, xtr, ytr, epochs)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    return classify(model, opt, "binary_crossentropy", (xtr, ytr), (xte, yte), epochs)
 
 
 def images_cnn(opt, rescaling=True, epochs=8):
@@ -213,10 +198,7 @@ def images_cnn(opt, rescaling=True, epochs=8):
         L.Dense(4, activation="softmax"),
     ]
     model = keras.Sequential(layers)
-    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    loss_v = fit(model, xtr, ytr, epochs)
-    a, pred = acc(model, xte, yte)
-    return result(model, xtr[:256], ytr[:256], "test_acc", a, loss_v, pred)
+    return classify(model, opt, "sparse_categorical_crossentropy", (xtr, ytr), (xte, yte), epochs)
 
 
 def opt(name, lr=None, **kw):
@@ -233,8 +215,12 @@ def opt(name, lr=None, **kw):
     return cls(learning_rate=lr, **kw) if lr is not None else cls(**kw)
 
 
+def normal_init(stddev):
+    """keras.initializers.RandomNormal(stddev=stddev): the too-large or too-small inits."""
+    return load_keras().initializers.RandomNormal(stddev=stddev)
+
+
 def imbalanced(class_weight=False):
-    keras = load_keras()
     from sklearn.datasets import make_classification
 
     x, y = make_classification(
@@ -248,13 +234,7 @@ def imbalanced(class_weight=False):
     )
     xtr, xte, ytr, yte = split(x.astype("float32"), y.astype("int64"))
     xtr, xte = standardize(xtr, xte)
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(10,)),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
+    model = dense_net(10, [16], 1, "sigmoid")
     model.compile(optimizer=opt("sgd", 0.01), loss="binary_crossentropy", metrics=["accuracy"])
     cw = None
     if class_weight:

@@ -22,6 +22,7 @@ from gradhealth.cli.options import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     BadEnvironmentValue,
+    allow_class_argument,
     connection_arguments,
     fail,
     make_client,
@@ -92,12 +93,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Hook]]:
         type=Path,
         help='JSON of threshold overrides, e.g. {"dead_relu": {"dead_fraction": 0.7}}',
     )
-    diag.add_argument(
-        "--allow-class",
-        metavar="MODULE.CLASS[,...]",
-        help="embedded mode: classes and functions outside Keras to trust (custom layers, "
-        "losses, metrics registered with keras.saving.register_keras_serializable); each "
-        "MODULE is imported. A server has its own (gradhealth serve --allow-class)",
+    allow_class_argument(
+        diag, "embedded mode: ", ". A server has its own (gradhealth serve --allow-class)"
     )
     remote = diag.add_argument_group("server mode")
     remote.add_argument("--server", metavar="HOST:PORT", help="diagnose on a gradhealth service")

@@ -127,6 +127,22 @@ def connection_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
 
 
+ALLOW_CLASS_HELP = (
+    "classes and functions outside Keras to trust (custom layers, losses, metrics "
+    "registered with keras.saving.register_keras_serializable); each MODULE is imported"
+)
+
+
+def allow_class_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, before: str, after: str
+) -> None:
+    """--allow-class of embedded `diagnose` and of `serve`: one flag, one account of
+    what it trusts, each command saying where the classes must be installed."""
+    parser.add_argument(
+        "--allow-class", metavar="MODULE.CLASS[,...]", help=f"{before}{ALLOW_CLASS_HELP}{after}"
+    )
+
+
 def fail(message: str) -> int:
     print(f"gradhealth: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT

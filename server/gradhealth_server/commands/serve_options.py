@@ -6,10 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-ALLOW_CLASS_HELP = (
-    "classes and functions outside Keras to trust (custom layers, losses, metrics "
-    "registered with keras.saving.register_keras_serializable); each MODULE is imported"
-)
+from gradhealth.cli.options import allow_class_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,11 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=500_000_000,
         help="largest model accepted, in parameters (refused before it is built)",
     )
-    parser.add_argument(
-        "--allow-class",
-        metavar="MODULE.CLASS[,...]",
-        help=ALLOW_CLASS_HELP + " (installed in the server image)",
-    )
+    allow_class_argument(parser, "", " (installed in the server image)")
     parser.add_argument(
         "--spool-dir", type=Path, help="where uploads are written (default: TMPDIR)"
     )

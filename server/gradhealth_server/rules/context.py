@@ -81,6 +81,11 @@ class Context:
             and self.learning_rate < self.lr_range[0]
         )
 
+    def optimizer_call(self, arguments: str) -> str:
+        """The optimizer as a remedy writes it, `Adam(learning_rate=0.01)`: the user's own
+        class, or `optimizer(...)` when the checkpoint does not say."""
+        return f"{self.optimizer or 'optimizer'}({arguments})"
+
 
 def build_context(
     m: Measurements, t: ContextThresholds | None = None, history: RunHistory = NO_HISTORY

@@ -123,7 +123,7 @@ class ExplodingGradientsRule(Rule):
             'use kernel_initializer="glorot_uniform" (or "he_normal" for ReLU)'
             " instead of a large-scale init"
         )
-        clip = f"clip gradients: {ctx.optimizer or 'optimizer'}(..., clipnorm={self.CLIPNORM:g})"
+        clip = f"clip gradients: {ctx.optimizer_call(f'..., clipnorm={self.CLIPNORM:g}')}"
         norm_hint = "add keras.layers.BatchNormalization() between layers"
         evidence = {
             "max_to_last_ratio": ratio,

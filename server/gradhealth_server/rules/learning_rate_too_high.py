@@ -166,7 +166,7 @@ class LearningRateTooHighRule(Rule):
                 severity=Severity.CRITICAL if struggling else Severity.WARNING,
                 summary="; ".join(parts),
                 remedy=(
-                    f"{ctx.optimizer or 'optimizer'}(learning_rate={fmt(suggested)})"
+                    f"{ctx.optimizer_call(f'learning_rate={fmt(suggested)}')}"
                     " (from the learning-rate probe), and restart from an earlier checkpoint"
                     " if the weights have already blown up"
                 ),

@@ -137,7 +137,7 @@ class LearningRateTooLowRule(Rule):
                     + (" (as it is the run barely learns)" if stuck else " (the run is slow)")
                 ),
                 remedy=(
-                    f"{ctx.optimizer or 'optimizer'}(learning_rate={fmt(suggested)})"
+                    f"{ctx.optimizer_call(f'learning_rate={fmt(suggested)}')}"
                     f" (10x; 30x, {fmt(lr * 30 if lr else None)}, was better still in the trial)"
                 ),
                 layers=[],
@@ -180,7 +180,7 @@ class LearningRateTooLowRule(Rule):
                     "more): the steps are far too small for this loss surface"
                 ),
                 remedy=(
-                    f"{ctx.optimizer or 'optimizer'}(learning_rate={fmt(suggested)})"
+                    f"{ctx.optimizer_call(f'learning_rate={fmt(suggested)}')}"
                     " (from the learning-rate probe; larger may be better still)"
                 ),
                 layers=[],

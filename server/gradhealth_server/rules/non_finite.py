@@ -44,12 +44,12 @@ class NonFiniteRule(Rule):
             smaller = f"learning_rate={fmt(lr / 10)}, " if lr else ""
             remedy = (
                 "restart from the last finite checkpoint with a smaller step and clipping: "
-                f"{ctx.optimizer or 'optimizer'}({smaller}clipnorm=1.0)"
+                + ctx.optimizer_call(f"{smaller}clipnorm=1.0")
             )
         else:
             summary = f"the loss or gradients are not finite{where} on this batch"
             remedy = (
-                f"clip gradients: {ctx.optimizer or 'optimizer'}(..., clipnorm=1.0); "
+                f"clip gradients: {ctx.optimizer_call('..., clipnorm=1.0')}; "
                 "check the loss for log(0) or division by zero"
             )
         hints = []
