@@ -102,3 +102,13 @@ def test_generate_verify_split_and_report_end_to_end(corpus_cache, tmp_path, mon
     }
     assert first == second
     assert (cache.cache_dir() / FEW / "model.keras").exists()
+
+    # A seeded sample of one split, --strict (what CI once ran on its own): it passes
+    # on cached runs, and fails when nothing is evaluated.
+    split = out["outcomes"][0]["split"]
+    sampled = tmp_path / "sampled.json"
+    argv = ["--suite", "corpus", "--only", FEW, "--no-xla", "--split", split]
+    assert main([*argv, "--sample", "1", "--seed", "1", "--strict", "--json", str(sampled)]) == 0
+    picked = json.loads(sampled.read_text())["corpus"]["outcomes"]
+    assert len(picked) == 1 and picked[0]["split"] == split
+    assert main([*argv[:2], "--only", "no-such-run", "--no-xla", "--strict"]) == 1

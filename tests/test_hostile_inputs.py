@@ -24,6 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from gradhealth.v1 import service_pb2
+from gradhealth_server.errors import LimitExceeded
 from gradhealth_server.intake.checkpoint import ModelCache, check_declared_size
 from gradhealth_server.intake.config_screen import screen_config
 from gradhealth_server.intake.model_size import declared_size
@@ -319,3 +320,21 @@ def test_a_forward_pass_over_the_flop_budget_is_refused_from_shapes_alone():
     with pytest.raises(LimitExceeded, match=r"about 32,768 GFLOP \(the most: wide"):
         check_intermediates(model, [rows], Limits())
     check_intermediates(model, [rows[:2, :10]], Limits())  # small: passes
+
+
+def test_a_model_whose_probe_state_exceeds_the_workers_share_is_refused_before_loading(base):
+    """1210 weights and 2420 values of Adam state: the probe holds about
+    4 * (6 * 1210 + 2 * 2420) bytes. One byte under that, the screen refuses it in one
+    line naming the figures and the flag; at it, it passes."""
+    from gradhealth_server.intake.limits import PROBE_STATE_COPIES, PROBE_WEIGHT_COPIES, Limits
+
+    config = base.config()
+    size = declared_size(config)
+    weights = screen_weights(base.path)
+    needed = 4 * (PROBE_WEIGHT_COPIES * size.parameters + PROBE_STATE_COPIES * size.compile_state)
+    assert size.parameters == 1210 and size.compile_state == 2 * 1210  # Adam's two slots
+    check_declared_size(config, weights, Limits(max_probe_state_bytes=needed))
+    with pytest.raises(
+        LimitExceeded, match=r"needs about 0 MiB for its 1,210 weights and .*--worker-memory-mb\)$"
+    ):
+        check_declared_size(config, weights, Limits(max_probe_state_bytes=needed - 1))

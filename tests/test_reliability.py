@@ -287,10 +287,12 @@ def test_worker_processes_exit_with_their_server(tmp_path):
 def test_a_worker_memory_cap_refuses_a_model_too_big_for_it_and_keeps_serving(
     tmp_path, flat_batch, monkeypatch
 ):
-    """--worker-memory-mb: a 33M-parameter model does not fit in 3000 MB of address
-    space next to TensorFlow (1.6 GB); its call fails, the worker lives on. Measured
-    with XLA (as on a GPU): without it, on this CPU, the same call has been seen to end
-    in the worker's death and replacement instead (still RESOURCE_EXHAUSTED)."""
+    """--worker-memory-mb: a 33M-parameter model under Adam does not fit in 3000 MB of
+    address space next to TensorFlow (1.6 GB). Its call is refused before the model is
+    loaded (the probe would hold about 1,260 MiB of weights and optimizer state, over
+    the 952 MiB the cap leaves), naming the flag; the worker lives on. Before that
+    estimate the load or the probe ran out of memory (with XLA, as here) or the
+    worker died and was replaced (without it, on this CPU)."""
     from tests.service import mlp_checkpoint
 
     monkeypatch.setenv("GRADHEALTH_XLA", "on")  # the server inherits it
@@ -305,7 +307,12 @@ def test_a_worker_memory_cap_refuses_a_model_too_big_for_it_and_keeps_serving(
             with pytest.raises(grpc.RpcError) as caught:
                 client.diagnose(big, batch=flat_batch, run_id="capped")
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "memory" in caught.value.details()
+            assert re.search(
+                r"probing this model needs about [\d,]+ MiB for its [\d,]+ weights and "
+                r"[\d,]+ optimizer and metric values .* over the 952 MiB this worker's memory "
+                r"allows \(--worker-memory-mb\)",
+                caught.value.details(),
+            ), caught.value.details()
             assert client.diagnose(small, batch=flat_batch, run_id="capped").status
         assert server.worker_pids() == workers  # refused, not crashed
     finally:

@@ -180,7 +180,10 @@ def _serve(args: argparse.Namespace) -> int:
         return fail(f"{', '.join(bad)} must be positive")
     if args.worker_memory_mb is not None and args.worker_memory_mb < 0:
         return fail("--worker-memory-mb must be positive, or 0 for no cap")
-    from gradhealth_server.service.memory_budget import default_worker_memory_bytes
+    from gradhealth_server.service.memory_budget import (
+        MIN_WORKER_BYTES,
+        default_worker_memory_bytes,
+    )
 
     if args.worker_memory_mb is None:
         memory_cap: int | None = default_worker_memory_bytes(args.workers)
@@ -190,6 +193,11 @@ def _serve(args: argparse.Namespace) -> int:
         # The other half: TensorFlow itself, the model, its optimizer state.
         max_probe_activation_bytes=min(
             Limits.max_probe_activation_bytes, (memory_cap or 1 << 62) // 2
+        ),
+        # The weights and optimizer state, beside TensorFlow's own address space.
+        max_probe_state_bytes=min(
+            Limits.max_probe_state_bytes,
+            max((memory_cap or 1 << 62) - MIN_WORKER_BYTES, MIN_WORKER_BYTES // 4),
         ),
         max_checkpoint_bytes=int(args.max_checkpoint_mb * MiB),
         max_batch_bytes=int(args.max_batch_mb * MiB),

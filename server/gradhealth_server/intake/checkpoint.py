@@ -35,7 +35,13 @@ from typing import Any
 from gradhealth_server.errors import InvalidCheckpoint, LimitExceeded
 from gradhealth_server.intake.archive import ArchiveInfo, inspect_archive
 from gradhealth_server.intake.config_screen import screen_config
-from gradhealth_server.intake.limits import DEFAULT_LIMITS, Limits
+from gradhealth_server.intake.limits import (
+    DEFAULT_LIMITS,
+    PROBE_STATE_COPIES,
+    PROBE_WEIGHT_COPIES,
+    Limits,
+    MiB,
+)
 from gradhealth_server.intake.model_size import CompileArgumentTooLarge, count_layers, declared_size
 from gradhealth_server.intake.weights_file import WeightsSummary, screen_weights
 
@@ -189,6 +195,15 @@ def check_declared_size(
             f"{size.compile_state:,} of metric and optimizer state, the largest "
             f"{size.largest_state}), over the limit of {limits.max_parameters:,} "
             "(--max-parameters)"
+        )
+    needed = 4 * (PROBE_WEIGHT_COPIES * size.parameters + PROBE_STATE_COPIES * size.compile_state)
+    if needed > limits.max_probe_state_bytes:
+        raise LimitExceeded(
+            f"probing this model needs about {needed / MiB:,.0f} MiB for its {size.parameters:,} "
+            f"weights and {size.compile_state:,} optimizer and metric values (each held "
+            f"several times while a step is measured and undone), over the "
+            f"{limits.max_probe_state_bytes / MiB:,.0f} MiB this worker's memory allows "
+            "(--worker-memory-mb)"
         )
     if size.largest_activation > limits.max_activation_elements:
         raise LimitExceeded(

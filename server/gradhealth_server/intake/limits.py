@@ -29,6 +29,10 @@ class Limits:
     # 3x their sum, see intermediates.py), with the dimensions the batch sets (a
     # sequence length). `gradhealth serve` lowers it to half the worker's cap.
     max_probe_activation_bytes: int = 8192 * MiB
+    # What the probe may hold of weights and optimizer state (float32 values, each
+    # held several times: PROBE_WEIGHT_COPIES, PROBE_STATE_COPIES), checked before
+    # loading. `gradhealth serve` lowers it to the worker's cap less TensorFlow's own.
+    max_probe_state_bytes: int = 16384 * MiB
     # CPU: what one call may make the worker trace and run. The deepest
     # keras.applications model has about 1,100 layers; an unrolled RNN traces one
     # copy of its cell per step; 5 TFLOP is ResNet50's forward pass on 1,200 images.
@@ -43,3 +47,10 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+# While the probe measures one optimizer step and restores it, it holds about six
+# copies of the weights (the variables, their snapshot, gradients per micro-batch and
+# summed, the step) and two of the optimizer state (the slots and their snapshot).
+# Measured: 100M parameters under Adam peaked at 4.1 GB in a worker (bench/large_checkpoint.py).
+PROBE_WEIGHT_COPIES = 6
+PROBE_STATE_COPIES = 2
