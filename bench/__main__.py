@@ -31,19 +31,24 @@ def main() -> int:
     from bench import callback_overhead, cold_path, probe_overhead, service, trial_cost
 
     started = time.monotonic()
-    results = {
-        "machine": _machine(),
-        "mode": "quick" if args.quick else "full",
-        "probe": probe_overhead.run(quick=args.quick),
-        "trials": trial_cost.run(quick=args.quick),
-        "service": service.run(quick=args.quick),
-        "callback": callback_overhead.run(quick=args.quick),
-        "cold_path": cold_path.run(quick=args.quick),
+    results: dict[str, Any] = {"machine": _machine(), "mode": "quick" if args.quick else "full"}
+    sections = {
+        "probe": probe_overhead.run,
+        "trials": trial_cost.run,
+        "service": service.run,
+        "callback": callback_overhead.run,
+        "cold_path": cold_path.run,
     }
+    results["section_seconds"] = {}
+    for name, run in sections.items():
+        began = time.monotonic()
+        results[name] = run(quick=args.quick)
+        results["section_seconds"][name] = round(time.monotonic() - began, 1)
     results["seconds"] = round(time.monotonic() - started, 1)
     _print(results)
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {json_path} ({results['seconds']} s)")
+    spent = ", ".join(f"{k} {v} s" for k, v in results["section_seconds"].items())
+    print(f"written to {json_path} ({results['seconds']} s: {spent})")
     return 0
 
 
