@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,6 +10,7 @@ import tensorflow as tf
 from gradhealth_server.engine.measure import build_measurements
 from gradhealth_server.engine.probe import Probe, ProbeOptions
 from gradhealth_server.engine.structure import read_structure
+from gradhealth_server.engine.trial_steps import Trials
 from gradhealth_server.intake.checkpoint import ModelCache
 from gradhealth_server.intake.limits import Limits
 from tests import models
@@ -386,3 +388,28 @@ def test_the_pairing_trial_scores_both_arms_by_the_remedied_loss_then_restores()
     assert trial.remedied_after < trial.loss_before - 0.03
     for old, new in zip(before, state(model), strict=True):
         assert np.array_equal(old, new, equal_nan=True)
+
+
+def test_the_probe_and_the_trials_trace_without_autograph_as_keras_fit_does():
+    """AutoGraph's conversion was most of a cold call; Keras 3's fit() does not use
+    it either, so a layer branching on a tensor in Python cannot train at all.
+    The probe and its trials trace plain: a trace converts none of their code."""
+    from tensorflow.python.autograph.impl import api
+
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8)).astype("float32"), rng.integers(0, 3, 64)
+    model.fit(x, y, epochs=1, verbose=0)
+    converted = []
+    original = api._convert_actual
+    api._convert_actual = lambda entity, program_ctx: (
+        converted.append(entity) or original(entity, program_ctx)
+    )
+    try:
+        probe, _, m = run_probe(model, x, y)
+        trial = Trials(probe).learning_rate({probe.input_order[0]: x}, y, (0.1, 1.0))
+    finally:
+        api._convert_actual = original
+    assert np.isfinite(m.loss) and trial is not None and all(np.isfinite(trial.losses))
+    assert converted == []

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from gradhealth_server.engine.device import xla_by_default
 from gradhealth_server.engine.gradients import gradients, loss_scale
+from gradhealth_server.engine.micro_batches import micro_batches
 from gradhealth_server.engine.probe_errors import probe_error
 from gradhealth_server.engine.quantities import (
     activations,
@@ -106,7 +107,7 @@ class Probe:
         self.input_order = list(structure.facts.input_names)
         rows = target_rows(y)
         self.rows = rows
-        self.splits = _micro_batches(rows, structure, options)
+        self.splits = micro_batches(rows, structure, options)
         self._taps = structure.taps if options.mode == "full" else ()
         self._first_inputs = structure.first_layer_inputs if options.mode == "full" else ()
         self._sequence_input = (
@@ -136,8 +137,15 @@ class Probe:
     def run(self, x: Inputs, y: Targets) -> ProbeResult:
         xs = [x[name] for name in self.input_order]
         start = time.perf_counter()
+        out = self._call(xs, y)
+        raw = tf.nest.map_structure(lambda t: t.numpy(), out)
+        return ProbeResult(
+            raw, self.xla, time.perf_counter() - start, tuple(self.splits), self.options.lr_scales
+        )
+
+    def _call(self, xs: list[np.ndarray], y: Targets) -> dict[str, Any]:
         try:
-            out = self._fn(xs, y)
+            return self._fn(xs, y)
         except tf.errors.OpError as exc:
             if not self.xla or self.options.jit_compile is True:
                 raise probe_error(exc) from exc
@@ -150,23 +158,23 @@ class Probe:
             except tf.errors.OpError as again:
                 raise probe_error(again) from again
             log.info(
-                "XLA did not compile the probe (%s); running without XLA",
-                str(exc).splitlines()[0][:200],
+                "XLA did not compile the probe (%s); without XLA", str(exc).splitlines()[0][:200]
             )
             self.xla, self._fn = False, plain
-        raw = tf.nest.map_structure(lambda t: t.numpy(), out)
-        return ProbeResult(
-            raw,
-            self.xla,
-            time.perf_counter() - start,
-            tuple(self.splits),
-            tuple(self.options.lr_scales),
-        )
+            return out
 
     # -- construction -----------------------------------------------------
     def _compile(self, xla: bool):
+        # Without AutoGraph, as Keras 3's own fit() traces its train step (a layer
+        # that needs it cannot train): the probe's control flow is Python over Python
+        # values, and converting every function it calls was 80 % of a small
+        # model's first call (issue 19).
         return tf.function(
-            self._probe, input_signature=self._signature, jit_compile=xla, reduce_retracing=False
+            self._probe,
+            input_signature=self._signature,
+            jit_compile=xla,
+            reduce_retracing=False,
+            autograph=False,
         )
 
     def _build_forward(self, model: keras.Model):
@@ -369,25 +377,6 @@ class Probe:
 
 
 # -- helpers (trace-time) ------------------------------------------------------
-
-
-def _micro_batches(rows: int, structure: ModelStructure, options: ProbeOptions) -> list[int]:
-    """Row counts of the micro-batches: [probe rows, then the rest split evenly]."""
-    k = options.micro_batches if options.mode == "full" else 1
-    # Batch statistics couple the examples: micro-batches would change the gradient.
-    # Only a mean-reduced loss averages exactly over micro-batches (a summed one
-    # would count the regularization losses k times).
-    if structure.facts.batch_coupled or structure.facts.loss_reduction not in (
-        "sum_over_batch_size",
-        None,
-    ):
-        k = 1
-    k = max(1, min(k, rows // max(options.min_micro_batch_rows, 1)))
-    if k == 1:
-        return [rows]
-    first = max(options.min_micro_batch_rows, min(options.probe_rows, rows // k))
-    base, extra = divmod(rows - first, k - 1)
-    return [first] + [base + (1 if i < extra else 0) for i in range(k - 1)]
 
 
 def moved(w0: list[tf.Tensor], deltas: list[tf.Tensor], scale: float) -> list[tf.Tensor]:

@@ -124,6 +124,7 @@ class Trials:
             trial = self._paired_fns[remedy] = tf.function(
                 lambda xs, y, fixed, remedied: self._paired(xs, y, fixed, remedied, scored_by),
                 jit_compile=False,
+                autograph=False,
             )
         xs = [x[name] for name in self.probe.input_order]
         try:
@@ -174,7 +175,10 @@ class Trials:
             specs = [tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.int32)]
             specs.append(tf.TensorSpec((), tf.float32))
             self._lr_fn = tf.function(
-                self._lr_trial, input_signature=[*self.probe._signature, *specs], jit_compile=False
+                self._lr_trial,
+                input_signature=[*self.probe._signature, *specs],
+                jit_compile=False,
+                autograph=False,
             )
         before, after, cut = self._call(
             self._lr_fn, x, y, np.float32(scale), np.int32(steps), np.float32(clipnorm)
@@ -183,7 +187,12 @@ class Trials:
 
     # -- compiled bodies ------------------------------------------------------
     def _compile(self, body):
-        return tf.function(body, input_signature=self.probe._signature, jit_compile=False)
+        return tf.function(
+            body,
+            input_signature=self.probe._signature,
+            jit_compile=False,
+            autograph=False,
+        )
 
     def _call(self, fn, x: Inputs, y: Targets, *extra):
         try:
@@ -210,8 +219,8 @@ class Trials:
         w0, nt0, slots0 = p.snapshot()
         metrics0 = [read(v) for v in p._metric_vars]
         before, *_ = p.stateless_loss(w0, nt0, metrics0, x_held, y_held, training=False)
-        cut = tf.constant(-1)
-        for _ in tf.range(steps):
+
+        def step(i, cut):
             w, nt, _slots = p.snapshot()
             with tf.GradientTape() as tape:
                 tape.watch(w)
@@ -219,10 +228,12 @@ class Trials:
                     w, nt, metrics0, x_train, y_train
                 )
             grads, clipped = _clip(gradients(tape, loss, w, loss_scale(p.model)), clipnorm)
-            cut = tf.where(cut < 0, clipped, cut)
             deltas = p.apply_step(grads, w)
             # The optimizer moved the variables by Δw; the trial's run moves them s·Δw.
             p.restore(moved(w, deltas, scale), nt_next, None)
+            return i + 1, tf.where(cut < 0, clipped, cut)
+
+        _, cut = tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), tf.constant(-1)))
         w, nt, _slots = p.snapshot()
         after, *_ = p.stateless_loss(w, nt, metrics0, x_held, y_held, training=False)
         p.restore(w0, nt0, slots0)
@@ -238,7 +249,8 @@ class Trials:
         metrics0 = [read(v) for v in p._metric_vars]
         held = (metrics0, x_held, y_held)
         before, *_ = p.stateless_loss(w0, nt0, *held, training=False, loss_fn=scored_by)
-        for _ in tf.range(self.lr_steps):
+
+        def step(i):
             w, nt, _slots = p.snapshot()
             with tf.GradientTape() as tape:
                 tape.watch(w)
@@ -247,6 +259,9 @@ class Trials:
                 )
             deltas = p.apply_step(gradients(tape, loss, w, loss_scale(p.model)), w)
             p.restore(moved(w, deltas, 1.0), nt_next, None)
+            return (i + 1,)
+
+        tf.while_loop(lambda i: i < self.lr_steps, step, (tf.constant(0),))
         w, nt, _slots = p.snapshot()
         after, *_ = p.stateless_loss(w, nt, *held, training=False, loss_fn=scored_by)
         p.restore(w0, nt0, slots0)
