@@ -3,8 +3,8 @@
 `model.save()` of a 100M-parameter MLP after one Adam step writes about 1.2 GB
 (weights and two moments). It goes to the real server on loopback, with its
 default limits and the default memory cap of one worker on this machine: upload,
-load, probe and rules, timed by phase, with the worker's peak RSS read from
-/proc while the call runs. A second server whose workers are capped below what
+load, probe and rules, timed by phase, with the worker's peak RSS sampled from
+/proc every 50 ms while the call runs. A second server whose workers are capped below what
 that model needs must refuse it before loading, in one line naming the size and
 the flag to raise.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import grpc
 import numpy as np
 
 from gradhealth.client import GradientHealthClient
-from tests.service import ServerProcess
+from tests.service import MemoryWatch, ServerProcess
 
 MiB = 1024 * 1024
 # Dense 1000 -> 10000 -> 9000 -> 10: 100.1M parameters.
@@ -57,33 +56,6 @@ def build(directory: Path) -> tuple[Path, Path, int]:
     return checkpoint, batch, int(model.count_params())
 
 
-class PeakRss:
-    """The largest VmHWM of the server's workers, sampled while a call runs."""
-
-    def __init__(self, server: ServerProcess) -> None:
-        self.server, self.peak_kb, self._stop = server, 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.5):
-            for pid in self.server.worker_pids():
-                try:
-                    status = Path(f"/proc/{pid}/status").read_text()
-                except OSError:
-                    continue
-                for line in status.splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-
-
 def _worker_cap_mb(server: ServerProcess) -> int | None:
     """The cap the server logged at start ("address space capped at N MiB")."""
     for line in server.log().splitlines():
@@ -104,11 +76,11 @@ def run(work: Path) -> dict[str, Any]:
     server = ServerProcess(work / "default", "--workers", "1").start()
     try:
         out["worker_cap_mb"] = _worker_cap_mb(server)
-        with GradientHealthClient(server.target, timeout=1800) as client, PeakRss(server) as rss:
+        with GradientHealthClient(server.target, timeout=1800) as client, MemoryWatch(server) as m:
             began = time.perf_counter()
             verdict = client.diagnose(checkpoint, batch=batch)
             out["wall_s"] = round(time.perf_counter() - began, 1)
-        out["worker_peak_rss_mb"] = round(rss.peak_kb / 1024)
+        out["worker_peak_rss_mb"] = round(m.peak_workers / MiB)
         out["status"] = verdict.status
         out["primary_cause"] = verdict.primary_cause
         out["phases"] = {k: round(v, 2) for k, v in verdict.phases.items()}

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable
@@ -239,3 +240,39 @@ def cli(
         check=False,
         timeout=timeout,
     )
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class MemoryWatch:
+    """Peak RSS of the server process and of its workers, sampled every 50 ms."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.peak_server = self.peak_workers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        assert self.server.process is not None
+        while not self._stop.wait(0.05):
+            self.peak_server = max(self.peak_server, rss_bytes(self.server.process.pid))
+            workers = sum(rss_bytes(pid) for pid in self.server.worker_pids())
+            self.peak_workers = max(self.peak_workers, workers)

@@ -17,8 +17,8 @@ import pytest
 
 from gradhealth.client import GradientHealthClient, Retry
 from gradhealth_server.service.worker_memory import JobMemory, MiB, oom_kills
-from tests.service import ServerProcess
-from tests.test_reliability import MemoryWatch, _self_attention_checkpoint, _sequence_batch
+from tests.service import MemoryWatch, ServerProcess
+from tests.test_reliability import _self_attention_checkpoint, _sequence_batch
 
 ONE_TRY = Retry(attempts=1)
 # A cap with room for TensorFlow's own address space (about 1.6 GB at import, more
