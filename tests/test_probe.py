@@ -115,6 +115,38 @@ def test_update_ratio_equals_a_real_optimizer_step(checkpoints, kind):
     assert probe.trace_count == 1
 
 
+def test_nan_and_inf_are_counted_per_variable_as_the_tape_sees_them(checkpoints):
+    model = load(checkpoints.path("mlp_logits"))
+    x, y = models.digits()
+    x, y = x[:ROWS], y[:ROWS]
+    saved = state(model)
+    variables = model.trainable_variables
+    planted = variables[0].numpy()
+    planted.flat[[0, 5, 9]] = np.nan
+    variables[0].assign(planted)
+    bias = variables[-1].numpy()
+    bias[:2] = np.inf
+    variables[-1].assign(bias)
+    _, result, m = run_probe(model, x, y)
+    counts = result.raw["variables"]["weight_nonfinite"]
+    expected = [int((~np.isfinite(v.numpy())).sum()) for v in variables]
+    assert list(counts) == expected and expected[0] == 3 and expected[-1] == 2
+    assert m.nonfinite.weights == 5
+    _, grads = eager_loss_and_grads(model, x, y)
+    expected_grads = [int((~np.isfinite(g)).sum()) for g in grads]
+    assert list(result.raw["variables"]["grad_nonfinite"]) == expected_grads
+    assert sum(expected_grads) > 0
+    for var, value in zip(
+        list(model.variables) + list(model.optimizer.variables) + list(model.metrics_variables),
+        saved,
+        strict=True,
+    ):
+        var.assign(value)
+    # Healthy again: nothing counted (the counting branch does not run).
+    _, result, m = run_probe(model, x, y)
+    assert not result.raw["variables"]["grad_nonfinite"].any() and m.nonfinite.weights == 0
+
+
 def test_activation_statistics_match_the_layer_outputs(checkpoints):
     import keras
 

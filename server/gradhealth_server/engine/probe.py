@@ -318,13 +318,25 @@ class Probe:
         if rows < self.splits[0] and self.options.lr_scales:
             base_loss, *_ = self.stateless_loss(w0, nt0, metrics0, x0, y0)
             base_loss = tf.cast(base_loss, tf.float32)
-        probe_losses = []
-        for scale in self.options.lr_scales:
-            loss, *_ = self.stateless_loss(moved(w0, deltas, scale), nt0, metrics0, x0, y0)
-            probe_losses.append(tf.cast(loss, tf.float32))
-        if probe_losses:
-            out.update(optimizer.graph_lr_probe(base_loss, probe_losses))
+        if self.options.lr_scales:
+            losses = self._losses_along(deltas, w0, nt0, metrics0, x0, y0)
+            out.update(optimizer.graph_lr_probe(base_loss, losses))
         return out
+
+    def _losses_along(self, deltas, w0, nt0, metrics0, x0, y0) -> tf.Tensor:
+        """The loss at w0 + s·Δw for each learning-rate scale s, in a loop whose body
+        (one forward pass) is traced once, not once per scale."""
+        scales = tf.constant(self.options.lr_scales, tf.float32)
+        n = len(self.options.lr_scales)
+
+        def body(i, losses):
+            loss, *_ = self.stateless_loss(moved(w0, deltas, scales[i]), nt0, metrics0, x0, y0)
+            return i + 1, losses.write(i, tf.cast(loss, tf.float32))
+
+        _, losses = tf.while_loop(
+            lambda i, _: i < n, body, (tf.constant(0), tf.TensorArray(tf.float32, size=n))
+        )
+        return losses.stack()
 
     def _step_and_restore(self, grads, w0) -> list[tf.Tensor]:
         """Apply the optimizer to the real variables, return Δw, write everything back.

@@ -41,10 +41,17 @@ def nonfinite(t: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(t)), tf.float32))
 
 
-def nonfinite_if(total: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
-    """Count NaN/Inf in t only when its (finite-if-clean) sum says there are any:
-    saves a pass over every parameter on healthy models."""
-    return tf.cond(tf.math.is_finite(total), lambda: tf.constant(0.0), lambda: nonfinite(t))
+def nonfinite_counts(squares: tf.Tensor, tensors: list[tf.Tensor]) -> tf.Tensor:
+    """NaN/Inf entries per tensor, counted only when some tensor's sum of squares
+    (`squares`, one per tensor) is not finite: healthy models skip a pass over every
+    parameter. One branch for all the tensors instead of a cond per tensor. (Counting
+    over the tensors concatenated, with a segment sum, was measured and dropped: on a
+    ResNet50 it added 4 GB to the probe's peak memory.)"""
+    return tf.cond(
+        tf.reduce_all(tf.math.is_finite(squares)),
+        lambda: tf.zeros_like(squares),
+        lambda: tf.stack([nonfinite(t) for t in tensors]),
+    )
 
 
 def per_unit_axes(t: tf.Tensor) -> list[int] | None:

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from gradhealth_server.engine.facts import StaticFacts
 from gradhealth_server.engine.measurements import OptimizerStep
-from gradhealth_server.engine.quantities.base import Stats, nonfinite_if
+from gradhealth_server.engine.quantities.base import Stats
 from gradhealth_server.engine.quantities.variables import total_norm
 
 KEY = "optimizer"
@@ -17,16 +17,16 @@ KEY = "optimizer"
 
 def graph_step(deltas: list[tf.Tensor], iterations: tf.Tensor) -> Stats:
     """Δw of the real step, one number per variable, and the step counter."""
-    step_sq = [tf.reduce_sum(tf.square(d)) for d in deltas]
+    step_sq = tf.stack([tf.reduce_sum(tf.square(d)) for d in deltas])
     return {
-        "step_sq": tf.stack(step_sq),
-        "step_nonfinite": tf.stack([nonfinite_if(s, d) for s, d in zip(step_sq, deltas)]),
+        "step_sq": step_sq,
         "iterations": tf.cast(iterations, tf.int64),
     }
 
 
-def graph_lr_probe(base_loss: tf.Tensor, losses: list[tf.Tensor]) -> Stats:
-    return {"lr_probe_losses": tf.stack(losses), "lr_probe_base_loss": base_loss}
+def graph_lr_probe(base_loss: tf.Tensor, losses: tf.Tensor) -> Stats:
+    """The loss before the step and at each learning-rate scale (one per scale)."""
+    return {"lr_probe_losses": losses, "lr_probe_base_loss": base_loss}
 
 
 def loss_scale(optimizer: object) -> float | None:

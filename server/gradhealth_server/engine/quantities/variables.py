@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from gradhealth_server.engine.measurements import LayerMeasurement
-from gradhealth_server.engine.quantities.base import Stats, nonfinite_if
+from gradhealth_server.engine.quantities.base import Stats, nonfinite_counts
 from gradhealth_server.engine.structure import ModelStructure
 
 KEY = "variables"
@@ -26,19 +26,18 @@ def graph_norms(grads: list[tf.Tensor]) -> Stats:
 
 def graph(grads: list[tf.Tensor], weights: list[tf.Tensor]) -> Stats:
     """Whole-batch gradients (already merged) and weights, one number per variable."""
-    grad_sq = [tf.reduce_sum(tf.square(g)) for g in grads]
-    weight_sq = [tf.reduce_sum(tf.square(tf.cast(w, tf.float32))) for w in weights]
+    grad_sq = tf.stack([tf.reduce_sum(tf.square(g)) for g in grads])
+    weights = [tf.cast(w, tf.float32) for w in weights]
+    weight_sq = tf.stack([tf.reduce_sum(tf.square(w)) for w in weights])
     return {
-        "grad_sq": tf.stack(grad_sq),
-        "weight_sq": tf.stack(weight_sq),
+        "grad_sq": grad_sq,
+        "weight_sq": weight_sq,
         "grad_abs_sum": tf.stack([tf.reduce_sum(tf.abs(g)) for g in grads]),
         "grad_zero": tf.stack(
             [tf.reduce_sum(tf.cast(tf.equal(g, 0.0), tf.float32)) for g in grads]
         ),
-        "grad_nonfinite": tf.stack([nonfinite_if(s, g) for s, g in zip(grad_sq, grads)]),
-        "weight_nonfinite": tf.stack(
-            [nonfinite_if(s, tf.cast(w, tf.float32)) for s, w in zip(weight_sq, weights)]
-        ),
+        "grad_nonfinite": nonfinite_counts(grad_sq, grads),
+        "weight_nonfinite": nonfinite_counts(weight_sq, weights),
     }
 
 
