@@ -262,6 +262,8 @@ def test_kubernetes_and_compose_agree_with_the_image():
     assert mounted(env["GRADHEALTH_DB"].removeprefix("sqlite:///"))
     assert mounted(env["GRADHEALTH_SPOOL_DIR"]) and mounted("/tmp") and mounted(HOME)
     assert mounted(env["GRADHEALTH_TOKEN_FILE"], writable=False)
+    # XLA's executables outlive a worker or container restart (a GPU compiles with XLA).
+    assert mounted(settings["GRADHEALTH_COMPILE_CACHE"])
     assert settings["GRADHEALTH_TOKEN_FILE"].endswith("/token")  # the Secret's key
 
     service = yaml.safe_load((K8S / "base" / "service.yaml").read_text())
@@ -276,6 +278,14 @@ def test_kubernetes_and_compose_agree_with_the_image():
     assert any(volume.endswith(":" + spool) for volume in gradhealth["volumes"])
     assert gradhealth["environment"]["GRADHEALTH_DB"].startswith("postgresql+psycopg://")
     assert int(gradhealth["stop_grace_period"].rstrip("s")) > float(env["GRADHEALTH_GRACE"])
+    gpu = yaml.safe_load((DEPLOY / "compose.gpu.yaml").read_text())["services"]["gradhealth"]
+    cache = gpu["environment"]["GRADHEALTH_COMPILE_CACHE"]
+    assert "xla-cache:" + cache in gpu["volumes"]
+    # The image holds that directory, the user's alone, for a fresh named volume to copy.
+    assert (
+        f"install -d -m 0700 -o gradhealth -g gradhealth {cache}"
+        in (DEPLOY / "Dockerfile").read_text()
+    )
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [
         f"gradhealth:{metrics_port}"
