@@ -90,6 +90,47 @@ def test_snapshots_are_skipped_while_an_upload_is_in_flight(server, caplog):
     assert len(said) == 1 and f"{callback.skipped} skipped" in callback.summary()
 
 
+class _WaitForUploads(keras.callbacks.Callback):
+    """Placed before the gradhealth callback: each epoch end waits for its upload in
+    flight, so what the next snapshot meets on the server is deterministic."""
+
+    def __init__(self, callback: GradientHealthCallback) -> None:
+        super().__init__()
+        self.callback = callback
+
+    def on_epoch_end(self, epoch, logs=None):
+        assert self.callback.wait(120)
+
+
+def test_the_warm_up_compiles_the_architecture_before_the_first_checkpoint(server):
+    x, y = digits()
+    verdicts = {}
+    for warm_up in (True, False):
+        keras.utils.set_random_seed(0)
+        model = digits_cnn(f"warm_up_{warm_up}")  # an architecture the server has not seen
+        model.compile("adam", "sparse_categorical_crossentropy")
+        callback = GradientHealthCallback(
+            server.target, run_id=f"warm-up-{warm_up}", sample=(x[:128], y[:128]),
+            token=TOKEN, min_interval_s=0, warm_up=warm_up,
+        )  # fmt: skip
+        model.fit(x, y, epochs=1, batch_size=64, verbose=0,
+                  callbacks=[_WaitForUploads(callback), callback])  # fmt: skip
+        assert callback.wait(120) and callback.failed == 0, callback.last_error
+        assert callback.sent == 1 and len(callback.verdicts) == 1
+        verdicts[warm_up] = (callback.verdicts[0], callback.warm_up_verdict)
+    (first, warm), (cold_first, none) = verdicts[True], verdicts[False]
+    assert none is None and not cold_first.proto.probe_cached
+    assert "compile_and_probe" in cold_first.proto.phase_seconds
+    # The warm-up compiled the probe at step 1; the first real checkpoint reused it.
+    assert warm is not None and warm.proto.step == 1 and not warm.proto.probe_cached
+    assert first.proto.probe_cached and "probe" in first.proto.phase_seconds
+    # Stored ad hoc, apart from the run: the run holds only its real checkpoint.
+    assert warm.run_id.startswith("adhoc-")
+    with GradientHealthClient(server.target, token=TOKEN) as client:
+        stored = list(client.list_verdicts("warm-up-True"))
+    assert [v.verdict_id for v in stored] == [first.verdict_id]
+
+
 def test_stop_on_critical_stops_a_hopeless_run(server):
     x, y = digits(scale=1.0)  # 0-16 pixels * 16: never normalized
     x = x * 16.0

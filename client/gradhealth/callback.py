@@ -7,6 +7,13 @@ it as `.keras` and sends it with the fixed sample batch. The hand-off is a slot
 of one: while an upload is in flight, later snapshots are skipped and counted.
 A service that is down or slow is logged once and never stops training.
 
+A new architecture's first diagnosis on a server compiles it (seconds to a minute
+on a CPU). With `warm_up` (the default), as soon as the optimizer is built (the
+first step) the callback sends that state once as an ad-hoc diagnosis: the server
+compiles the architecture while the first epoch trains, so the first real
+checkpoint gets a warm answer. The warm-up's verdict is stored ad hoc (its own
+`adhoc-…` run, never alerting) and is not one of the run's verdicts.
+
 A run has an end: when `fit` returns, the callback waits (a bounded time) for
 the upload in flight and closes the run on the service, as finished, or as
 stopped with the cause when `stop_on` ended it, so its alerts resolve instead of
@@ -55,6 +62,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         mode: str = "full",
         close_run: bool = True,
         end_wait_s: float = 60.0,
+        warm_up: bool = True,
     ) -> None:
         """Send a checkpoint every `every_n_steps` steps or at every epoch end (the
         default), at most once per `min_interval_s` seconds. `sample` is (x, y): a
@@ -62,7 +70,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
         y or {output name: y} for a multi-output model). `stop_on="critical"` (or
         "warning") stops training when a verdict is that bad. With `close_run`, the
         end of `fit` closes the run after waiting at most `end_wait_s` for the
-        upload in flight."""
+        upload in flight. With `warm_up`, the first step's state warms the server
+        (module docstring)."""
         super().__init__()
         if stop_on not in (None, "warning", "critical"):
             raise ValueError('stop_on must be None, "warning" or "critical"')
@@ -75,6 +84,12 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self.mode = mode
         self.close_run = close_run
         self.end_wait_s = end_wait_s
+        self.warm_up = warm_up
+        self.warm_up_verdict: Verdict | None = None  # the ad-hoc warm-up's, once back
+        self._warm_up_sent = False
+        self._warming = False  # the warm-up holds the slot
+        self._pending: tuple[int, dict, dict[str, float]] | None = None  # waits behind it
+        self._lock = threading.Lock()
         self._batch = payload.batch_part(*sample)  # encoded once, sent every time
         self._client = GradientHealthClient(
             target, token=token, tls=tls, timeout=timeout_s, retry=Retry(attempts=2)
@@ -105,6 +120,14 @@ class GradientHealthCallback(keras.callbacks.Callback):
             self.model.stop_training = True
         if self.every_n_steps and self._step and self._step % self.every_n_steps == 0:
             self._snapshot(self._step, None)
+        elif (
+            self.warm_up
+            and not self._warm_up_sent
+            and getattr(self.model.optimizer, "built", False)
+        ):
+            # Keras builds the optimizer in the first step: its state exists from here.
+            self._warm_up_sent = True
+            self._snapshot(self._step, None, warm_up=True)
         self._step += 1
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -179,11 +202,13 @@ class GradientHealthCallback(keras.callbacks.Callback):
 
     # --- the snapshot ----------------------------------------------------------------
 
-    def _snapshot(self, step: int, logs: dict | None) -> None:
+    def _snapshot(self, step: int, logs: dict | None, warm_up: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last_sent_at < self.min_interval_s:
+        if now - self._last_sent_at < self.min_interval_s and not warm_up:
             return
         if not self._slot.acquire(blocking=False):
+            if self._wait_behind_warm_up(step, logs):
+                return
             self.skipped += 1  # the previous checkpoint is still on its way
             if self.skipped == 1:
                 log.info(
@@ -192,6 +217,36 @@ class GradientHealthCallback(keras.callbacks.Callback):
                     step,
                 )
             return
+        snapshot = self._take(step, logs)
+        if snapshot is None:
+            self._slot.release()
+            return
+        if warm_up:
+            self._warming = True
+        else:  # the warm-up does not delay the first real checkpoint
+            self._last_sent_at = now
+        self._thread = threading.Thread(
+            target=self._send, args=(*snapshot, warm_up), name="gradhealth-upload", daemon=True
+        )
+        self._thread.start()
+
+    def _wait_behind_warm_up(self, step: int, logs: dict | None) -> bool:
+        """While the warm-up holds the slot, a real checkpoint waits behind it instead
+        of being dropped (in a short fit it may be the only one); only the latest
+        waits, an earlier waiting one counts as skipped. False: no warm-up in flight."""
+        with self._lock:
+            if not self._warming:
+                return False
+            snapshot = self._take(step, logs)
+            if snapshot is not None:
+                if self._pending is not None:
+                    self.skipped += 1
+                self._pending = snapshot
+                self._last_sent_at = time.monotonic()
+            return True
+
+    def _take(self, step: int, logs: dict | None) -> tuple[int, dict, dict[str, float]] | None:
+        """The model's weights and optimizer state now (training thread), or None."""
         try:
             state = {
                 "weights": self.model.get_weights(),
@@ -199,14 +254,9 @@ class GradientHealthCallback(keras.callbacks.Callback):
             }
             metrics = _metrics(logs if logs is not None else self._running_metrics())
         except Exception as exc:  # never break training
-            self._slot.release()
             self._failure(f"could not snapshot the model: {exc}")
-            return
-        self._last_sent_at = now
-        self._thread = threading.Thread(
-            target=self._send, args=(step, state, metrics), name="gradhealth-upload", daemon=True
-        )
-        self._thread.start()
+            return None
+        return step, state, metrics
 
     def _running_metrics(self) -> dict:
         try:
@@ -216,7 +266,48 @@ class GradientHealthCallback(keras.callbacks.Callback):
 
     # --- background thread -------------------------------------------------------------
 
-    def _send(self, step: int, state: dict, metrics: dict[str, float]) -> None:
+    def _send(self, step: int, state: dict, metrics: dict[str, float], warm_up: bool) -> None:
+        if not warm_up:
+            self._diagnose(step, state, metrics)
+            return
+        try:
+            self._warm_up(step, state, metrics)
+        finally:
+            with self._lock:
+                self._warming = False
+                pending, self._pending = self._pending, None
+            if pending is None:
+                self._slot.release()
+            else:  # on this thread, so that wait() waits for it too
+                self._diagnose(*pending)
+
+    def _warm_up(self, step: int, state: dict, metrics: dict[str, float]) -> None:
+        """The ad-hoc diagnosis that makes the server compile this architecture."""
+        try:
+            verdict = self._client.diagnose(
+                self._checkpoint(state),
+                batch=self._batch,
+                run_id="",  # ad hoc: a run of its own, never alerting
+                step=step,
+                training_metrics=metrics,
+                mode=self.mode,
+            )
+        except grpc.RpcError as error:
+            self._failure(f"warm-up: {error.code().name}: {error.details()}")
+            return
+        except Exception as exc:
+            self._failure(f"warm-up: {type(exc).__name__}: {exc}")
+            return
+        self.warm_up_verdict = verdict
+        log.info(
+            "gradhealth: the server compiled this architecture at step %d (%.1f s)",
+            step,
+            sum(verdict.proto.phase_seconds.values()),
+        )
+
+    def _diagnose(self, step: int, state: dict, metrics: dict[str, float]) -> None:
+        """One of the run's checkpoints: its verdict, stop_on and on_verdict; the slot
+        is free again when this returns."""
         try:
             checkpoint = self._checkpoint(state)
             verdict = self._client.diagnose(
