@@ -10,7 +10,7 @@ apply) of a bare `tf.function`, with the same XLA setting as the probe's default
 Each side runs in a fresh Python process (TensorFlow imported before the clock
 starts), so nothing is cached between them; the two alternate, repetition by
 repetition, and the table reports the ratio of medians. Peak RSS is the child's
-own (`ru_maxrss`). `cold_ratio` counts the checkpoint load in the verdict (a
+own (VmHWM). `cold_ratio` counts the checkpoint load in the verdict (a
 user waits for it); `cold_ratio_without_load` does not (the bare side loads the
 model before its clock starts).
 
@@ -149,9 +149,13 @@ def _bare_side(checkpoint: str, batch: str) -> dict[str, Any]:
 
 
 def _peak_rss_mb() -> float:
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's peak resident memory (VmHWM). Not `ru_maxrss`: Linux carries
+    that over exec from the parent, so a child of a bench that just trained a
+    ResNet50 reported the parent's peak, on both sides alike."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _child(side: str, checkpoint: str, batch: str) -> dict[str, Any]:
