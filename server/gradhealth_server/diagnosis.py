@@ -27,7 +27,6 @@ from gradhealth_server.engine.measurements import (
 )
 from gradhealth_server.engine.output_losses import output_losses
 from gradhealth_server.engine.probe import Probe, ProbeOptions, batch_signature
-from gradhealth_server.engine.quantities import labels
 from gradhealth_server.engine.quantities.optimizer import loss_scale
 from gradhealth_server.engine.structure import current_learning_rate, read_structure
 from gradhealth_server.engine.trial_steps import Trials
@@ -185,12 +184,16 @@ class Diagnoser:
                     result = probe.run(data.x, data.targets)
                     t3 = time.perf_counter()
                     measurements = build_measurements(
-                        result, entry.structure, data.raw_x, data.y, options.mode, data.raw_y
+                        result,
+                        entry.structure,
+                        data.raw_x,
+                        data.y,
+                        options.mode,
+                        data.raw_y,
+                        other_ys=data.ys[1:],
+                        other_sent=data.raw_ys[1:],
                     )
                     measurements.weight_digests = digests
-                    measurements.other_output_labels = labels.other_outputs(
-                        entry.structure.facts.other_outputs, data.ys[1:], data.raw_ys[1:]
-                    )
                     measurements.output_losses = output_losses(
                         entry.model,
                         [data.x[name] for name in probe.input_order],

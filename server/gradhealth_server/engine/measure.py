@@ -4,6 +4,7 @@ numbers (engine/quantities/), the host adds the batch's input and label scales."
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -45,7 +46,11 @@ def build_measurements(
     y: np.ndarray,
     mode: str,
     y_sent: np.ndarray | None = None,
+    other_ys: Sequence[np.ndarray] = (),
+    other_sent: Sequence[np.ndarray | None] = (),
 ) -> Measurements:
+    """The probe's numbers with the batch's: `y`/`y_sent` are the first output's labels
+    (as the loss reads them / as sent), `other_ys`/`other_sent` every later output's."""
     raw, facts = result.raw, structure.facts
     full = mode == "full"
     var = raw[variables.KEY]
@@ -96,6 +101,9 @@ def build_measurements(
         inputs=batch_inputs,
         first_layer_inputs=first_inputs.decode(raw[first_inputs.KEY], structure) if full else [],
         labels=label_stats,
+        other_output_labels=labels.other_outputs(
+            facts.other_outputs, list(other_ys), list(other_sent)
+        ),
         output=output,
         optimizer=optimizer.decode(
             raw.get(optimizer.KEY), facts, var["weight_sq"], result.lr_scales
