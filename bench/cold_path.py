@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.memory import peak_rss_mb
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 TARGET = 3.0  # issue 19: the first verdict within 3x a bare first train step
@@ -105,7 +107,7 @@ def _verdict_side(checkpoint: str, batch: str) -> dict[str, Any]:
         "status": str(diagnosis.verdict.status),
         "primary": str(diagnosis.verdict.primary_cause or "none"),
         "xla": diagnosis.measurements.xla,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -144,18 +146,8 @@ def _bare_side(checkpoint: str, batch: str) -> dict[str, Any]:
         "load_s": load,
         "warm_step_s": warm,
         "xla": xla,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM). Not `ru_maxrss`: Linux carries
-    that over exec from the parent, so a child of a bench that just trained a
-    ResNet50 reported the parent's peak, on both sides alike."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _child(side: str, checkpoint: str, batch: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ learns, and saved with a sample batch into a cache directory (reused when presen
 Each is then diagnosed in a fresh Python process, twice: cold (the first call:
 load, trace, probe, trials, rules) and warm (the same checkpoint again in the same
 process: the cached model and compiled probe). Peak RSS is that child's own
-(`ru_maxrss`). Training also runs in a child, so one model's graphs and dtype
+(VmHWM, bench/memory.py; `bench/zoo_results.json` was measured with `ru_maxrss`,
+which also counts the parent's peak). Training also runs in a child, so one model's graphs and dtype
 policy never reach the next.
 
     python -m bench.zoo [--models lstm,gru] [--json PATH] [--cache DIR] [--retrain]
@@ -33,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CACHE = ROOT / ".cache" / "zoo"
+from bench.memory import peak_rss_mb  # noqa: E402
 from bench.zoo_models import Spec, builders  # noqa: E402  (the models, apart)
 
 
@@ -167,7 +169,7 @@ def diagnose_twice(checkpoint: str | Path, batch: str | Path) -> dict[str, Any]:
         "cold_phases": {k: round(s, 2) for k, s in cold.phases.items()},
         "warm_phases": {k: round(s, 3) for k, s in warm.phases.items()},
         "trials_run": _trials_run(cold.measurements),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -176,12 +178,6 @@ def _trials_run(m: Any) -> list[str]:
     ran = [*m.trials, *getattr(m, "scratch_trials", {})]
     ran += ["learning_rate"] if m.lr_trial is not None else []
     return ran + (["clipnorm"] if m.clip_trial is not None else [])
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _child(*args: str) -> dict[str, Any]:
