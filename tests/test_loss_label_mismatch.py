@@ -103,3 +103,35 @@ def test_binary_crossentropy_on_a_linear_output_is_tried_from_logits(diagnoser, 
     trial = d.measurements.pairing_trial
     assert trial is not None and trial.scored_by == "binary_crossentropy"
     assert "held-out binary_crossentropy" in finding.trial
+
+
+def test_a_relu_output_under_mse_on_targets_below_zero(diagnoser, tmp_path):
+    """Standardized targets, half of them negative, through Dense(1, relu): the output
+    is stuck at 0 for those (no gradient), a real loss of fit; a linear twin is fine."""
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes()
+    x = ((data.data - data.data.mean(0)) / data.data.std(0)).astype("float32")
+    y = ((data.target - data.target.mean()) / data.target.std()).astype("float32")
+    verdicts = {}
+    for activation in ("relu", None):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((10,)),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(1, activation=activation),
+            ]
+        )
+        model.compile("adam", "mse")
+        model.fit(x, y, epochs=20, batch_size=32, verbose=0)
+        path = tmp_path / f"{activation}.keras"
+        model.save(path)
+        d = diagnoser.diagnose(path, npz(x=x[:ROWS], y=y[:ROWS]))
+        verdicts[activation] = d.verdict
+    relu = [f for f in verdicts["relu"].findings if f.cause is Cause.LOSS_MISMATCH]
+    assert relu and relu[0].severity is Severity.WARNING
+    assert "cannot go below 0" in relu[0].summary and "no gradient" in relu[0].summary
+    assert relu[0].evidence["output_range"] == [0.0, None]
+    assert verdicts["relu"].primary_cause is Cause.LOSS_MISMATCH
+    assert not any(f.cause is Cause.LOSS_MISMATCH for f in verdicts[None].findings)

@@ -345,6 +345,10 @@ class LossMismatchRule(Rule):
 
 # What a bounded output activation can produce.
 OUTPUT_RANGES = {"sigmoid": (0.0, 1.0), "softmax": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+# Outputs bounded below only: targets under 0 are out of reach, and a ReLU output
+# passes no gradient for them. Worse fits rather than no fit: a warning.
+HALF_LINE_OUTPUTS = {"relu": 0.0, "softplus": 0.0}
+REACHABLE = {*OUTPUT_RANGES, *HALF_LINE_OUTPUTS}
 
 
 def _out_of_reach(
@@ -352,14 +356,27 @@ def _out_of_reach(
 ) -> _Mismatch | None:
     """A regression loss whose targets lie outside what the output activation can
     produce: the loss can never reach zero and the output saturates chasing them."""
-    if loss not in REGRESSION_LOSSES or labels is None or activation not in OUTPUT_RANGES:
+    if loss not in REGRESSION_LOSSES or labels is None or activation not in REACHABLE:
         return None
     # class ids into several outputs are a classifier trained with a regression loss:
     # _mismatch names that pairing
     if labels.format != "continuous" and not (labels.format == "class_ids" and units == 1):
         return None
-    low, high = OUTPUT_RANGES[activation]
     span = max(labels.max - labels.min, 1e-12)
+    remedy = "a linear output, Dense(n), and the target standardized: (y - mean) / std"
+    if activation in HALF_LINE_OUTPUTS:
+        low = HALF_LINE_OUTPUTS[activation]
+        if low - labels.min <= 0.1 * span:
+            return None
+        return _Mismatch(
+            Severity.WARNING,
+            f"{loss} on targets in [{labels.min:g}, {labels.max:g}] through a {activation} "
+            f"output, which cannot go below {low:g}: the targets under it are never fitted"
+            + (" and pass no gradient back" if activation == "relu" else ""),
+            remedy,
+            {"label_range": [labels.min, labels.max], "output_range": [low, None]},
+        )
+    low, high = OUTPUT_RANGES[activation]
     outside = max(low - labels.min, labels.max - high, 0.0)
     if outside <= 0.1 * span:  # a little overshoot is a scaling choice, not a bug
         return None
@@ -368,8 +385,7 @@ def _out_of_reach(
         f"{loss} on targets in [{labels.min:g}, {labels.max:g}] through a {activation} output, "
         f"which can only produce [{low:g}, {high:g}]: the model can never fit them and the "
         "output saturates",
-        "a linear output, Dense(n) with no activation, and the target standardized: "
-        "(y - mean) / std",
+        remedy,
         {"label_range": [labels.min, labels.max], "output_range": [low, high]},
     )
 
