@@ -283,20 +283,9 @@ class GradientHealthCallback(keras.callbacks.Callback):
 
     def _warm_up(self, step: int, state: dict, metrics: dict[str, float]) -> None:
         """The ad-hoc diagnosis that makes the server compile this architecture."""
-        try:
-            verdict = self._client.diagnose(
-                self._checkpoint(state),
-                batch=self._batch,
-                run_id="",  # ad hoc: a run of its own, never alerting
-                step=step,
-                training_metrics=metrics,
-                mode=self.mode,
-            )
-        except grpc.RpcError as error:
-            self._failure(f"warm-up: {error.code().name}: {error.details()}")
-            return
-        except Exception as exc:
-            self._failure(f"warm-up: {type(exc).__name__}: {exc}")
+        # run_id "": ad hoc, a run of its own that never alerts
+        verdict = self._upload(step, state, metrics, run_id="", failure_prefix="warm-up: ")
+        if verdict is None:
             return
         self.warm_up_verdict = verdict
         log.info(
@@ -305,27 +294,39 @@ class GradientHealthCallback(keras.callbacks.Callback):
             sum(verdict.proto.phase_seconds.values()),
         )
 
-    def _diagnose(self, step: int, state: dict, metrics: dict[str, float]) -> None:
-        """One of the run's checkpoints: its verdict, stop_on and on_verdict; the slot
-        is free again when this returns."""
+    def _upload(
+        self,
+        step: int,
+        state: dict,
+        metrics: dict[str, float],
+        run_id: str,
+        failure_prefix: str = "",
+    ) -> Verdict | None:
+        """Save the snapshot and diagnose it under run_id; None (counted) on failure."""
         try:
-            checkpoint = self._checkpoint(state)
-            verdict = self._client.diagnose(
-                checkpoint,
+            return self._client.diagnose(
+                self._checkpoint(state),
                 batch=self._batch,
-                run_id=self.run_id,
+                run_id=run_id,
                 step=step,
                 training_metrics=metrics,
                 mode=self.mode,
             )
         except grpc.RpcError as error:
-            self._failure(f"{error.code().name}: {error.details()}")
-            return
+            self._failure(f"{failure_prefix}{error.code().name}: {error.details()}")
         except Exception as exc:
-            self._failure(f"{type(exc).__name__}: {exc}")
-            return
+            self._failure(f"{failure_prefix}{type(exc).__name__}: {exc}")
+        return None
+
+    def _diagnose(self, step: int, state: dict, metrics: dict[str, float]) -> None:
+        """One of the run's checkpoints: its verdict, stop_on and on_verdict; the slot
+        is free again when this returns."""
+        try:
+            verdict = self._upload(step, state, metrics, run_id=self.run_id)
         finally:
             self._slot.release()
+        if verdict is None:
+            return
         self.sent += 1
         self.verdicts.append(verdict)
         bad_enough = self.stop_on and STATUS_ORDER[verdict.status] >= STATUS_ORDER[self.stop_on]
