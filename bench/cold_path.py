@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.memory import peak_rss_mb
+from tests.service import peak_rss_mb
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -107,7 +107,7 @@ def _verdict_side(checkpoint: str, batch: str) -> dict[str, Any]:
         "status": str(diagnosis.verdict.status),
         "primary": str(diagnosis.verdict.primary_cause or "none"),
         "xla": diagnosis.measurements.xla,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 
@@ -146,7 +146,7 @@ def _bare_side(checkpoint: str, batch: str) -> dict[str, Any]:
         "load_s": load,
         "warm_step_s": warm,
         "xla": xla,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 

@@ -8,7 +8,7 @@ learns, and saved with a sample batch into a cache directory (reused when presen
 Each is then diagnosed in a fresh Python process, twice: cold (the first call:
 load, trace, probe, trials, rules) and warm (the same checkpoint again in the same
 process: the cached model and compiled probe). Peak RSS is that child's own
-(VmHWM, bench/memory.py; `bench/zoo_results.json` was measured with `ru_maxrss`,
+(VmHWM, tests/service.peak_rss_mb; `bench/zoo_results.json` was measured with `ru_maxrss`,
 which also counts the parent's peak). Training also runs in a child, so one model's graphs and dtype
 policy never reach the next.
 
@@ -34,8 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CACHE = ROOT / ".cache" / "zoo"
-from bench.memory import peak_rss_mb  # noqa: E402
 from bench.zoo_models import Spec, builders  # noqa: E402  (the models, apart)
+from tests.service import peak_rss_mb  # noqa: E402
 
 
 def _rows(data: Any, rows: int) -> Any:
@@ -169,7 +169,7 @@ def diagnose_twice(checkpoint: str | Path, batch: str | Path) -> dict[str, Any]:
         "cold_phases": {k: round(s, 2) for k, s in cold.phases.items()},
         "warm_phases": {k: round(s, 3) for k, s in warm.phases.items()},
         "trials_run": _trials_run(cold.measurements),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 

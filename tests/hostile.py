@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from gradhealth_server.errors import GradhealthError, InvalidCheckpoint, LimitExceeded
+from tests.service import peak_rss_mb
 
 INVALID = "INVALID_ARGUMENT"
 EXHAUSTED = "RESOURCE_EXHAUSTED"
@@ -750,13 +751,6 @@ assert len(BY_NAME) == len(CASES), "case names must be unique"
 # --- measuring a load from outside -------------------------------------------------
 
 
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def _reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
@@ -771,7 +765,7 @@ def measure(paths: list[str]) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for path in paths:
         _reset_peak_rss()
-        before = _peak_rss_mb()
+        before = peak_rss_mb()
         start = time.perf_counter()
         try:
             ModelCache().load(path)
@@ -782,7 +776,7 @@ def measure(paths: list[str]) -> dict[str, dict[str, Any]]:
             "outcome": outcome,
             "seconds": time.perf_counter() - start,
             "rss_before_mb": before,
-            "peak_rss_mb": _peak_rss_mb(),
+            "peak_rss_mb": peak_rss_mb(),
         }
     return results
 

@@ -253,6 +253,16 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM), in MiB. Not `ru_maxrss`: Linux
+    carries that over `exec` from the parent, so a bench's child reported the peak of
+    the parent that had just trained a model."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 class MemoryWatch:
     """Peak RSS of the server process and of its workers, sampled every 50 ms."""
 
