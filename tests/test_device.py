@@ -46,3 +46,14 @@ def test_a_cpu_worker_skips_grappler_and_xla_by_default():
 )
 def test_the_environment_overrides_either_choice(env, expected):
     assert device_choices(**env) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "gpu", "expected"),
+    [("", True, True), ("", False, False), ("off", True, False), ("on", False, True)],
+)
+def test_on_a_gpu_the_rewrites_stay_unless_switched_off(monkeypatch, value, gpu, expected):
+    from gradhealth_server.engine.device import graph_rewrites_by_default
+
+    monkeypatch.setenv("GRADHEALTH_GRAPPLER", value)
+    assert graph_rewrites_by_default(gpu=gpu) is expected

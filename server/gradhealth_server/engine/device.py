@@ -78,27 +78,36 @@ def xla_by_default() -> bool:
     ResNet50 at 64 px: 793 s to the first verdict with XLA, 236 s without), so on a
     CPU the plain graph is the default. GRADHEALTH_XLA=on|off overrides either way.
     """
-    choice = os.environ.get("GRADHEALTH_XLA", "").strip().lower()
-    if choice in ("1", "on", "true", "yes"):
-        return True
-    if choice in ("0", "off", "false", "no"):
-        return False
+    choice = _switch("GRADHEALTH_XLA")
+    if choice is not None:
+        return choice
     import tensorflow as tf
 
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-def graph_rewrites_by_default() -> bool:
-    """Whether the probe's plain graph goes through Grappler's rewrites on a CPU.
+def graph_rewrites_by_default(gpu: bool) -> bool:
+    """Whether the probe's plain graph goes through Grappler's rewrites: on a GPU, yes.
 
     They fuse and reorder ops for the device; on the CPUs measured here they took
     half of a cold probe's first call (MobileNetV2 at 64 px: 9.0 s against 4.5 s
     without; ResNet50 17.5 s against 10.1 s) and left the warm probe within noise
     of the rewritten one, so a worker without a GPU skips them. On a GPU they stay
     on (the layout optimizer matters there; XLA, its default, does not use them).
-    GRADHEALTH_GRAPPLER=on|off overrides.
+    GRADHEALTH_GRAPPLER=on|off overrides either way.
     """
-    return os.environ.get("GRADHEALTH_GRAPPLER", "").strip().lower() in ("1", "on", "true", "yes")
+    choice = _switch("GRADHEALTH_GRAPPLER")
+    return gpu if choice is None else choice
+
+
+def _switch(name: str) -> bool | None:
+    """An on/off environment variable: True, False, or None when unset or unclear."""
+    choice = os.environ.get(name, "").strip().lower()
+    if choice in ("1", "on", "true", "yes"):
+        return True
+    if choice in ("0", "off", "false", "no"):
+        return False
+    return None
 
 
 def configure_device(gpu_memory_mb: int | None = None) -> str:
@@ -129,7 +138,7 @@ def configure_device(gpu_memory_mb: int | None = None) -> str:
                 tf.config.experimental.set_memory_growth(gpu, True)
         except (RuntimeError, ValueError) as exc:  # already initialised: it is then fixed
             log.warning("could not configure memory on %s: %s", gpu.name, exc)
-    if not gpus and not graph_rewrites_by_default():
+    if not graph_rewrites_by_default(gpu=bool(gpus)):
         # Grappler's rewrites were half of a cold probe's first call on a CPU and
         # changed its warm time by a few per cent either way (README, "The cold path").
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
