@@ -121,10 +121,8 @@ class Trials:
                 return None
             crossentropy = "crossentropy" in remedy.loss
             scored_by = cls(from_logits=remedy.from_logits) if crossentropy else cls()
-            trial = self._paired_fns[remedy] = tf.function(
-                lambda xs, y, fixed, remedied: self._paired(xs, y, fixed, remedied, scored_by),
-                jit_compile=False,
-                autograph=False,
+            trial = self._paired_fns[remedy] = _graph(
+                lambda xs, y, fixed, remedied: self._paired(xs, y, fixed, remedied, scored_by)
             )
         xs = [x[name] for name in self.probe.input_order]
         try:
@@ -174,12 +172,7 @@ class Trials:
             # scale, steps, clipnorm
             specs = [tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.int32)]
             specs.append(tf.TensorSpec((), tf.float32))
-            self._lr_fn = tf.function(
-                self._lr_trial,
-                input_signature=[*self.probe._signature, *specs],
-                jit_compile=False,
-                autograph=False,
-            )
+            self._lr_fn = _graph(self._lr_trial, [*self.probe._signature, *specs])
         before, after, cut = self._call(
             self._lr_fn, x, y, np.float32(scale), np.int32(steps), np.float32(clipnorm)
         )
@@ -187,12 +180,7 @@ class Trials:
 
     # -- compiled bodies ------------------------------------------------------
     def _compile(self, body):
-        return tf.function(
-            body,
-            input_signature=self.probe._signature,
-            jit_compile=False,
-            autograph=False,
-        )
+        return _graph(body, self.probe._signature)
 
     def _call(self, fn, x: Inputs, y: Targets, *extra):
         try:
@@ -266,6 +254,12 @@ class Trials:
         after, *_ = p.stateless_loss(w, nt, *held, training=False, loss_fn=scored_by)
         p.restore(w0, nt0, slots0)
         return tf.cast(before, tf.float32), tf.cast(after, tf.float32)
+
+
+def _graph(body, input_signature: list | None = None):
+    """A trial's compiled function: the plain graph (jit_compile=False), traced
+    without AutoGraph like the probe."""
+    return tf.function(body, input_signature=input_signature, jit_compile=False, autograph=False)
 
 
 def _clip(grads: list[tf.Tensor], clipnorm: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
