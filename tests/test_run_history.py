@@ -86,7 +86,7 @@ def test_verdicts_survive_a_server_restart(request, tmp_path, checkpoints, batch
     server = ServerProcess(tmp_path, db=db).start()
     with GradientHealthClient(server.target) as client:
         made = client.diagnose(checkpoints.path("cnn"), batch=batch, run_id="restart", step=1)
-    assert server.stop() == 0
+    assert server.stop() == 0, server.log()
     server = ServerProcess(tmp_path, db=db).start()  # the same database
     try:
         with GradientHealthClient(server.target) as client:
@@ -103,7 +103,7 @@ def test_verdicts_survive_a_server_restart(request, tmp_path, checkpoints, batch
             stream.close()
             assert [v.verdict_id for v in first] == [new.verdict_id]
     finally:
-        assert server.stop() == 0
+        assert server.stop() == 0, server.log()
 
 
 def test_replicas_share_history_and_watchers_see_each_others_verdicts(

@@ -200,6 +200,26 @@ def test_sigterm_finishes_the_calls_in_flight(tmp_path, slow_checkpoint, flat_ba
         server.stop(signal.SIGKILL)
 
 
+def test_a_native_crash_leaves_every_threads_stack_in_the_log(tmp_path):
+    """A server that dies in native code (gRPC, a database driver) says where:
+    faulthandler writes the Python stacks, and its idle workers leave with it."""
+    server = ServerProcess(tmp_path).start()
+    try:
+        workers = server.worker_pids()
+        assert workers
+        server.process.send_signal(signal.SIGSEGV)
+        assert server.process.wait(30) == -signal.SIGSEGV
+        log = server.log()
+        assert "Fatal Python error: Segmentation fault" in log, log
+        assert "most recent call first" in log and "asyncio" in log, log
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, "a worker outlived its crashed server"
+            time.sleep(0.1)
+    finally:
+        server.stop(signal.SIGKILL)
+
+
 def test_the_client_retries_until_a_late_server_is_up(tmp_path, checkpoints, batch):
     port = free_port()
     retry = Retry(first_backoff_s=0.5, max_backoff_s=2.0)  # until the deadline

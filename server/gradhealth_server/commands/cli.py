@@ -10,6 +10,7 @@ the extra to install instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -251,6 +252,9 @@ def _serve(args: argparse.Namespace) -> int:
     from alembic.util.exc import CommandError
     from sqlalchemy.exc import SQLAlchemyError
 
+    # A native crash (gRPC, SQLite, a driver) leaves the Python stacks of every
+    # thread in the log instead of a bare "exit -11".
+    faulthandler.enable()
     try:
         asyncio.run(serve(config))
     except CommandError as exc:  # a database migrated by a newer gradhealth

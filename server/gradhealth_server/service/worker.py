@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import faulthandler
 import logging
 import multiprocessing as mp
 import os
@@ -272,6 +273,7 @@ def _worker_main(conn: Connection, cancel: Any, config: WorkerConfig) -> None:
     # terminal) by draining; it stops its workers itself when the drain is over.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    faulthandler.enable()  # a crash in TensorFlow's C++ leaves the Python stack in the log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from gradhealth_server.engine.device import native_stderr_silenced, quiet_tensorflow
 
