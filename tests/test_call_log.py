@@ -108,6 +108,48 @@ def test_queries_and_watches_are_logged(calls):
     assert watch["code"] == "CANCELLED" and watch["verdicts_sent"] == 2
 
 
+class EndingCall:
+    """A servicer context whose call ends while its handler is suspended: gRPC may
+    free a cancelled call before the handler's generator is closed, and reading
+    its peer then crashed the server (SIGSEGV in grpc.aio, stop 29's CI)."""
+
+    def __init__(self) -> None:
+        self.ended = False
+        self.peer_reads_after_end = 0
+
+    def peer(self) -> str:
+        self.peer_reads_after_end += self.ended
+        return "ipv4:127.0.0.1:5000"
+
+    def code(self) -> None:
+        return None
+
+    def details(self) -> str:
+        return ""
+
+
+def test_a_watch_closed_after_its_call_ended_never_touches_the_call(calls):
+    import asyncio
+
+    from gradhealth_server.service.call_log import _unary_stream
+
+    async def watch(request, context):
+        while True:
+            yield "a verdict"
+
+    async def scenario(context: EndingCall) -> None:
+        logged = _unary_stream("WatchVerdicts", watch)(object(), context)
+        assert await anext(logged) == "a verdict"
+        context.ended = True  # the client cancelled; gRPC dropped the call
+        await logged.aclose()  # what asyncio's finalizer does with the generator
+
+    context = EndingCall()
+    asyncio.run(scenario(context))
+    assert context.peer_reads_after_end == 0
+    (call,) = [r.call for r in calls() if r.call["method"] == "WatchVerdicts"]
+    assert call["peer"] == "ipv4:127.0.0.1:5000" and call["verdicts_sent"] == 1
+
+
 def test_json_lines_are_one_object_per_line_and_newlines_in_run_ids_cannot_forge_lines(
     calls, checkpoint
 ):

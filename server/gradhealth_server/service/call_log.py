@@ -80,16 +80,21 @@ def _recorded(
     """Logs the call once it ends: its code and message, or OK; `finish` adds
     what is only known then (the upload's header)."""
     started = time.perf_counter()
+    # The peer now, while the call is alive: a call cancelled by its client may be
+    # freed by gRPC before a streaming handler ends, and reading its peer then
+    # crashes the process (SIGSEGV in grpc.aio, seen on a cancelled WatchVerdicts).
+    with contextlib.suppress(Exception):
+        fields["peer"] = context.peer()
     try:
         yield
     except BaseException as exc:
         _ended(fields, context, exc)
         finish()
-        _emit(fields, context, started)
+        _emit(fields, started)
         raise
     finish()
     fields.setdefault("code", "OK")
-    _emit(fields, context, started)
+    _emit(fields, started)
 
 
 def _stream_unary(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -210,10 +215,8 @@ def verdict_fields(verdict: verdict_pb2.Verdict) -> dict[str, Any]:
     }
 
 
-def _emit(fields: dict[str, Any], context: grpc.aio.ServicerContext, started: float) -> None:
+def _emit(fields: dict[str, Any], started: float) -> None:
     fields["seconds"] = round(time.perf_counter() - started, 4)
-    with contextlib.suppress(Exception):
-        fields["peer"] = context.peer()
     failed = fields.get("code") not in ("OK", "CANCELLED")
     level = logging.WARNING if failed else logging.INFO
     log.log(level, "%s", _text(fields), extra={"call": fields})
