@@ -3,8 +3,8 @@ and batch (side by side, interleaved).
 
 Trials run only when a rule proposes a remedy (a healthy run pays nothing), and
 then their cost is the steps they take: the learning-rate trial runs 5 optimizer
-steps on half the batch at each of 4 scales (20 half-batch steps, about 10 full
-ones, plus 4 held-out losses); the input trial takes one step on the batch as
+steps on half the batch at each of 4 scales, once per fold (each half held out in
+turn: 40 half-batch steps, about 20 full ones, plus 8 held-out losses); the input trial takes one step on the batch as
 sent and one on the rescaled copy; the from-scratch trial (a data remedy from one
 fresh initialization) 10 half-batch steps per arm, two arms (about 10 full steps),
 plus drawing the fresh weights (`clone_model`) and saving and restoring every
@@ -31,7 +31,7 @@ from gradhealth_server.engine.device import configure_device
 from gradhealth_server.engine.trials import LossRemedy
 
 TARGETS = {
-    "learning_rate": 12.0,
+    "learning_rate": 24.0,
     "input_scale": 2.4,
     "from_scratch": 15.0,
     "clipped": 6.0,

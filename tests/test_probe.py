@@ -445,3 +445,41 @@ def test_the_probe_and_the_trials_trace_without_autograph_as_keras_fit_does():
         api._convert_actual = original
     assert np.isfinite(m.loss) and trial is not None and all(np.isfinite(trial.losses))
     assert converted == []
+
+
+def test_the_learning_rate_trial_holds_out_each_half_in_turn():
+    """Two folds: the held-out loss before the steps is the mean of both halves' loss
+    (one split of a small batch alone decided verdicts), and the state is restored."""
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(65, 8)).astype("float32"), rng.integers(0, 3, 65)
+    x[32:] *= 3.0  # the halves differ: their losses are far apart
+    model.fit(x, y, epochs=1, verbose=0)
+    before = state(model)
+    probe, _, _ = run_probe(model, x, y)
+    trial = Trials(probe).learning_rate({probe.input_order[0]: x}, y, (1.0, 10.0))
+
+    def loss(rows: list[int]) -> float:
+        return float(keras.losses.SparseCategoricalCrossentropy()(y[rows], model(x[rows])))
+
+    # 65 rows: fold one trains on 0-31 and holds out 32-64; fold two trains on
+    # 32-63 and holds out 64 and 0-31.
+    second, first = loss(list(range(32, 65))), loss([64, *range(32)])
+    assert abs(first - second) > 0.05
+    assert trial.folds == 2 and trial.train_rows == 32 and trial.held_out_rows == 33
+    assert trial.loss_before == pytest.approx((first + second) / 2, rel=1e-4)
+    assert trial.losses[1] < trial.losses[0] < trial.loss_before  # SGD on a convex loss
+    for old, new in zip(before, state(model), strict=True):
+        assert np.array_equal(old, new)
+
+
+def test_swapped_halves_trade_the_trained_and_the_held_out_rows():
+    from gradhealth_server.intake.batch import swapped_halves
+
+    x, y = {"a": np.arange(7.0)[:, None]}, [np.arange(7), np.arange(7) * 10]
+    sx, (sy, sy10) = swapped_halves(x, y, 3)
+    assert sx["a"][:, 0].tolist() == [3, 4, 5, 6, 0, 1, 2]
+    assert sy.tolist() == [3, 4, 5, 6, 0, 1, 2] and sy10.tolist() == [30, 40, 50, 60, 0, 10, 20]
+    trained, held = set(sy[:3]), set(sy[3:])  # the trial's split of the swapped batch
+    assert trained == {3, 4, 5} and held == {6, 0, 1, 2} and not trained & held

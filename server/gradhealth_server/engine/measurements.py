@@ -171,7 +171,9 @@ class ScratchTrial:
 class LearningRateTrial:
     """The learning-rate remedy tested in the engine: `steps` optimizer steps on one
     half of the batch at each scale of the learning rate, from a copy of the state,
-    then the loss on the other half (held out, so memorizing the rows does not count)."""
+    then the loss on the other half (held out, so memorizing the rows does not count).
+    With `folds` 2 each half is held out in turn and the losses are their means: one
+    split of a small batch can point the few steps away from the other half."""
 
     steps: int
     train_rows: int
@@ -179,6 +181,7 @@ class LearningRateTrial:
     loss_before: float  # held-out loss at the checkpoint's weights
     scales: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)  # held-out loss after the steps
+    folds: int = 1
 
     def gains(self) -> dict[float, float]:
         """How much each scale lowered the held-out loss (negative: raised it)."""

@@ -10,8 +10,9 @@ Every weight, statistic and optimizer slot is written back before a trial return
 - `learning_rate`: `steps` steps on the first half of the batch with the optimizer's
   step scaled by s (for SGD, momentum, Adam, RMSprop, Adagrad and Lion the step is
   linear in the learning rate, so this is the run at learning rate s·lr), then the
-  loss on the second half. Held-out rows keep a large step that only memorizes the
-  rows from looking like progress.
+  loss on the second half; then the same with the halves swapped, and the mean.
+  Held-out rows keep a large step that only memorizes the rows from looking like
+  progress; the second fold keeps one unlucky split from deciding the verdict.
 - `clipped`: the learning-rate trial's held-out steps at the run's own rate, as the
   run is and with each weight's gradient clipped to a norm (Keras's `clipnorm`), for
   the exploding-gradients remedy.
@@ -41,7 +42,7 @@ from gradhealth_server.engine.measurements import ClipTrial, LearningRateTrial, 
 from gradhealth_server.engine.probe import Inputs, Probe, moved, read
 from gradhealth_server.engine.probe_errors import probe_error
 from gradhealth_server.engine.trials import LossRemedy
-from gradhealth_server.intake.batch import Targets, take_rows, target_rows
+from gradhealth_server.intake.batch import Targets, swapped_halves, take_rows, target_rows
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +73,31 @@ class Trials:
     def learning_rate(
         self, x: Inputs, y: Targets, scales: tuple[float, ...]
     ) -> LearningRateTrial | None:
-        """Held-out loss after `lr_steps` steps at each learning-rate scale."""
+        """Held-out loss after `lr_steps` steps at each learning-rate scale, each half
+        of the batch held out in turn (two folds, the same compiled trial), averaged.
+
+        One fold alone is at its noise floor on a small batch: the steps taken on 64
+        rows can raise the other 64 rows' loss in proportion to the rate, and the
+        verdict then depended on which rows were sent (a Transformer at Adam 1e-6
+        judged healthy on one batch, too low on three others)."""
         rows = target_rows(y)
         half = rows // 2
         if half < MIN_TRIAL_ROWS or self.probe.model.optimizer is None:
             return None
-        before, losses = None, []
+        folds = [(x, y), swapped_halves(x, y, half)]
+        befores, losses = [], []
         for scale in scales:
-            b, after, _ = self._held_out(x, y, scale, self.lr_steps)
-            before = float(b)
-            losses.append(float(after))
+            runs = [self._held_out(fx, fy, scale, self.lr_steps) for fx, fy in folds]
+            befores = [b for b, _after, _cut in runs]
+            losses.append(float(np.mean([after for _b, after, _cut in runs])))
         return LearningRateTrial(
             steps=self.lr_steps,
             train_rows=half,
             held_out_rows=rows - half,
-            loss_before=before if before is not None else float("nan"),
+            loss_before=float(np.mean(befores)) if befores else float("nan"),
             scales=[float(s) for s in scales],
             losses=losses,
+            folds=len(folds),
         )
 
     def clipped(self, x: Inputs, y: Targets, clipnorm: float) -> ClipTrial | None:

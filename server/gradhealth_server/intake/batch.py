@@ -250,6 +250,17 @@ def take_rows(targets: Targets, start: int | None, stop: int | None) -> Targets:
     return targets[start:stop]
 
 
+def swapped_halves(x: dict[str, np.ndarray], y: Targets, half: int) -> tuple[dict, Targets]:
+    """The batch with rows [half:] first: a trial that trains on the first `half`
+    rows and holds out the rest now holds out what it trained on."""
+
+    def swap(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a[half:], a[:half]])
+
+    ys = [swap(t) for t in y] if isinstance(y, (list, tuple)) else swap(y)
+    return {name: swap(a) for name, a in x.items()}, ys
+
+
 def target_rows(targets: Targets) -> int:
     first = targets[0] if isinstance(targets, (list, tuple)) else targets
     return int(first.shape[0])
