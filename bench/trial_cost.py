@@ -4,9 +4,10 @@ and batch (side by side, interleaved).
 Trials run only when a rule proposes a remedy (a healthy run pays nothing), and
 then their cost is the steps they take: the learning-rate trial runs 5 optimizer
 steps on half the batch at each of 4 scales, once per fold (each half held out in
-turn: 40 half-batch steps, about 20 full ones, plus 8 held-out losses); the input trial takes one step on the batch as
-sent and one on the rescaled copy; the from-scratch trial (a data remedy from one
-fresh initialization) 10 half-batch steps per arm, two arms (about 10 full steps),
+turn: 40 half-batch steps, about 20 full ones, plus 8 held-out losses); the input
+trial takes one step on the batch as sent and one on the rescaled copy; the
+from-scratch trial (a data remedy from one fresh initialization) 10 half-batch
+steps per arm, two arms (about 10 full steps),
 plus drawing the fresh weights (`clone_model`) and saving and restoring every
 variable on the host. The exploding-gradients trials: clipping runs the
 learning-rate trial's 5 held-out steps twice (as is, clipped: about 5 full steps);
