@@ -31,7 +31,7 @@ from gradhealth_server.engine.quantities.optimizer import loss_scale
 from gradhealth_server.engine.structure import current_learning_rate, read_structure
 from gradhealth_server.engine.trial_steps import Trials
 from gradhealth_server.engine.trials import input_remedy, target_remedy
-from gradhealth_server.engine.weights import weight_digests
+from gradhealth_server.engine.weights import frozen_at_init, weight_digests
 from gradhealth_server.errors import Cancelled, InvalidBatch, LimitExceeded
 from gradhealth_server.intake.allow_list import import_allowed
 from gradhealth_server.intake.batch import (
@@ -169,6 +169,7 @@ class Diagnoser:
                 )
                 _check_loss_runs(entry, data)
             digests = weight_digests(entry.model, entry.structure)  # before the probe touches them
+            frozen = frozen_at_init(entry.model)
             t2 = time.perf_counter()
             phases["batch"] = t2 - t1
             checkpoint_phase()
@@ -194,6 +195,7 @@ class Diagnoser:
                         other_sent=data.raw_ys[1:],
                     )
                     measurements.weight_digests = digests
+                    measurements.frozen_at_init = frozen
                     measurements.output_losses = output_losses(
                         entry.model,
                         [data.x[name] for name in probe.input_order],

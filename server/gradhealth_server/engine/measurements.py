@@ -281,6 +281,9 @@ class Measurements:
     # Per weight layer, a digest of its trainable weights: the run history compares
     # consecutive checkpoints with it (unchanged_weights).
     weight_digests: dict[str, str] = field(default_factory=dict)
+    # Layers left trainable=False whose weights are still their random
+    # initialization (engine/weights.py): never trained, without any history.
+    frozen_at_init: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return finite_json(asdict(self))
