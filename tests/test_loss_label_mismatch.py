@@ -55,6 +55,10 @@ def test_binary_crossentropy_on_class_ids(diagnoser, tmp_path):
     assert 'Dense(10, activation="softmax")' in finding.remedy
     assert "sparse_categorical_crossentropy" in finding.remedy
     assert np.isfinite(d.measurements.loss)  # Keras clips the sigmoid: finite, if negative
+    # No accuracy or collapse read off labels the loss cannot read: a sigmoid
+    # "predicting 1" against ids 1-9 is not 89 % accurate, nor a collapse.
+    assert d.measurements.accuracy is None
+    assert Cause.PREDICTION_COLLAPSE not in {f.cause for f in d.verdict.findings}
 
 
 def test_binary_crossentropy_on_a_regression_target(diagnoser, tmp_path):

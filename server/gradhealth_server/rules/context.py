@@ -94,7 +94,10 @@ def build_context(
     problem = m.static.problem
     classification = problem in CLASSIFICATION
     chance = None
-    if classification and m.labels and m.labels.histogram:
+    # Labels beyond 1 under a binary loss are class ids (loss_mismatch): their
+    # class shares are not the classes the model predicts.
+    binary_ids = problem == "binary" and m.labels is not None and m.labels.max > 1
+    if classification and m.labels and m.labels.histogram and not binary_ids:
         total = sum(m.labels.histogram)
         chance = max(m.labels.histogram) / total if total else None
     accuracy = m.accuracy if classification else None

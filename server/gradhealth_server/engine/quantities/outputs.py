@@ -81,6 +81,8 @@ def accuracy(stats: Stats, y: np.ndarray, problem: str) -> float | None:
         truth = y.reshape(-1, y.shape[-1]).argmax(axis=-1)
     elif problem == "binary":
         yf = y.astype(np.float64).reshape(-1)
+        if yf.size and yf.max() > 1:
+            return None  # class ids under a binary loss (loss_mismatch): no accuracy to read
         truth = (yf > (0.0 if yf.min() < 0 else 0.5)).astype(np.int64)
     else:
         truth = y.reshape(-1).astype(np.int64)
