@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from gradhealth_server.engine.device import configure_device
+from gradhealth_server.engine.init_gain import exploding_init
 from gradhealth_server.engine.measure import build_measurements
 from gradhealth_server.engine.measurements import (
     Measurements,
@@ -196,6 +197,8 @@ class Diagnoser:
                     )
                     measurements.weight_digests = digests
                     measurements.frozen_at_init = frozen
+                    if measurements.nonfinite.weights:  # nothing else can be measured
+                        measurements.init_gain = exploding_init(entry.model)
                     measurements.output_losses = output_losses(
                         entry.model,
                         [data.x[name] for name in probe.input_order],

@@ -189,6 +189,20 @@ class LearningRateTrial:
 
 
 @dataclass
+class InitGain:
+    """The layers whose initializer scales the signal up at the start, and by how
+    much (engine/init_gain.py; read only when the weights are already NaN)."""
+
+    layers: list[str]
+    initializers: list[str]  # e.g. "RandomNormal(stddev=1.0)", one per layer
+    factors: list[float]  # per layer: the signal's RMS after it over before, at init
+
+    @property
+    def total(self) -> float:
+        return math.prod(self.factors)
+
+
+@dataclass
 class ClipTrial:
     """Gradient clipping tested in the engine: the held-out steps of the learning-rate
     trial, as the run is and with each weight's gradient clipped to `clipnorm` (Keras's
@@ -284,6 +298,8 @@ class Measurements:
     # Layers left trainable=False whose weights are still their random
     # initialization (engine/weights.py): never trained, without any history.
     frozen_at_init: list[str] = field(default_factory=list)
+    # With NaN weights: the layers initialized to blow the signal up, if any.
+    init_gain: InitGain | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return finite_json(asdict(self))

@@ -9,6 +9,8 @@ primary cause itself.
 
 from __future__ import annotations
 
+import numpy as np
+
 from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt
@@ -58,6 +60,18 @@ class NonFiniteRule(Rule):
         off_scale = [s.name for s in m.inputs if s.range_class in ("byte", "wide")]
         if off_scale:
             hints.append(f"input {', '.join(off_scale)} is not normalized")
+        gain = m.init_gain
+        if gain is not None:
+            first, last = gain.layers[0], gain.layers[-1]
+            hints.append(
+                f"an exploding initialization: {len(gain.layers)} layers ({first} to {last}) "
+                f"start from {gain.initializers[0]}, each scaling the signal by about "
+                f"{fmt(float(np.median(gain.factors)))}x ({fmt(gain.total)}x over the stack)"
+            )
+            remedy += (
+                "; initialize with kernel_initializer='he_normal' ahead of ReLUs "
+                "('glorot_uniform' otherwise)"
+            )
         if hints:
             summary += "; likely trigger: " + "; ".join(hints)
         return [
