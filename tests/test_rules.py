@@ -83,6 +83,24 @@ def test_vanishing_across_time_steps(ratio, fires):
         assert finding.layers == ["simple_rnn"] and str(finding.severity) == "critical"
 
 
+@pytest.mark.parametrize(
+    ("recurrent", "learns", "severity"),
+    [
+        ("GRU", True, "info"),  # its gates may forget what the labels do not need
+        ("LSTM", True, "info"),
+        ("GRU", False, "critical"),  # a gated RNN that does not learn: still the fault
+        ("SimpleRNN", True, "warning"),  # no gates: the fade is structural
+    ],
+)
+def test_a_fade_across_time_in_a_gated_rnn_that_learns_is_a_note(recurrent, learns, severity):
+    layers = [layer("rnn", 0.5, class_name=recurrent), layer("dense", 0.5)]
+    fade = TimeGradient(steps=60, early=1e-5, late=1.0, early_to_late=1e-5)
+    m = (healthy if learns else stuck)(layers=layers, time_gradient=fade)
+    finding = next(f for f in judge(m).findings if f.cause is Cause.VANISHING_GRADIENTS)
+    assert str(finding.severity) == severity
+    assert ("forget the early steps on purpose" in finding.summary) is (severity == "info")
+
+
 # -- exploding_gradients ------------------------------------------------------------
 
 

@@ -8,7 +8,10 @@ so the ratio (not the size) is the primary signal and converged runs are skipped
 The same ratio across time: in a recurrent net the input gradient of the first
 quarter of the steps against the last quarter's (engine/quantities/time_steps.py).
 Below 1e-3 the early steps cannot be learned from, a plain RNN over a long
-(padded) sequence being the usual case.
+(padded) sequence being the usual case. A gated RNN (LSTM, GRU) that learns may
+fade on purpose: its gates learned to forget steps the labels do not need (a
+label read off the last 5 of 60 steps), so there the fade is a note (info),
+not a fault; a gated RNN that does not learn still gets the warning.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from gradhealth_server.engine.measurements import Measurements
 from gradhealth_server.rules.base import Rule
 from gradhealth_server.rules.context import Context, fmt, gradient_profile
 from gradhealth_server.verdict.findings import Cause, RuleFinding, Severity
+
+# Recurrent layers whose gates can learn to forget: a fade may be their choice.
+GATED = frozenset({"LSTM", "GRU", "ConvLSTM1D"})
 
 
 class VanishingGradientsRule(Rule):
@@ -110,15 +116,27 @@ class VanishingGradientsRule(Rule):
         tg = m.time_gradient
         if tg is None or tg.early_to_late is None or tg.early_to_late >= self.t.first_to_last_ratio:
             return []
+        recurrent = [layer for layer in m.layers if layer.class_name in RECURRENT_LAYERS]
+        gated = bool(recurrent) and all(layer.class_name in GATED for layer in recurrent)
+        chosen = gated and ctx.learning  # the gates may forget what the labels do not need
+        severity = (
+            Severity.INFO if chosen else Severity.WARNING if ctx.learning else Severity.CRITICAL
+        )
         return [
             RuleFinding(
                 cause=self.cause,
-                severity=Severity.WARNING if ctx.learning else Severity.CRITICAL,
+                severity=severity,
                 summary=(
                     f"the gradient fades across time: over {tg.steps} steps the first quarter "
                     f"gets {fmt(tg.early_to_late)}x the gradient of the last (input gradient "
                     f"{fmt(tg.early)} against {fmt(tg.late)}), so what the early steps hold "
                     "cannot be learned"
+                    + (
+                        "; the run learns and its gated layers may forget the early steps on "
+                        "purpose: a fault only if the labels depend on them"
+                        if chosen
+                        else ""
+                    )
                 ),
                 remedy=(
                     "use keras.layers.LSTM or GRU instead of SimpleRNN; pad at the front "
