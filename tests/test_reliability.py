@@ -58,6 +58,7 @@ def test_overload_refuses_the_excess_and_stores_every_accepted_verdict(
     server = ServerProcess(tmp_path, "--queue-size", str(QUEUE), db=db).start()
     checkpoint = checkpoints.path("cnn")
     outcomes: list[str] = []
+    details: list[str] = []  # what each refusal said
     barrier = threading.Barrier(CLIENTS)
 
     def client_loop(i: int) -> None:
@@ -69,6 +70,7 @@ def test_overload_refuses_the_excess_and_stores_every_accepted_verdict(
                     outcomes.append("verdict")
                 except grpc.RpcError as error:
                     outcomes.append(error.code().name)
+                    details.append(error.details() or "")
 
     try:
         with GradientHealthClient(server.target) as warm:  # compile once: the load is warm
@@ -87,7 +89,14 @@ def test_overload_refuses_the_excess_and_stores_every_accepted_verdict(
         # Every call was answered: a verdict, or a clear "come back later".
         assert len(outcomes) == CLIENTS * CALLS_EACH and accepted + refused == len(outcomes)
         assert refused > 0 and accepted > QUEUE  # it was overloaded, and it kept working
-        assert server.metric("gradhealth_rejected_total", reason="queue_full") == refused
+        # Each refusal counted under its reason, and said in one line: the queue was
+        # full, or (24 clients against 16 upload places) the upload places were.
+        queue_full = server.metric("gradhealth_rejected_total", reason="queue_full")
+        uploads_full = server.metric("gradhealth_rejected_total", reason="uploads_full")
+        said = {"queue": "the diagnosis queue is full", "uploads": "uploads are in progress"}
+        assert queue_full == sum(said["queue"] in d for d in details) > 0, set(details)
+        assert uploads_full == sum(said["uploads"] in d for d in details), set(details)
+        assert queue_full + uploads_full == refused, set(details)
         # Every accepted call's verdict is stored, once.
         stored = stored_verdicts(db, "load-")
         assert len(stored) == accepted and len({r for _, r in stored}) == accepted
@@ -99,7 +108,8 @@ def test_overload_refuses_the_excess_and_stores_every_accepted_verdict(
         assert memory.peak_workers < 3 * 2**30, memory.peak_workers
         print(
             f"\noverload: {len(outcomes)} calls from {CLIENTS} clients in {elapsed:.1f} s, "
-            f"{accepted} verdicts (all stored), {refused} RESOURCE_EXHAUSTED; server RSS "
+            f"{accepted} verdicts (all stored), {refused} RESOURCE_EXHAUSTED ({queue_full:.0f} "
+            f"queue full, {uploads_full:.0f} upload places full); server RSS "
             f"{baseline / 2**20:.0f} -> peak {memory.peak_server / 2**20:.0f} MiB, workers "
             f"peak {memory.peak_workers / 2**20:.0f} MiB"
         )
