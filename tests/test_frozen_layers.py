@@ -86,3 +86,23 @@ def test_a_keras_applications_backbone_built_with_weights_none_and_frozen(backbo
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     base.trainable = False
     assert frozen_at_init(model) == []
+
+
+def test_an_initializer_that_cannot_be_drawn_again_is_not_a_crash():
+    """A custom initializer without a config: frozen_at_init and the init trigger
+    cannot tell, and say nothing (they run inside every diagnosis)."""
+    from gradhealth_server.engine.init_gain import exploding_init
+
+    class Unreadable(keras.initializers.Initializer):
+        def __call__(self, shape, dtype=None):
+            return keras.ops.ones(shape, dtype=dtype) * 3.0
+
+        def get_config(self):
+            raise NotImplementedError
+
+    layers = [keras.layers.Dense(32, kernel_initializer=Unreadable()) for _ in range(3)]
+    model = keras.Sequential([keras.Input((64,)), *layers, keras.layers.Dense(2)])
+    for layer in layers:
+        layer.trainable = False
+    assert frozen_at_init(model) == []
+    assert exploding_init(model) is None

@@ -58,7 +58,7 @@ def _variance(initializer: Any, shape: tuple[int, ...]) -> float | None:
         for seed in range(max(1, -(-DRAWN // max(math.prod(shape), 1)))):
             seeded = type(initializer).from_config({**config, "seed": seed})
             draws.append(np.asarray(seeded(shape, dtype="float32"), dtype=np.float64).ravel())
-    except (TypeError, ValueError, KeyError):  # needs more than a shape, or no config
+    except Exception:  # a custom initializer that cannot be re-drawn: cannot tell
         return None
     values = np.concatenate(draws)
     return float(values.var()) if values.size > 1 and np.all(np.isfinite(values)) else None
@@ -66,7 +66,10 @@ def _variance(initializer: Any, shape: tuple[int, ...]) -> float | None:
 
 def _described(initializer: Any) -> str:
     """`RandomNormal(stddev=1.0)`: the class and the arguments that set its scale."""
-    config = initializer.get_config()
+    try:
+        config = initializer.get_config()
+    except Exception:  # a custom initializer without a config
+        return type(initializer).__name__
     keys = ("stddev", "minval", "maxval", "scale", "mode", "gain")
     args = ", ".join(f"{k}={config[k]!r}" for k in keys if k in config)
     return f"{type(initializer).__name__}({args})"

@@ -96,7 +96,10 @@ def _constant(initializer: Any) -> float | None:
     if name == "Ones":
         return 1.0
     if name == "Constant":
-        return float(initializer.get_config().get("value", 0.0))
+        try:
+            return float(initializer.get_config().get("value", 0.0))
+        except (TypeError, ValueError):  # a per-unit constant: not one value
+            return None
     return None
 
 
@@ -106,14 +109,14 @@ def _matches_a_fresh_draw(weights: np.ndarray, initializer: Any) -> bool:
     a two-sample Kolmogorov-Smirnov distance under its 0.1 % critical value."""
     if weights.size < MIN_WEIGHTS or not np.all(np.isfinite(weights)):
         return False
-    config = initializer.get_config()
     draws = []
-    for seed in range(-(-DRAWN // weights.size)):
-        try:
+    try:
+        config = initializer.get_config()
+        for seed in range(-(-DRAWN // weights.size)):
             seeded = type(initializer).from_config({**config, "seed": seed})
             draws.append(np.asarray(seeded(weights.shape, dtype="float32")).ravel())
-        except (TypeError, ValueError):  # an initializer that needs more than a shape
-            return False
+    except Exception:  # a custom initializer that cannot be re-drawn: cannot tell
+        return False
     # Every k-th value: the distance over 8k values is as telling as over millions.
     stride = max(1, weights.size // DRAWN)
     now = np.sort(np.abs(weights.ravel()[::stride].astype(np.float64)))
