@@ -9,7 +9,7 @@ import pytest
 
 from gradhealth_server.engine.quantities.inputs import one_distinct_row
 from gradhealth_server.rules import judge
-from gradhealth_server.verdict.findings import Cause
+from gradhealth_server.verdict.findings import Cause, Severity
 from tests.measurement_builder import activation, healthy, stuck
 
 
@@ -135,3 +135,62 @@ def test_predicted_classes_read_probabilities_as_probabilities(output, from_logi
     facts = StaticFacts(from_logits=from_logits, output_activation=output)
     _, pred = outputs.graph(tf.constant(values, shape=(4, 1)), facts)
     assert np.bincount(pred.numpy()).tolist() == predicted
+
+
+def learned_nothing(loss: float, predicted_entropy: float, **changes):
+    """Balanced digits labels (entropy 2.30); predictions whose mean entropy is given."""
+    m = stuck(loss=loss, **changes)
+    return dataclasses.replace(
+        m, output=dataclasses.replace(m.output, mean_entropy=predicted_entropy)
+    )
+
+
+def test_a_model_that_predicts_the_label_prior_for_every_input_learned_nothing():
+    found = {f.cause: f for f in judge(learned_nothing(2.30, 2.28)).findings}
+    f = found[Cause.PREDICTION_COLLAPSE]
+    assert f.severity is Severity.WARNING and f.confidence == 0.3
+    assert "learned nothing from x" in f.summary and "shuffled together" in f.remedy
+    assert f.evidence["label_entropy"] == pytest.approx(2.30, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("loss", "predicted", "early"),
+    [
+        (0.9 * 2.30, 2.28, False),  # the loss is below the prior's: it learned something
+        (2.30, 0.9, False),  # confident predictions: it reads x (class weights, say)
+        (2.30, 2.28, True),  # an early checkpoint may know nothing yet
+    ],
+)
+def test_what_is_not_a_model_that_learned_nothing(loss, predicted, early):
+    m = learned_nothing(loss, predicted)
+    if early:
+        m = dataclasses.replace(m, optimizer=dataclasses.replace(m.optimizer, iterations=10))
+    assert Cause.PREDICTION_COLLAPSE not in {f.cause for f in judge(m).findings}
+
+
+def test_labels_shuffled_apart_from_their_inputs_end_to_end(tmp_path):
+    """x and y shuffled each on its own: the model sits at the labels' prior."""
+    import keras
+    from sklearn.datasets import load_digits
+
+    from gradhealth_server.diagnosis import Diagnoser
+
+    keras.utils.set_random_seed(0)
+    data = load_digits()
+    x = (data.data / 16.0).astype("float32")
+    y = data.target[np.random.RandomState(5).permutation(len(data.target))]
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, "relu", kernel_regularizer=keras.regularizers.L2(1e-3)),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(10, "softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=10, batch_size=32, verbose=0)
+    model.save(tmp_path / "shuffled.keras")
+    batch = {"x": x[:192], "y": y[:192]}
+    verdict = Diagnoser().diagnose(tmp_path / "shuffled.keras", batch).verdict
+    assert verdict.primary_cause is Cause.PREDICTION_COLLAPSE
+    assert "learned nothing from x" in verdict.findings[0].summary
