@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from gradhealth_server.engine.initializers import seeded_draws
 from gradhealth_server.engine.measurements import InitGain
 from gradhealth_server.engine.output_facts import activation_of
 
@@ -52,16 +53,10 @@ def exploding_init(model: Any) -> InitGain | None:
 
 def _variance(initializer: Any, shape: tuple[int, ...]) -> float | None:
     """The variance of the initializer's values for this shape, from seeded draws."""
-    try:
-        config = initializer.get_config()
-        draws = []
-        for seed in range(max(1, -(-DRAWN // max(math.prod(shape), 1)))):
-            seeded = type(initializer).from_config({**config, "seed": seed})
-            draws.append(np.asarray(seeded(shape, dtype="float32"), dtype=np.float64).ravel())
-    except Exception:  # a custom initializer that cannot be re-drawn: cannot tell
+    values = seeded_draws(initializer, shape, DRAWN)
+    if values is None or values.size < 2 or not np.all(np.isfinite(values)):
         return None
-    values = np.concatenate(draws)
-    return float(values.var()) if values.size > 1 and np.all(np.isfinite(values)) else None
+    return float(values.astype(np.float64).var())
 
 
 def _described(initializer: Any) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from gradhealth_server.engine.initializers import seeded_draws
 from gradhealth_server.engine.structure import ModelStructure
 
 
@@ -109,18 +110,13 @@ def _matches_a_fresh_draw(weights: np.ndarray, initializer: Any) -> bool:
     a two-sample Kolmogorov-Smirnov distance under its 0.1 % critical value."""
     if weights.size < MIN_WEIGHTS or not np.all(np.isfinite(weights)):
         return False
-    draws = []
-    try:
-        config = initializer.get_config()
-        for seed in range(-(-DRAWN // weights.size)):
-            seeded = type(initializer).from_config({**config, "seed": seed})
-            draws.append(np.asarray(seeded(weights.shape, dtype="float32")).ravel())
-    except Exception:  # a custom initializer that cannot be re-drawn: cannot tell
+    draws = seeded_draws(initializer, weights.shape, DRAWN)
+    if draws is None:
         return False
     # Every k-th value: the distance over 8k values is as telling as over millions.
     stride = max(1, weights.size // DRAWN)
     now = np.sort(np.abs(weights.ravel()[::stride].astype(np.float64)))
-    drawn = np.sort(np.abs(np.concatenate(draws)[::stride].astype(np.float64)))
+    drawn = np.sort(np.abs(draws[::stride].astype(np.float64)))
     grid = np.concatenate([now, drawn])
     cdf_now = np.searchsorted(now, grid, side="right") / now.size
     cdf_drawn = np.searchsorted(drawn, grid, side="right") / drawn.size
